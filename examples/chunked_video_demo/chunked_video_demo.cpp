@@ -1,0 +1,300 @@
+// chunked_video_demo: chunk-wise autoregressive generation with a low-bit KV cache.
+//
+// Each step, the queries of the current chunk attend to [KV cache of all earlier
+// chunks ; the current chunk's own keys and values]; then the chunk is appended to
+// the cache. The demo compares, per chunk, a bf16 cache with INT2/INT4 caches
+// (PerToken and PerChannel keys) with and without the Taylor2 Jensen correction:
+// the softmax mass that the current chunk's queries put on the current chunk, and
+// the output error against the bf16 cache.
+//
+// Keys are synthetic with a few outlier channels (a large per-channel offset and
+// spread, as in real attention keys); queries and values are Gaussian.
+//
+// With CUDA and a GPU present, quantize-and-append and attention run on the GPU
+// kernels; otherwise on the CPU reference (float64). --cpu forces the reference.
+//
+//   chunked_video_demo [--chunks N] [--chunk-tokens N] [--heads N] [--seed S] [--json] [--cpu]
+#include <kvq/kvq.hpp>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#if KVQ_DEMO_WITH_CUDA
+#include "gpu_backend.cuh"
+#endif
+
+namespace {
+
+constexpr int kHeadDim = 128;
+
+struct Options {
+  int chunks = 4;
+  int chunk_tokens = 512;
+  int heads = 2;
+  unsigned seed = 1;
+  bool json = false;
+  bool force_cpu = false;
+};
+
+bool parse(int argc, char** argv, Options* o) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next = [&](int* v) {
+      if (i + 1 >= argc) return false;
+      *v = std::atoi(argv[++i]);
+      return *v > 0;
+    };
+    if (a == "--json") o->json = true;
+    else if (a == "--cpu") o->force_cpu = true;
+    else if (a == "--chunks") { if (!next(&o->chunks)) return false; }
+    else if (a == "--chunk-tokens") { if (!next(&o->chunk_tokens)) return false; }
+    else if (a == "--heads") { if (!next(&o->heads)) return false; }
+    else if (a == "--seed") { int s; if (!next(&s)) return false; o->seed = static_cast<unsigned>(s); }
+    else return false;
+  }
+  return true;
+}
+
+/// The whole synthetic sequence, bf16 bits, [tokens, heads, D] for K, V and Q.
+struct Sequence {
+  int tokens, heads;
+  std::vector<std::uint16_t> k, v, q;
+
+  Sequence(const Options& o) : tokens(o.chunks * o.chunk_tokens), heads(o.heads) {
+    std::mt19937 rng(o.seed);
+    std::normal_distribution<float> n01;
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    const std::size_t count = static_cast<std::size_t>(tokens) * heads * kHeadDim;
+    k.resize(count), v.resize(count), q.resize(count);
+    // Per head: 4 outlier key channels with a large offset and spread.
+    std::vector<float> mean(heads * kHeadDim), spread(heads * kHeadDim);
+    for (int h = 0; h < heads; ++h)
+      for (int c = 0; c < kHeadDim; ++c) {
+        const bool outlier = (c * 7 + h * 3) % 32 == 5;
+        mean[h * kHeadDim + c] = outlier ? 6.0f * (u(rng) > 0 ? 1.0f : -1.0f) : 0.5f * u(rng);
+        spread[h * kHeadDim + c] = outlier ? 3.0f : 1.0f;
+      }
+    for (int t = 0; t < tokens; ++t)
+      for (int h = 0; h < heads; ++h)
+        for (int c = 0; c < kHeadDim; ++c) {
+          const std::size_t i = (static_cast<std::size_t>(t) * heads + h) * kHeadDim + c;
+          k[i] = kvq::math::float_to_bf16_bits_rn(mean[h * kHeadDim + c] + spread[h * kHeadDim + c] * n01(rng));
+          v[i] = kvq::math::float_to_bf16_bits_rn(n01(rng));
+          q[i] = kvq::math::float_to_bf16_bits_rn(n01(rng));
+        }
+  }
+  kvq::Tensor4 view(std::vector<std::uint16_t>& x, int first_token) const {
+    return {x.data() + static_cast<std::size_t>(first_token) * heads * kHeadDim, kvq::DType::kBFloat16,
+            static_cast<std::int64_t>(tokens) * heads * kHeadDim, static_cast<std::int64_t>(heads) * kHeadDim, kHeadDim};
+  }
+};
+
+/// What one attention step of one configuration produced.
+struct StepResult {
+  double mass_current = 0.0;     ///< mean over heads and rows of the mass on the current chunk
+  std::vector<double> out;       ///< [rows, heads, D]
+  std::vector<double> lse;       ///< [heads, rows]
+};
+
+using PerTokenInt2 = kvq::layout::CacheLayout<kvq::QuantSpec<2, 128, kvq::Granularity::kPerToken>,
+                                              kvq::QuantSpec<2, 128, kvq::Granularity::kPerToken>, kHeadDim>;
+using PerChannelInt2 = kvq::layout::CacheLayout<kvq::QuantSpec<2, 32, kvq::Granularity::kPerChannel>,
+                                                kvq::QuantSpec<2, 128, kvq::Granularity::kPerToken>, kHeadDim>;
+using PerTokenInt4 = kvq::layout::CacheLayout<kvq::QuantSpec<4, 128, kvq::Granularity::kPerToken>,
+                                              kvq::QuantSpec<4, 128, kvq::Granularity::kPerToken>, kHeadDim>;
+using PerChannelInt4 = kvq::layout::CacheLayout<kvq::QuantSpec<4, 32, kvq::Granularity::kPerChannel>,
+                                                kvq::QuantSpec<4, 128, kvq::Granularity::kPerToken>, kHeadDim>;
+
+/// Attention of chunk `c`'s queries on the CPU reference, with `cache` (or none) before the chunk.
+template <class Layout>
+StepResult cpu_attend(const Options& o, Sequence& s, const Layout& l, const void* cache, const std::int32_t* lengths,
+                      int chunk_first, int chunk_tokens, int q_first, kvq::Correction mode) {
+  kvq::reference::AttentionArgs a;
+  a.batch = 1;
+  a.q_heads = o.heads;
+  a.num_q = o.chunk_tokens;
+  a.num_chunk = chunk_tokens;
+  a.q = s.view(s.q, q_first);
+  a.k_chunk = s.view(s.k, chunk_first);
+  a.v_chunk = s.view(s.v, chunk_first);
+  a.cache_lengths = lengths;
+  a.scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
+  a.correction = mode;
+  StepResult r;
+  r.out.resize(static_cast<std::size_t>(o.chunk_tokens) * o.heads * kHeadDim);
+  std::vector<double> mass(static_cast<std::size_t>(o.heads) * o.chunk_tokens * kvq::reference::kNumSegments);
+  r.lse.resize(static_cast<std::size_t>(o.heads) * o.chunk_tokens);
+  a.out = r.out.data();
+  a.lse = r.lse.data();
+  a.mass = mass.data();
+  if (kvq::reference::attention(l, cache, a) != kvq::Status::kSuccess) {
+    std::fprintf(stderr, "reference attention failed\n");
+    std::exit(1);
+  }
+  for (std::size_t i = 0; i < mass.size(); i += kvq::reference::kNumSegments) r.mass_current += mass[i + kvq::reference::kSegmentChunk];
+  r.mass_current /= static_cast<double>(o.heads) * o.chunk_tokens;
+  return r;
+}
+
+/// Mean over rows of exp(lse_part − lse_all): the softmax mass on the keys of `part`.
+double mean_mass_from_lse(const std::vector<double>& lse_part, const std::vector<double>& lse_all) {
+  double m = 0.0;
+  for (std::size_t i = 0; i < lse_all.size(); ++i) m += std::exp(lse_part[i] - lse_all[i]);
+  return m / static_cast<double>(lse_all.size());
+}
+
+double rel_err(const std::vector<double>& x, const std::vector<double>& ref) {
+  double num = 0.0, den = 0.0;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    num += (x[i] - ref[i]) * (x[i] - ref[i]);
+    den += ref[i] * ref[i];
+  }
+  return std::sqrt(num / den);
+}
+
+struct Row {
+  int chunk;
+  int bits;
+  const char* key_granularity;
+  kvq::Correction correction;
+  double mass_current, mass_current_ref, output_rel_err;
+  long long cache_bytes;
+};
+
+/// Runs every chunk for one quantized layout: quantize-and-append, attention with and
+/// without the correction. `baseline[c]` is the bf16-cache result of chunk c.
+template <class Layout>
+void run_layout(const Options& o, Sequence& s, bool gpu, const std::vector<StepResult>& baseline, std::vector<Row>* rows) {
+  Layout l;
+  const int total = o.chunks * o.chunk_tokens;
+  const int capacity = (total + Layout::kKeyTokensPerGroup - 1) / Layout::kKeyTokensPerGroup * Layout::kKeyTokensPerGroup;
+  if (Layout::make({1, o.heads, capacity, kvq::DType::kBFloat16}, &l) != kvq::Status::kSuccess) std::exit(1);
+  const int bits = Layout::KSpec::kBits;
+  const char* gran = kvq::to_string(Layout::KSpec::kGranularity);
+  const kvq::Correction modes[] = {kvq::Correction::kNone, kvq::Correction::kTaylor2};
+#if KVQ_DEMO_WITH_CUDA
+  if (gpu) {
+    kvq_demo::GpuCache<Layout> cache(l, s.k.size(), s.q.size());
+    cache.upload_sequence(s.k, s.v, s.q);
+    for (int c = 0; c < o.chunks; ++c) {
+      if (c > 0)
+        for (kvq::Correction m : modes) {
+          StepResult r;
+          cache.attend(o.heads, c * o.chunk_tokens, o.chunk_tokens, s.tokens, m, &r.mass_current, &r.out);
+          rows->push_back({c, bits, gran, m, r.mass_current, baseline[c].mass_current, rel_err(r.out, baseline[c].out),
+                           static_cast<long long>(l.bytes())});
+        }
+      cache.append(c * o.chunk_tokens, o.chunk_tokens, s.tokens, o.heads);
+    }
+    return;
+  }
+#else
+  (void)gpu;
+#endif
+  std::vector<unsigned char> cache(l.bytes());
+  std::int32_t length = 0;
+  for (int c = 0; c < o.chunks; ++c) {
+    if (c > 0)
+      for (kvq::Correction m : modes) {
+        const StepResult r = cpu_attend(o, s, l, cache.data(), &length, c * o.chunk_tokens, o.chunk_tokens, c * o.chunk_tokens, m);
+        rows->push_back({c, bits, gran, m, r.mass_current, baseline[c].mass_current, rel_err(r.out, baseline[c].out),
+                         static_cast<long long>(l.bytes())});
+      }
+    if (kvq::reference::quantize_append(l, cache.data(), &length, s.view(s.k, c * o.chunk_tokens),
+                                        s.view(s.v, c * o.chunk_tokens), o.chunk_tokens) != kvq::Status::kSuccess)
+      std::exit(1);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  if (!parse(argc, argv, &o)) {
+    std::fprintf(stderr, "usage: %s [--chunks N] [--chunk-tokens N] [--heads N] [--seed S] [--json] [--cpu]\n", argv[0]);
+    return 2;
+  }
+  Sequence s(o);
+  bool gpu = false;
+#if KVQ_DEMO_WITH_CUDA
+  gpu = !o.force_cpu && kvq_demo::gpu_available();
+#endif
+
+  // The bf16 cache: every earlier token, unquantized, attended as part of one segment.
+  std::vector<StepResult> baseline(o.chunks);
+  for (int c = 1; c < o.chunks; ++c) {
+#if KVQ_DEMO_WITH_CUDA
+    if (gpu) {
+      baseline[c] = kvq_demo::gpu_dense_attend<PerTokenInt2>(s.k, s.v, s.q, s.tokens, o.heads, c * o.chunk_tokens,
+                                                               o.chunk_tokens);
+      continue;
+    }
+#endif
+    PerTokenInt2 unused;
+    (void)PerTokenInt2::make({1, o.heads, 0, kvq::DType::kBFloat16}, &unused);
+    baseline[c] = cpu_attend(o, s, unused, nullptr, nullptr, 0, (c + 1) * o.chunk_tokens, c * o.chunk_tokens, kvq::Correction::kNone);
+    // Mass on the current chunk = exp(LSE over the chunk alone − LSE over everything).
+    const StepResult own = cpu_attend(o, s, unused, nullptr, nullptr, c * o.chunk_tokens, o.chunk_tokens, c * o.chunk_tokens,
+                                      kvq::Correction::kNone);
+    baseline[c].mass_current = mean_mass_from_lse(own.lse, baseline[c].lse);
+  }
+  const long long bf16_bytes = 2LL * 2 * kHeadDim * o.heads * o.chunks * o.chunk_tokens;
+
+  std::vector<Row> rows;
+  for (int c = 1; c < o.chunks; ++c)
+    rows.push_back({c, 16, "none", kvq::Correction::kNone, baseline[c].mass_current, baseline[c].mass_current, 0.0, bf16_bytes});
+  run_layout<PerTokenInt2>(o, s, gpu, baseline, &rows);
+  run_layout<PerChannelInt2>(o, s, gpu, baseline, &rows);
+  run_layout<PerTokenInt4>(o, s, gpu, baseline, &rows);
+  run_layout<PerChannelInt4>(o, s, gpu, baseline, &rows);
+
+  // Share of the drop in current-chunk mass (quantized, no correction vs bf16) that Taylor2 removes.
+  struct Summary { int bits; const char* gran; double removed; };
+  std::vector<Summary> summary;
+  for (int bits : {2, 4})
+    for (const char* gran : {"per_token", "per_channel"}) {
+      double drop_none = 0.0, drop_t2 = 0.0;
+      for (const Row& r : rows)
+        if (r.bits == bits && std::strcmp(r.key_granularity, gran) == 0) {
+          (r.correction == kvq::Correction::kNone ? drop_none : drop_t2) += r.mass_current_ref - r.mass_current;
+        }
+      summary.push_back({bits, gran, drop_none != 0.0 ? 1.0 - std::fabs(drop_t2) / std::fabs(drop_none) : 1.0});
+    }
+
+  if (o.json) {
+    std::printf("{\"backend\": \"%s\", \"head_dim\": %d, \"heads\": %d, \"chunks\": %d, \"chunk_tokens\": %d, \"rows\": [\n",
+                gpu ? "gpu" : "cpu", kHeadDim, o.heads, o.chunks, o.chunk_tokens);
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+      const Row& r = rows[i];
+      std::printf("  {\"chunk\": %d, \"bits\": %d, \"key_granularity\": \"%s\", \"correction\": \"%s\", \"mass_current\": %.8f, "
+                  "\"mass_current_ref\": %.8f, \"output_rel_err\": %.8f, \"cache_bytes\": %lld}%s\n",
+                  r.chunk, r.bits, r.key_granularity, kvq::to_string(r.correction), r.mass_current, r.mass_current_ref,
+                  r.output_rel_err, r.cache_bytes, i + 1 < rows.size() ? "," : "");
+    }
+    std::printf("], \"taylor2_drop_removed\": [");
+    for (std::size_t i = 0; i < summary.size(); ++i)
+      std::printf("%s{\"bits\": %d, \"key_granularity\": \"%s\", \"fraction\": %.6f}", i ? ", " : "", summary[i].bits,
+                  summary[i].gran, summary[i].removed);
+    std::printf("]}\n");
+    return 0;
+  }
+
+  std::printf("kvq chunked video demo (%s): D=%d, %d heads, %d chunks of %d tokens\n", gpu ? "GPU kernels" : "CPU reference",
+              kHeadDim, o.heads, o.chunks, o.chunk_tokens);
+  std::printf("%-5s %-6s %-12s %-9s %14s %14s %12s %12s\n", "chunk", "cache", "keys", "corr", "mass_current", "mass_bf16",
+              "out_rel_err", "cache_bytes");
+  for (const Row& r : rows) {
+    char cache_name[16];
+    std::snprintf(cache_name, sizeof cache_name, r.bits == 16 ? "bf16" : "int%d", r.bits);
+    std::printf("%-5d %-6s %-12s %-9s %14.6f %14.6f %12.5f %12lld\n", r.chunk, cache_name, r.key_granularity,
+                kvq::to_string(r.correction), r.mass_current, r.mass_current_ref, r.output_rel_err, r.cache_bytes);
+  }
+  std::printf("\nShare of the current-chunk mass drop removed by Taylor2:\n");
+  for (const Summary& x : summary) std::printf("  int%d %-12s %6.1f%%\n", x.bits, x.gran, 100.0 * x.removed);
+  return 0;
+}

@@ -1,0 +1,155 @@
+// Packed layout of the K and V cache of one attention layer.
+//
+// One allocation of layout.bytes() holds six regions, each aligned to 256 bytes,
+// all head-major so that the tokens of one (batch, kv head) are contiguous:
+//
+//   k_codes  uint32 [batch][heads][capacity][HeadDim·Bk/32]   packed key codes
+//   k_meta   GroupMeta<Sk> [batch][heads][capacity/Tk][HeadDim/Ck]   key (step, zero)
+//   v_codes  uint32 [batch][heads][capacity][HeadDim·Bv/32]   packed value codes
+//   v_meta   GroupMeta<Sv> [batch][heads][capacity][HeadDim/Gv]      value (step, zero)
+//   k_tail   tail dtype [batch][heads][Tk][HeadDim]   keys not yet in a full group
+//   v_tail   tail dtype [batch][heads][Tk][HeadDim]   values of the same tokens
+//
+// Tk is the key spec's tokens per group (1 for PerToken keys, G for PerChannel
+// keys) and Ck its channels per group. Partial-group policy: of a batch entry's
+// `length` cached tokens, the first quantized_length(length) = length − length % Tk
+// are quantized (keys and values), and the last length % Tk are kept unquantized,
+// in the tail dtype, in k_tail/v_tail, like KIVI's full-precision residual. An
+// append completes the tail group first; once a group is full it is quantized and
+// its tokens leave the tail. With PerToken keys Tk = 1 and the tail regions are empty.
+//
+// All offsets are 64-bit. Values must be PerToken.
+#pragma once
+
+#include <cstdint>
+
+#include "kvq/detail/macros.hpp"
+#include "kvq/math/scale_traits.hpp"
+#include "kvq/spec/quant_spec.hpp"
+#include "kvq/status.hpp"
+
+namespace kvq::layout {
+
+/// Runtime shape of a cache: everything that is not a template parameter.
+struct CacheShape {
+  int batch = 0;
+  int heads = 0;               ///< kv heads
+  std::int64_t capacity = 0;   ///< tokens per batch entry; a multiple of the key tokens-per-group
+  DType tail_dtype = DType::kBFloat16;  ///< element type of the unquantized tail (that of the K/V inputs)
+};
+
+template <class KSpec_, class VSpec_, int HeadDim_>
+struct CacheLayout {
+  static_assert(is_quant_spec<KSpec_>::value, "KSpec must be a kvq::QuantSpec");
+  static_assert(is_quant_spec<VSpec_>::value, "VSpec must be a kvq::QuantSpec");
+  static_assert(VSpec_::kPerToken, "VSpec must be PerToken: values are quantized per token");
+  static_assert(KSpec_::template check_head_dim<HeadDim_>() && VSpec_::template check_head_dim<HeadDim_>(),
+                "HeadDim incompatible with the specs");
+
+  using KSpec = KSpec_;
+  using VSpec = VSpec_;
+  using KMeta = math::GroupMeta<KSpec::kScaleType>;
+  using VMeta = math::GroupMeta<VSpec::kScaleType>;
+
+  static constexpr int kHeadDim = HeadDim_;
+  static constexpr int kKeyWordsPerToken = kHeadDim * KSpec::kBits / 32;
+  static constexpr int kValueWordsPerToken = kHeadDim * VSpec::kBits / 32;
+  static constexpr int kKeyTokensPerGroup = KSpec::kTokensPerGroup;         ///< Tk
+  static constexpr int kKeyGroupsPerTokenGroup = kHeadDim / KSpec::kChannelsPerGroup;
+  static constexpr int kValueGroupsPerToken = kHeadDim / VSpec::kGroupSize;
+  static constexpr bool kHasTail = kKeyTokensPerGroup > 1;
+  static constexpr std::int64_t kAlignment = 256;
+
+  /// Bytes of one quantized token, codes and metadata of K and V included
+  /// (key metadata amortised over the Tk tokens of a group).
+  static constexpr double kBytesPerToken =
+      4.0 * (kKeyWordsPerToken + kValueWordsPerToken) +
+      static_cast<double>(sizeof(KMeta)) * kKeyGroupsPerTokenGroup / kKeyTokensPerGroup +
+      static_cast<double>(sizeof(VMeta)) * kValueGroupsPerToken;
+  /// Bytes of one bf16 token of K and V, for ratios.
+  static constexpr double kBf16BytesPerToken = 2.0 * 2.0 * kHeadDim;
+
+  CacheShape shape{};
+
+  /// Validates a shape; on success writes the layout to *out.
+  [[nodiscard]] static Status make(const CacheShape& s, CacheLayout* out) {
+    if (out == nullptr || s.batch <= 0 || s.heads <= 0 || s.capacity < 0) return Status::kErrorInvalidArgument;
+    if (s.capacity % kKeyTokensPerGroup != 0) return Status::kErrorInvalidArgument;
+    out->shape = s;
+    return Status::kSuccess;
+  }
+
+  // ---- lengths ------------------------------------------------------------------
+  static KVQ_HOST_DEVICE std::int64_t quantized_length(std::int64_t length) { return length - length % kKeyTokensPerGroup; }
+  static KVQ_HOST_DEVICE std::int64_t tail_length(std::int64_t length) { return length % kKeyTokensPerGroup; }
+
+  // ---- element offsets within each region ----------------------------------------
+  KVQ_HOST_DEVICE std::int64_t head_index(int b, int h) const { return static_cast<std::int64_t>(b) * shape.heads + h; }
+  /// Index (in words) of the first code word of token t.
+  KVQ_HOST_DEVICE std::int64_t k_code_word(int b, int h, std::int64_t t) const {
+    return (head_index(b, h) * shape.capacity + t) * kKeyWordsPerToken;
+  }
+  KVQ_HOST_DEVICE std::int64_t v_code_word(int b, int h, std::int64_t t) const {
+    return (head_index(b, h) * shape.capacity + t) * kValueWordsPerToken;
+  }
+  /// Index (in GroupMeta) of the (step, zero) of key element (t, channel c).
+  KVQ_HOST_DEVICE std::int64_t k_meta_index(int b, int h, std::int64_t t, int c) const {
+    return (head_index(b, h) * (shape.capacity / kKeyTokensPerGroup) + t / kKeyTokensPerGroup) * kKeyGroupsPerTokenGroup +
+           c / KSpec::kChannelsPerGroup;
+  }
+  KVQ_HOST_DEVICE std::int64_t v_meta_index(int b, int h, std::int64_t t, int c) const {
+    return (head_index(b, h) * shape.capacity + t) * kValueGroupsPerToken + c / VSpec::kGroupSize;
+  }
+  /// Index (in elements) of tail slot i (0 <= i < Tk), channel c.
+  KVQ_HOST_DEVICE std::int64_t tail_index(int b, int h, int i, int c) const {
+    return (head_index(b, h) * kKeyTokensPerGroup + i) * kHeadDim + c;
+  }
+
+  // ---- region sizes and byte offsets ---------------------------------------------
+  static constexpr std::int64_t align_up(std::int64_t n) { return (n + kAlignment - 1) / kAlignment * kAlignment; }
+  std::int64_t heads_total() const { return static_cast<std::int64_t>(shape.batch) * shape.heads; }
+  std::int64_t k_codes_bytes() const { return heads_total() * shape.capacity * kKeyWordsPerToken * 4; }
+  std::int64_t k_meta_bytes() const {
+    return heads_total() * (shape.capacity / kKeyTokensPerGroup) * kKeyGroupsPerTokenGroup * static_cast<std::int64_t>(sizeof(KMeta));
+  }
+  std::int64_t v_codes_bytes() const { return heads_total() * shape.capacity * kValueWordsPerToken * 4; }
+  std::int64_t v_meta_bytes() const {
+    return heads_total() * shape.capacity * kValueGroupsPerToken * static_cast<std::int64_t>(sizeof(VMeta));
+  }
+  std::int64_t tail_bytes() const {
+    return kHasTail ? heads_total() * kKeyTokensPerGroup * kHeadDim * static_cast<std::int64_t>(dtype_size(shape.tail_dtype)) : 0;
+  }
+
+  std::int64_t k_codes_offset() const { return 0; }
+  std::int64_t k_meta_offset() const { return align_up(k_codes_offset() + k_codes_bytes()); }
+  std::int64_t v_codes_offset() const { return align_up(k_meta_offset() + k_meta_bytes()); }
+  std::int64_t v_meta_offset() const { return align_up(v_codes_offset() + v_codes_bytes()); }
+  std::int64_t k_tail_offset() const { return align_up(v_meta_offset() + v_meta_bytes()); }
+  std::int64_t v_tail_offset() const { return align_up(k_tail_offset() + tail_bytes()); }
+  /// Bytes to allocate for the whole cache (256-byte aligned base expected).
+  std::int64_t bytes() const { return align_up(v_tail_offset() + tail_bytes()); }
+};
+
+/// Typed pointers into one cache allocation. Built on the host from a base pointer;
+/// trivially copyable into kernel parameters.
+template <class Layout>
+struct CachePointers {
+  std::uint32_t* k_codes;
+  typename Layout::KMeta* k_meta;
+  std::uint32_t* v_codes;
+  typename Layout::VMeta* v_meta;
+  void* k_tail;
+  void* v_tail;
+
+  static CachePointers from_base(const Layout& l, void* base) {
+    auto* p = static_cast<unsigned char*>(base);
+    return {reinterpret_cast<std::uint32_t*>(p + l.k_codes_offset()),
+            reinterpret_cast<typename Layout::KMeta*>(p + l.k_meta_offset()),
+            reinterpret_cast<std::uint32_t*>(p + l.v_codes_offset()),
+            reinterpret_cast<typename Layout::VMeta*>(p + l.v_meta_offset()),
+            p + l.k_tail_offset(),
+            p + l.v_tail_offset()};
+  }
+};
+
+}  // namespace kvq::layout

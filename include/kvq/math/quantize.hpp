@@ -1,0 +1,88 @@
+// Element math of asymmetric uniform quantization (DESIGN.md section 2), shared
+// by the CPU reference and the kernels.
+//
+// For a group with minimum m and maximum M and L = 2^B - 1 levels:
+//   zero  z = m rounded down to the storage type,
+//   step  Δ = (M - z) / L (in float), rounded up to the storage type,
+//   code  c = clamp(rne((x - z) / Δ), 0, L),
+//   value x̂ = z + Δ·c (one fused multiply-add).
+// The directed roundings make the stored grid [z, z + L·Δ] cover [m, M], so
+// |x - x̂| <= Δ/2 (plus float rounding) for every element of the group whatever
+// the storage type. With fp32 storage, z = m and Δ = (M - m)/L exactly as stated
+// in DESIGN.md.
+//
+// Special groups:
+//  - constant (M = m, m representable in the storage type): Δ = 0, every code is 0
+//    and every element dequantizes exactly to z = m. No division by zero.
+//  - any NaN or ±Inf element: step and zero are stored as NaN; every code is 0 and
+//    every element dequantizes to NaN, so attention over such a key or value is
+//    NaN, as it would be in bf16 attention over the same inputs.
+//  - finite elements whose range overflows the storage type (|x| beyond 65504 with
+//    fp16 metadata, M - m beyond FLT_MAX): the stored step is +Inf and every element
+//    dequantizes to NaN. Never undefined behaviour: codes are clamped in float before
+//    the integer conversion.
+#pragma once
+
+#include <cstdint>
+
+#include "kvq/detail/macros.hpp"
+#include "kvq/math/float_bits.hpp"
+#include "kvq/math/scale_traits.hpp"
+
+namespace kvq::math {
+
+/// Running statistics of one group: min, max and whether every element is finite.
+struct GroupStats {
+  float min;
+  float max;
+  bool finite;
+
+  static KVQ_HOST_DEVICE GroupStats empty() { return {bits_as_float(0x7f800000u), bits_as_float(0xff800000u), true}; }
+  KVQ_HOST_DEVICE void add(float x) {
+    finite = finite && is_finite(x);
+    min = x < min ? x : min;
+    max = x > max ? x : max;
+  }
+  KVQ_HOST_DEVICE static GroupStats combine(const GroupStats& a, const GroupStats& b) {
+    return {a.min < b.min ? a.min : b.min, a.max > b.max ? a.max : b.max, a.finite && b.finite};
+  }
+};
+
+/// The stored (step, zero) of a group with the given statistics.
+template <ScaleType S, int Levels>
+KVQ_HOST_DEVICE GroupMeta<S> make_group_meta(const GroupStats& st) {
+  using T = ScaleTraits<S>;
+  GroupMeta<S> meta;
+  if (!st.finite) {
+    const float nan = bits_as_float(0x7fc00000u);
+    meta.zero = T::round_down(nan);
+    meta.step = T::round_up(nan);
+    return meta;
+  }
+  meta.zero = T::round_down(st.min);
+  const float step = (st.max - T::to_float(meta.zero)) / static_cast<float>(Levels);
+  meta.step = T::round_up(step);
+  return meta;
+}
+
+/// The code of x in a group with decoded step and zero: clamp(rne((x - zero) / step), 0, L).
+/// A zero or NaN step gives code 0.
+template <int Levels>
+KVQ_HOST_DEVICE std::uint32_t quantize_value(float x, float step, float zero) {
+  if (!(step > 0.0f)) return 0u;
+  float q = round_even((x - zero) / step);
+  q = q > 0.0f ? q : 0.0f;  // also maps NaN to 0
+  q = q < static_cast<float>(Levels) ? q : static_cast<float>(Levels);
+  return static_cast<std::uint32_t>(q);
+}
+
+/// x̂ = zero + step * code, as one fused multiply-add on host and device.
+KVQ_HOST_DEVICE float dequantize_value(std::uint32_t code, float step, float zero) {
+#if KVQ_DEVICE_CODE
+  return __fmaf_rn(step, static_cast<float>(code), zero);
+#else
+  return std::fma(step, static_cast<float>(code), zero);
+#endif
+}
+
+}  // namespace kvq::math
