@@ -57,17 +57,26 @@ KVQ_HOST_DEVICE float log_sinhc(float a) {
   return x + detail::log1p_f(-detail::exp_f(-2.0f * x)) - detail::log_f(2.0f * x);
 }
 
-/// Double-precision log(sinh(a)/a), for the CPU reference.
+/// Double-precision log(sinh(a)/a), for the CPU reference: relative error below 1e-13
+/// for every a. The closed form loses relative accuracy as a → 0 (its terms cancel to
+/// a²/6; with log1p(−exp(−2a)) the error reached 1.5e-7 relative near a = 1e-3), so the
+/// series runs up to |a| = 0.25, with terms through a¹⁶, and the closed form uses expm1.
 KVQ_HOST_DEVICE double log_sinhc(double a) {
   const double x = a < 0.0 ? -a : a;
-  if (x < 1e-3) {
+  if (x < 0.25) {
     const double x2 = x * x;
-    return x2 * (1.0 / 6.0 + x2 * (-1.0 / 180.0 + x2 * (1.0 / 2835.0)));
+    return x2 * (1.0 / 6.0 +
+                 x2 * (-1.0 / 180.0 +
+                       x2 * (1.0 / 2835.0 +
+                             x2 * (-1.0 / 37800.0 +
+                                   x2 * (1.0 / 467775.0 +
+                                         x2 * (-691.0 / 3831077250.0 +
+                                               x2 * (2.0 / 127702575.0 + x2 * (-3617.0 / 2605132530000.0))))))));
   }
 #if KVQ_DEVICE_CODE
-  return x + ::log1p(-::exp(-2.0 * x)) - ::log(2.0 * x);
+  return x + ::log(-::expm1(-2.0 * x)) - ::log(2.0 * x);
 #else
-  return x + std::log1p(-std::exp(-2.0 * x)) - std::log(2.0 * x);
+  return x + std::log(-std::expm1(-2.0 * x)) - std::log(2.0 * x);
 #endif
 }
 

@@ -17,10 +17,13 @@
 //  - any NaN or ±Inf element: step and zero are stored as NaN; every code is 0 and
 //    every element dequantizes to NaN, so attention over such a key or value is
 //    NaN, as it would be in bf16 attention over the same inputs.
-//  - finite elements whose range overflows the storage type (|x| beyond 65504 with
-//    fp16 metadata, M - m beyond FLT_MAX): the stored step is +Inf and every element
-//    dequantizes to NaN. Never undefined behaviour: codes are clamped in float before
-//    the integer conversion.
+//  - finite elements whose grid does not fit the storage type or float (a minimum
+//    below -65504 with fp16 metadata, a step (M - z)/L beyond the largest storage
+//    value, M - m beyond FLT_MAX, or a grid top z + L·Δ beyond FLT_MAX): the stored
+//    step is +Inf and every element dequantizes to NaN. (A maximum beyond 65504 alone
+//    does not overflow fp16 metadata when the step still fits: [0, 7e4] at 2 bits has
+//    Δ = 23334 and is quantized normally.) Never undefined behaviour: codes are
+//    clamped in float before the integer conversion.
 #pragma once
 
 #include <cstdint>
@@ -48,6 +51,15 @@ struct GroupStats {
   }
 };
 
+/// x̂ = zero + step * code, as one fused multiply-add on host and device.
+KVQ_HOST_DEVICE float dequantize_value(std::uint32_t code, float step, float zero) {
+#if KVQ_DEVICE_CODE
+  return __fmaf_rn(step, static_cast<float>(code), zero);
+#else
+  return std::fma(step, static_cast<float>(code), zero);
+#endif
+}
+
 /// The stored (step, zero) of a group with the given statistics.
 template <ScaleType S, int Levels>
 KVQ_HOST_DEVICE GroupMeta<S> make_group_meta(const GroupStats& st) {
@@ -62,6 +74,10 @@ KVQ_HOST_DEVICE GroupMeta<S> make_group_meta(const GroupStats& st) {
   meta.zero = T::round_down(st.min);
   const float step = (st.max - T::to_float(meta.zero)) / static_cast<float>(Levels);
   meta.step = T::round_up(step);
+  // The step was rounded up, so near FLT_MAX the top of the grid z + L·Δ can overflow
+  // although M does not: store an infinite step then, like any overflowing group.
+  if (!is_finite(dequantize_value(static_cast<std::uint32_t>(Levels), T::to_float(meta.step), T::to_float(meta.zero))))
+    meta.step = T::round_up(bits_as_float(0x7f800000u));
   return meta;
 }
 
@@ -74,15 +90,6 @@ KVQ_HOST_DEVICE std::uint32_t quantize_value(float x, float step, float zero) {
   q = q > 0.0f ? q : 0.0f;  // also maps NaN to 0
   q = q < static_cast<float>(Levels) ? q : static_cast<float>(Levels);
   return static_cast<std::uint32_t>(q);
-}
-
-/// x̂ = zero + step * code, as one fused multiply-add on host and device.
-KVQ_HOST_DEVICE float dequantize_value(std::uint32_t code, float step, float zero) {
-#if KVQ_DEVICE_CODE
-  return __fmaf_rn(step, static_cast<float>(code), zero);
-#else
-  return std::fma(step, static_cast<float>(code), zero);
-#endif
 }
 
 }  // namespace kvq::math

@@ -66,7 +66,9 @@ template <class Layout>
   if (a.num_chunk > 0 && (a.k_chunk.data == nullptr || a.v_chunk.data == nullptr)) return Status::kErrorInvalidArgument;
   if (a.cache_lengths != nullptr && cache == nullptr) return Status::kErrorInvalidArgument;
   const int group = a.q_heads / hkv;
-  const auto p = layout::CachePointers<Layout>::from_base(l, const_cast<void*>(cache));
+  // Pointers into the cache are formed only when there is one (no arithmetic on null).
+  const layout::CachePointers<Layout> p =
+      cache ? layout::CachePointers<Layout>::from_base(l, const_cast<void*>(cache)) : layout::CachePointers<Layout>{};
 
   for (int b = 0; b < a.batch; ++b) {
     const std::int64_t len = a.cache_lengths ? a.cache_lengths[b] : 0;

@@ -3,7 +3,6 @@
 // is answered with Status::kErrorNotSupported, never a launch.
 #pragma once
 
-#include "kvq/layout/cache_layout.hpp"
 #include "kvq/spec/types.hpp"
 #include "kvq/status.hpp"
 
@@ -27,6 +26,8 @@ struct CacheVariant {
   friend constexpr bool operator!=(const CacheVariant& a, const CacheVariant& b) { return !(a == b); }
 };
 
+/// The keys of a layout type (anything with KSpec, VSpec and kHeadDim, such as
+/// layout::CacheLayout).
 template <class Layout>
 constexpr CacheVariant variant_of() {
   using K = typename Layout::KSpec;
