@@ -4,7 +4,7 @@
 // For a group with minimum m and maximum M and L = 2^B - 1 levels:
 //   zero  z = m rounded down to the storage type,
 //   step  Δ = (M - z) / L (in float), rounded up to the storage type,
-//   code  c = clamp(rne((x - z) / Δ), 0, L),
+//   code  c = clamp(rne((x - z) · (1/Δ)), 0, L), 1/Δ rounded once per group (see encode()),
 //   value x̂ = z + Δ·c (one fused multiply-add).
 // The directed roundings make the stored grid [z, z + L·Δ] cover [m, M], so
 // |x - x̂| <= Δ/2 (plus float rounding) for every element of the group whatever
@@ -81,15 +81,39 @@ KVQ_HOST_DEVICE GroupMeta<S> make_group_meta(const GroupStats& st) {
   return meta;
 }
 
-/// The code of x in a group with decoded step and zero: clamp(rne((x - zero) / step), 0, L).
-/// A zero or NaN step gives code 0.
+/// Per-group constants of the encoder: the elements of a group are encoded with one
+/// reciprocal computed once per group instead of a division per element.
+struct GroupEncoder {
+  float zero;  ///< subtracted first
+  float inv;   ///< 1/Δ (IEEE division); 0 for a zero, NaN or infinite step: every code is then 0
+  float step;  ///< Δ, used only when 1/Δ overflows (Δ below 2^-128): then the code divides
+};
+
+/// The encoder of a group with decoded step and zero.
+KVQ_HOST_DEVICE GroupEncoder make_encoder(float step, float zero) {
+  if (!(step > 0.0f)) return {0.0f, 0.0f, 0.0f};
+  return {zero, 1.0f / step, step};
+}
+
+/// The code of x: clamp(rne((x − zero)·(1/Δ)), 0, L), with 1/Δ rounded once per group.
+/// (x − zero)·(1/Δ) differs from (x − zero)/Δ by at most one float rounding (a relative
+/// 2^-24), so a code differs from the exactly divided one only for x within about
+/// 2^-24·L steps of a midpoint between two levels, and |x − x̂| <= Δ/2 still holds up to
+/// that rounding. Round-to-nearest-even is the float addition of 1.5·2^23, which gives
+/// the same bits on host and device with no rounding-mode or conversion instruction.
 template <int Levels>
-KVQ_HOST_DEVICE std::uint32_t quantize_value(float x, float step, float zero) {
-  if (!(step > 0.0f)) return 0u;
-  float q = round_even((x - zero) / step);
+KVQ_HOST_DEVICE std::uint32_t encode(float x, const GroupEncoder& e) {
+  float q = is_finite(e.inv) ? (x - e.zero) * e.inv : (x - e.zero) / e.step;
   q = q > 0.0f ? q : 0.0f;  // also maps NaN to 0
   q = q < static_cast<float>(Levels) ? q : static_cast<float>(Levels);
-  return static_cast<std::uint32_t>(q);
+  return float_as_bits(q + 12582912.0f) & 0x3fffffu;  // 1.5·2^23: the integer lands in the low mantissa bits
+}
+
+/// encode() with the group's encoder built on the spot (for the reference and tests; a
+/// kernel builds the encoder once per group). A zero or NaN step gives code 0.
+template <int Levels>
+KVQ_HOST_DEVICE std::uint32_t quantize_value(float x, float step, float zero) {
+  return encode<Levels>(x, make_encoder(step, zero));
 }
 
 }  // namespace kvq::math
