@@ -1,0 +1,188 @@
+// Fused chunk attention over a quantized cache (DESIGN.md section 6): the current chunk's
+// Nq queries attend to [cache ; chunk] (Nkv = cache + Nq), bidirectional, bf16 inputs,
+// head dim 128. Compare with benchmarks/attention/torch_sdpa.py (torch flash / cuDNN on
+// bf16 K/V of the same shapes), measured in the same session.
+//
+//   BM_attention/<variant>/nq:<Nq>/cache:<tokens>/h:<Hq>[/hkv:<Hkv>]
+//   <variant> = <bits>_<pt|pc><group>_<correction>_d128[_<tile config>]
+// Timing: CUDA events around one launch (UseManualTime), behind a short spin kernel.
+// Counters: TFLOP/s = 4 * B * Hq * Nq * Nkv * D / time, ms per call, cache_GB (size of the
+// packed cache, metadata included).
+#include <benchmark/benchmark.h>
+
+#include <kvq/api/attention.cuh>
+#include <kvq/api/default_variants.cuh>
+
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "support/cuda_check.cuh"
+
+namespace {
+
+using kvq::Correction;
+using kvq::DType;
+using kvq::Status;
+using kvq::test::DeviceBuffer;
+
+__global__ void spin(long long cycles) {
+  const long long t0 = clock64();
+  while (clock64() - t0 < cycles) {
+  }
+}
+
+__device__ std::uint32_t hash(std::uint64_t i, std::uint32_t seed) {
+  std::uint32_t h = static_cast<std::uint32_t>(i) * 2654435761u ^ static_cast<std::uint32_t>(i >> 32) ^ seed;
+  h ^= h >> 15;
+  h *= 2246822519u;
+  h ^= h >> 13;
+  h *= 3266489917u;
+  h ^= h >> 16;
+  return h;
+}
+
+/// Random bf16 activations in [-2, 2).
+__global__ void fill_bf16(std::uint16_t* x, std::int64_t n, std::uint32_t seed) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
+    x[i] = kvq::math::float_to_bf16_bits_rn(static_cast<float>(hash(i, seed) >> 8) * (4.0f / 16777216.0f) - 2.0f);
+}
+
+/// Random code words.
+__global__ void fill_codes(std::uint32_t* x, std::int64_t n, std::uint32_t seed) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
+    x[i] = hash(i, seed);
+}
+
+/// Plausible fp16 (step, zero) pairs: step in [0.25, 1), zero in [-1.5, -0.5).
+__global__ void fill_meta(std::uint32_t* x, std::int64_t n, std::uint32_t seed) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::uint32_t h = hash(i, seed);
+    const float step = 0.25f + static_cast<float>(h & 0xffffu) * (0.75f / 65536.0f);
+    const float zero = -1.5f + static_cast<float>(h >> 16) * (1.0f / 65536.0f);
+    x[i] = kvq::math::float_to_half_bits_rn(step) | (static_cast<std::uint32_t>(kvq::math::float_to_half_bits_rn(zero)) << 16);
+  }
+}
+
+struct Shape {
+  std::int64_t nq, cache;
+  int hq, hkv;
+};
+
+template <class L, Correction Mode, class Config>
+void bm_attention(benchmark::State& state, Shape sh) {
+  constexpr int D = L::kHeadDim;
+  const std::int64_t nc = sh.nq;  // the chunk's queries attend to the cache and the chunk
+  L l;
+  if (L::make({1, sh.hkv, sh.cache, DType::kBFloat16}, &l) != Status::kSuccess) return state.SkipWithError("layout");
+  DeviceBuffer<unsigned char> cache(static_cast<std::size_t>(l.bytes()));
+  KVQ_TEST_CUDA(cudaMemset(cache.get(), 0, cache.size()));
+  auto* base = cache.get();
+  fill_codes<<<2048, 256>>>(reinterpret_cast<std::uint32_t*>(base + l.k_codes_offset()), l.k_codes_bytes() / 4, 1u);
+  fill_codes<<<2048, 256>>>(reinterpret_cast<std::uint32_t*>(base + l.v_codes_offset()), l.v_codes_bytes() / 4, 2u);
+  fill_meta<<<2048, 256>>>(reinterpret_cast<std::uint32_t*>(base + l.k_meta_offset()), l.k_meta_bytes() / 4, 3u);
+  fill_meta<<<2048, 256>>>(reinterpret_cast<std::uint32_t*>(base + l.v_meta_offset()), l.v_meta_bytes() / 4, 4u);
+  const std::int64_t nq_el = sh.nq * sh.hq * D, nc_el = nc * sh.hkv * D;
+  DeviceBuffer<std::uint16_t> q(static_cast<std::size_t>(nq_el)), o(static_cast<std::size_t>(nq_el)),
+      k(static_cast<std::size_t>(nc_el)), v(static_cast<std::size_t>(nc_el));
+  fill_bf16<<<2048, 256>>>(q.get(), nq_el, 5u);
+  fill_bf16<<<2048, 256>>>(k.get(), nc_el, 6u);
+  fill_bf16<<<2048, 256>>>(v.get(), nc_el, 7u);
+  KVQ_TEST_CUDA(cudaGetLastError());
+  DeviceBuffer<std::int32_t> lengths(std::vector<std::int32_t>{static_cast<std::int32_t>(sh.cache)});
+
+  kvq::AttentionArguments a;
+  a.batch = 1;
+  a.q_heads = sh.hq;
+  a.num_q = sh.nq;
+  a.num_chunk = nc;
+  a.q = kvq::Tensor4::contiguous(q.get(), DType::kBFloat16, sh.nq, sh.hq, D);
+  a.o = kvq::Tensor4::contiguous(o.get(), DType::kBFloat16, sh.nq, sh.hq, D);
+  a.k_chunk = kvq::Tensor4::contiguous(k.get(), DType::kBFloat16, nc, sh.hkv, D);
+  a.v_chunk = kvq::Tensor4::contiguous(v.get(), DType::kBFloat16, nc, sh.hkv, D);
+  a.cache = cache.get();
+  a.cache_lengths = lengths.get();
+  a.max_cache_length = sh.cache;
+  a.scale = 0.08838834764831845f;
+
+  cudaEvent_t start, stop;
+  KVQ_TEST_CUDA(cudaEventCreate(&start));
+  KVQ_TEST_CUDA(cudaEventCreate(&stop));
+  Status status = kvq::detail::attention_with_config<L, Mode, Config>(l, a, nullptr);  // warm-up
+  KVQ_TEST_CUDA(cudaDeviceSynchronize());
+  if (status != Status::kSuccess) return state.SkipWithError(kvq::to_string(status));
+  double total = 0.0;
+  for (auto _ : state) {
+    spin<<<1, 1>>>(100000);
+    KVQ_TEST_CUDA(cudaEventRecord(start, nullptr));
+    status = kvq::detail::attention_with_config<L, Mode, Config>(l, a, nullptr);
+    KVQ_TEST_CUDA(cudaEventRecord(stop, nullptr));
+    KVQ_TEST_CUDA(cudaEventSynchronize(stop));
+    float ms = 0.0f;
+    KVQ_TEST_CUDA(cudaEventElapsedTime(&ms, start, stop));
+    state.SetIterationTime(ms * 1e-3);
+    total += ms * 1e-3;
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  if (status != Status::kSuccess) return state.SkipWithError(kvq::to_string(status));
+  const double flops = 4.0 * sh.hq * static_cast<double>(sh.nq) * static_cast<double>(sh.cache + nc) * D;
+  const double sec = total / static_cast<double>(state.iterations());
+  state.counters["TFLOP/s"] = flops / sec / 1e12;
+  state.counters["ms"] = sec * 1e3;
+  state.counters["cache_GB"] = static_cast<double>(l.bytes()) / 1e9;
+}
+
+template <class L, Correction Mode, class Config = typename kvq::kernels::AttentionTileHeuristic<L::kHeadDim>::type>
+void add(const std::string& variant, const std::vector<Shape>& shapes) {
+  for (const Shape& s : shapes) {
+    std::string name = "BM_attention/" + variant + "/nq:" + std::to_string(s.nq) + "/cache:" + std::to_string(s.cache) +
+                       "/h:" + std::to_string(s.hq);
+    if (s.hkv != s.hq) name += "/hkv:" + std::to_string(s.hkv);
+    benchmark::RegisterBenchmark(name.c_str(), [s](benchmark::State& st) { bm_attention<L, Mode, Config>(st, s); })
+        ->UseManualTime()
+        ->Unit(benchmark::kMillisecond);
+  }
+}
+
+}  // namespace
+
+// The benchmarked pairs (the rest of the default set is instantiated by the tests).
+KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int2Pt128D128, kvq::Correction::kNone)
+KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int2Pt128D128, kvq::Correction::kTaylor2)
+KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int2Pc32D128, kvq::Correction::kNone)
+KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int2Pc32D128, kvq::Correction::kTaylor2)
+KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int4Pt128D128, kvq::Correction::kTaylor2)
+
+int main(int argc, char** argv) {
+  using namespace kvq::variants;
+  const std::vector<Shape> all = {{8192, 65536, 24, 24}, {4096, 16384, 24, 24}, {8192, 65536, 48, 8}};
+  const std::vector<Shape> main_shape = {{8192, 65536, 24, 24}};
+  add<Int2Pt128D128, Correction::kNone>("int2_pt128_none_d128", all);
+  add<Int2Pt128D128, Correction::kTaylor2>("int2_pt128_taylor2_d128", all);
+  add<Int2Pc32D128, Correction::kNone>("int2_pc32_none_d128", all);
+  add<Int2Pc32D128, Correction::kTaylor2>("int2_pc32_taylor2_d128", all);
+  add<Int4Pt128D128, Correction::kTaylor2>("int4_pt128_taylor2_d128", all);
+  // Configurations other than the heuristic's (8 warps, 64-token tiles, 4 stages, folded
+  // correction): the correction as one FMA/FADD per score, 4 warps, 32-token tiles.
+  using Unfolded = kvq::kernels::AttentionTileConfig<8, 64, 4, false>;
+  add<Int2Pt128D128, Correction::kTaylor2, Unfolded>("int2_pt128_taylor2_d128_unfolded", main_shape);
+  add<Int2Pc32D128, Correction::kTaylor2, Unfolded>("int2_pc32_taylor2_d128_unfolded", main_shape);
+  add<Int2Pt128D128, Correction::kTaylor2, kvq::kernels::AttentionTileConfig<4, 64, 4>>("int2_pt128_taylor2_d128_w4n64",
+                                                                                        main_shape);
+  add<Int2Pt128D128, Correction::kTaylor2, kvq::kernels::AttentionTileConfig<8, 32, 4>>("int2_pt128_taylor2_d128_w8n32",
+                                                                                        main_shape);
+  add<Int2Pt128D128, Correction::kTaylor2, kvq::kernels::AttentionTileConfig<8, 64, 3>>("int2_pt128_taylor2_d128_s3",
+                                                                                        main_shape);
+  add<Int2Pt128D128, Correction::kTaylor2, kvq::kernels::AttentionTileConfig<8, 64, 6>>("int2_pt128_taylor2_d128_s6",
+                                                                                        main_shape);
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

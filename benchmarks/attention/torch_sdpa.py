@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""Times torch's scaled_dot_product_attention (bf16) with the flash and cuDNN backends on
+the shapes of bench_attention.cu (Nkv = cache + chunk, chunk = Nq, bidirectional, head
+dim 128) and prints JSON: one record per (shape, backend) with ms and TFLOP/s
+(4 * B * Hq * Nq * Nkv * D / time). CUDA events, 3 warm-ups, median of 10 timed calls.
+"""
+import json
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+SHAPES = [  # (Nq, cache, Hq, Hkv)
+    (8192, 65536, 24, 24),
+    (4096, 16384, 24, 24),
+    (8192, 65536, 48, 8),
+]
+BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
+D = 128
+
+
+def time_call(fn, reps=10, warmup=3):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def main():
+    out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "results": []}
+    for nq, cache, hq, hkv in SHAPES:
+        nkv = cache + nq
+        q = torch.randn(1, hq, nq, D, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(1, hkv, nkv, D, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn(1, hkv, nkv, D, device="cuda", dtype=torch.bfloat16)
+        flops = 4.0 * hq * nq * nkv * D
+        for name, backend in BACKENDS.items():
+            rec = {"nq": nq, "cache": cache, "nkv": nkv, "hq": hq, "hkv": hkv, "d": D, "backend": name}
+            try:
+                gqa = hq != hkv
+                with sdpa_kernel([backend]):
+                    fn = lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+                    ms = time_call(fn)
+                rec.update(ms=ms, tflops=flops / (ms * 1e-3) / 1e12)
+            except Exception as ex:  # a backend may refuse a shape (e.g. GQA)
+                if hq != hkv:
+                    try:  # fall back to repeated K/V heads (what a GQA-less backend needs)
+                        kr = k.repeat_interleave(hq // hkv, dim=1)
+                        vr = v.repeat_interleave(hq // hkv, dim=1)
+                        with sdpa_kernel([backend]):
+                            ms = time_call(lambda: F.scaled_dot_product_attention(q, kr, vr))
+                        rec.update(ms=ms, tflops=flops / (ms * 1e-3) / 1e12, note="K/V heads repeated")
+                    except Exception as ex2:
+                        rec["error"] = f"{type(ex2).__name__}: {ex2}"[:300]
+                else:
+                    rec["error"] = f"{type(ex).__name__}: {ex}"[:300]
+            out["results"].append(rec)
+        del q, k, v
+        torch.cuda.empty_cache()
+    json.dump(out, sys.stdout, indent=1)
+    print()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+// The fused chunk-attention kernel: one CTA per (128 query rows, q head, batch entry)
+// attends to [quantized cache ; cache tail ; current chunk] in one pass.
+//
+// Pipeline (one __syncthreads per tile). Tiles 0..n_qtiles-1 cover the quantized cache,
+// the rest [tail ; chunk]. Iteration n:
+//   barrier            tile n is in K/V buffer n%2; buffer (n+1)%2 is free; packed tile n+1 landed
+//   issue              cp.async of packed tile n+kStages-1 (ring slot of tile n-1), or of the
+//                      unquantized tile n+1 straight into buffer (n+1)%2
+//   dequantize         packed tile n+1 -> buffer (n+1)%2 (+ correction coefficients / tables)
+//   compute            S = Q K^T, correction, mask, online softmax, O += P V on buffer n%2
+//   wait               for the packed tile n+2 (or the unquantized tile n+1)
+// so the dequantization of the next tile overlaps the tensor-core work of this one
+// across warps, and the packed codes arrive kStages-2 tiles ahead.
+#pragma once
+
+#include <cstdint>
+
+#include "kvq/kernels/attention_epilogue.cuh"
+
+namespace kvq::kernels {
+
+namespace detail {
+
+/// Compute step of one quantized tile (buffer buf): scores, correction, mask, softmax, PV.
+/// kMasked: the tile ends past the quantized length (only the last quantized tile).
+template <class Tr, bool kMasked>
+KVQ_DEVICE void compute_quantized_tile(const AttentionParams<typename Tr::Layout>& p, const CtaContext<Tr>& c,
+                                       WarpState<Tr>& st, int n, int buf, int warp, int lane) {
+  if constexpr (Tr::kCorrectionMma) {
+    if (n % Tr::kSubTiles == 0) {
+      stage_correction_mma<Tr>(st, c, n / Tr::kSubTiles, lane);
+      fold_stage_fragment<Tr>(st);
+    }
+  } else if constexpr (Tr::kCorrectionExact) {
+    if (n % Tr::kSubTiles == 0) {
+      stage_correction_exact<Tr>(st, p, c, n / Tr::kSubTiles, warp, lane);
+      fold_stage_fragment<Tr>(st);
+    }
+  }
+  const std::uint32_t k_tile = smem_u32(c.kv_buffer(buf));
+  float s[Tr::kNTiles][4];
+  qk_scores<Tr>(st, k_tile, lane, s);
+  if constexpr (Tr::kFoldPerToken) {
+    fold_correction<Tr>(st, smem_u32(c.smem + Tr::kOffFold + buf * Tr::kFoldTileBytes), lane, s);
+  } else if constexpr (Tr::kFoldPerChannel) {
+    fold_correction<Tr>(st, smem_u32(c.smem + Tr::kOffFold + (n % Tr::kSubTiles) * Tr::kFoldTileBytes), lane, s);
+  } else {
+    correct_per_token<Tr>(st, c, buf, lane, s);
+    correct_per_channel<Tr>(st, n, lane, s);
+  }
+  if constexpr (kMasked) mask_columns<Tr>(static_cast<int>(c.qlen - static_cast<std::int64_t>(n) * Tr::kTileN), lane, s);
+  float rowsum[2];
+  const bool track_mass = p.mass != nullptr;
+  softmax_update<Tr>(st, p.scale_log2, track_mass, s, rowsum);
+  if (track_mass) {
+    st.seg[0][0] += rowsum[0];
+    st.seg[1][0] += rowsum[1];
+  }
+  pv_accumulate<Tr>(st, k_tile + Tr::kTileBytes, lane, s);
+}
+
+/// The last visible index u of [tail ; chunk] for the lane's two rows: u_total - 1, or with
+/// the causal mask the row's diagonal (never before the tail's end).
+template <class Tr>
+KVQ_DEVICE void plain_limits(const AttentionParams<typename Tr::Layout>& p, const CtaContext<Tr>& c, int warp, int lane,
+                             std::int64_t (&limit)[2]) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    std::int64_t lim = c.u_total - 1;
+    if (p.causal) {
+      const std::int64_t i = c.r0 + 16 * warp + (lane >> 2) + 8 * h;
+      std::int64_t diag = c.tlen + i + c.nc - c.nq;
+      diag = diag < c.tlen - 1 ? c.tlen - 1 : diag;
+      lim = diag < lim ? diag : lim;
+    }
+    limit[h] = lim;
+  }
+}
+
+/// Compute step of one unquantized tile of [tail ; chunk]: no correction; with kMasked,
+/// columns past a row's limit (valid tokens, causal diagonal) are masked.
+template <class Tr, bool kMasked>
+KVQ_DEVICE void compute_plain_tile(const AttentionParams<typename Tr::Layout>& p, const CtaContext<Tr>& c, WarpState<Tr>& st,
+                                   int n, int buf, int warp, int lane) {
+  const std::uint32_t k_tile = smem_u32(c.kv_buffer(buf));
+  float s[Tr::kNTiles][4];
+  qk_scores<Tr>(st, k_tile, lane, s);
+  const std::int64_t u0 = static_cast<std::int64_t>(n - c.n_qtiles) * Tr::kTileN;
+  if constexpr (kMasked) {
+    std::int64_t limit[2];
+    plain_limits<Tr>(p, c, warp, lane, limit);
+    mask_limits<Tr>(u0, limit, lane, s);
+  }
+  float rowsum[2];
+  const bool track_mass = p.mass != nullptr;
+  softmax_update<Tr>(st, p.scale_log2, track_mass, s, rowsum);
+  if (track_mass) {
+    if (u0 + Tr::kTileN <= c.tlen) {
+      st.seg[0][1] += rowsum[0];
+      st.seg[1][1] += rowsum[1];
+    } else if (u0 >= c.tlen) {
+      st.seg[0][2] += rowsum[0];
+      st.seg[1][2] += rowsum[1];
+    } else {
+      const int t2 = 2 * (lane & 3);
+#pragma unroll
+      for (int nt = 0; nt < Tr::kNTiles; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          // Selects, not a run-time index: st must stay in registers.
+          const bool tail = u0 + 8 * nt + t2 + (e & 1) < c.tlen;
+          st.seg[e >> 1][1] += tail ? s[nt][e] : 0.0f;
+          st.seg[e >> 1][2] += tail ? 0.0f : s[nt][e];
+        }
+      }
+    }
+  }
+  pv_accumulate<Tr>(st, k_tile + Tr::kTileBytes, lane, s);
+}
+
+/// Does any row of the warp need masking in unquantized tile n?
+template <class Tr>
+KVQ_DEVICE bool plain_tile_masked(const AttentionParams<typename Tr::Layout>& p, const CtaContext<Tr>& c, int n, int warp,
+                                  int lane) {
+  std::int64_t limit[2];
+  plain_limits<Tr>(p, c, warp, lane, limit);
+  const std::int64_t u_last = static_cast<std::int64_t>(n - c.n_qtiles + 1) * Tr::kTileN - 1;
+  return __any_sync(0xffffffffu, u_last > limit[0] || u_last > limit[1]);
+}
+
+}  // namespace detail
+
+/// The kernel. Launch with Tr::kThreads threads, Tr::kSmemBytes of dynamic shared memory and
+/// grid (ceil(num_q / Tr::kRows), q_heads, batch).
+template <class Tr>
+__global__ void __launch_bounds__(Tr::kThreads, 1) attention_kernel(const __grid_constant__ AttentionParams<typename Tr::Layout> p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  using namespace detail;
+  constexpr int kS = Tr::kStages;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int tid = threadIdx.x;
+  const int warp = tid >> 5;
+  const int lane = tid & 31;
+
+  CtaContext<Tr> c;
+  if (!c.init(p, smem)) return;
+  WarpState<Tr> st;
+  st.init();
+
+  // ---- prologue: Q, the first kStages-1 packed tiles, tile 0 -------------------------------
+  init_fold_tiles<Tr>(c, tid);
+  issue_q<Tr>(p, c, tid);
+  kvq::detail::cp_async_commit();
+#pragma unroll 1
+  for (int m = 0; m < kS - 1; ++m) {
+    if (m < c.n_qtiles) issue_packed<Tr>(p, c, m, tid);
+    kvq::detail::cp_async_commit();
+  }
+  if (c.n_qtiles == 0) {
+    if (c.n_tiles > 0) issue_plain<Tr>(p, c, 0, 0, tid);
+    kvq::detail::cp_async_commit();
+    kvq::detail::cp_async_wait<0>();
+  } else {
+    kvq::detail::cp_async_wait<kS - 2>();  // Q and packed tile 0
+  }
+  __syncthreads();
+  load_q_fragments<Tr>(st, c, warp, lane);
+  row_coefficients<Tr>(st, p.scale, lane);
+  if (c.n_qtiles > 0) {
+    dequant_tile<Tr>(c, 0, 0, tid);
+    build_stage_tables<Tr>(p, c, 0, warp, lane);
+  }
+  kvq::detail::cp_async_wait<kS - 3>();  // packed tile 1
+  // Q (which aliases K/V buffer 1) is in registers before the first barrier of the loop.
+
+  // ---- main loop ---------------------------------------------------------------------------
+#pragma unroll 1
+  for (int n = 0; n < c.n_tiles; ++n) {
+    __syncthreads();
+    const int buf = n & 1;
+    if (n + kS - 1 < c.n_qtiles) issue_packed<Tr>(p, c, n + kS - 1, tid);
+    const bool next_plain = n + 1 < c.n_tiles && n + 1 >= c.n_qtiles;
+    if (next_plain) issue_plain<Tr>(p, c, n + 1, buf ^ 1, tid);
+    kvq::detail::cp_async_commit();
+    if (n + 1 < c.n_qtiles) {
+      dequant_tile<Tr>(c, n + 1, buf ^ 1, tid);
+      if ((n + 1) % Tr::kSubTiles == 0) build_stage_tables<Tr>(p, c, (n + 1) / Tr::kSubTiles, warp, lane);
+    }
+    // Masked variants only for the tiles that need them (a real branch, not predication).
+    if (n < c.n_qtiles) {
+      if (static_cast<std::int64_t>(n + 1) * Tr::kTileN > c.qlen) {
+        compute_quantized_tile<Tr, true>(p, c, st, n, buf, warp, lane);
+      } else {
+        compute_quantized_tile<Tr, false>(p, c, st, n, buf, warp, lane);
+      }
+    } else if (plain_tile_masked<Tr>(p, c, n, warp, lane)) {
+      compute_plain_tile<Tr, true>(p, c, st, n, buf, warp, lane);
+    } else {
+      compute_plain_tile<Tr, false>(p, c, st, n, buf, warp, lane);
+    }
+    if (next_plain) {
+      kvq::detail::cp_async_wait<0>();
+    } else {
+      kvq::detail::cp_async_wait<kS - 3>();
+    }
+  }
+  kvq::detail::cp_async_wait<0>();
+
+  // ---- epilogue ----------------------------------------------------------------------------
+  write_outputs<Tr>(p, c, st, warp, lane);
+#else
+  (void)p;
+#endif
+}
+
+}  // namespace kvq::kernels

@@ -1,0 +1,93 @@
+// Step 3 of the fused attention kernel: online softmax in the exp2 domain
+// (kvq::math::OnlineSoftmax semantics, kept in registers) and O += P V on tensor
+// cores with P converted in registers to the A operand.
+#pragma once
+
+#include <cstdint>
+
+#include "kvq/kernels/attention_scores.cuh"
+
+namespace kvq::kernels::detail {
+
+using kvq::detail::ex2;
+using kvq::detail::ldsm_x4_trans;
+
+/// Folds one tile of raw scores into the running max and sum of both rows of the lane and
+/// rescales the output accumulator; on return s holds the weights 2^((s - m) scale log2e)
+/// (0 for -inf scores) and rowsum their per-lane partial sums.
+///
+/// A row that has seen only -inf keeps max -inf and uses 0 as its exponent base, so no
+/// inf - inf appears; its weights and sum stay 0.
+template <class Tr>
+KVQ_DEVICE void softmax_update(WarpState<Tr>& st, float sl2, bool track_mass, float (&s)[Tr::kNTiles][4], float (&rowsum)[2]) {
+  float base[2], factor[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float mx = neg_inf();
+#pragma unroll
+    for (int nt = 0; nt < Tr::kNTiles; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * h], s[nt][2 * h + 1]));
+    mx = kvq::detail::quad_max(mx);
+    const float m_new = fmaxf(st.m[h], mx);
+    base[h] = m_new == neg_inf() ? 0.0f : m_new * sl2;
+    // Exactly 1 when the max did not move (the common case after the first tiles).
+    factor[h] = m_new == st.m[h] ? 1.0f : ex2(__fmaf_rn(st.m[h], sl2, -base[h]));
+    st.m[h] = m_new;
+    st.l[h] *= factor[h];
+    if (track_mass) {
+      st.seg[h][0] *= factor[h];
+      st.seg[h][1] *= factor[h];
+      st.seg[h][2] *= factor[h];
+    }
+  }
+  // The output rescale (2 * HeadDim / 8 multiplies per lane) only when some row of the
+  // warp got a new max.
+  if (__any_sync(0xffffffffu, factor[0] != 1.0f || factor[1] != 1.0f)) {
+#pragma unroll
+    for (int ot = 0; ot < Tr::kOTiles; ++ot) {
+      st.o[ot][0] *= factor[0];
+      st.o[ot][1] *= factor[0];
+      st.o[ot][2] *= factor[1];
+      st.o[ot][3] *= factor[1];
+    }
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float sum = 0.0f;
+#pragma unroll
+    for (int nt = 0; nt < Tr::kNTiles; ++nt) {
+      s[nt][2 * h] = ex2(__fmaf_rn(s[nt][2 * h], sl2, -base[h]));
+      s[nt][2 * h + 1] = ex2(__fmaf_rn(s[nt][2 * h + 1], sl2, -base[h]));
+      sum += s[nt][2 * h] + s[nt][2 * h + 1];
+    }
+    rowsum[h] = sum;
+    st.l[h] += sum;
+  }
+}
+
+/// O += P V for one V tile: P (the weights, rounded to the element type) is the A
+/// operand straight from the score accumulators; V rows are tokens, so ldmatrix.trans
+/// yields B fragments.
+template <class Tr>
+KVQ_DEVICE void pv_accumulate(WarpState<Tr>& st, std::uint32_t v_tile, int lane, const float (&p)[Tr::kNTiles][4]) {
+  using Ops = kvq::detail::ElementOps<Tr::kElement>;
+  // Matrix i = lane / 8: tokens 16 kk + 8 (i & 1) + lane % 8, chunk 2 np + (i >> 1).
+  std::uint32_t off[4];
+  ldsm_offsets<Tr>(8 * ((lane >> 3) & 1) + (lane & 7), lane >> 4, lane, off);
+#pragma unroll
+  for (int kk = 0; kk < Tr::kPSteps; ++kk) {
+    std::uint32_t a[4];
+    a[0] = Ops::pack(p[2 * kk][0], p[2 * kk][1]);
+    a[1] = Ops::pack(p[2 * kk][2], p[2 * kk][3]);
+    a[2] = Ops::pack(p[2 * kk + 1][0], p[2 * kk + 1][1]);
+    a[3] = Ops::pack(p[2 * kk + 1][2], p[2 * kk + 1][3]);
+#pragma unroll
+    for (int np = 0; np < Tr::kOTiles / 2; ++np) {
+      std::uint32_t b[4];
+      ldsm_x4_trans(v_tile + off[np & 3] + (np >> 2) * 128 + kk * 16 * Tr::kChunksPerRow * 16, b);
+      Ops::mma(st.o[2 * np], a, b[0], b[1]);
+      Ops::mma(st.o[2 * np + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+}  // namespace kvq::kernels::detail

@@ -1,0 +1,39 @@
+# GPU tests of the fused chunk attention (include/kvq/kernels/attention_*.cuh,
+# include/kvq/api/attention.cuh), one executable per cache layout with one translation
+# unit per correction mode (each instantiates its variant for bf16 and fp16), and the
+# standalone dump program that tests/kernels/torch_check.py reads.
+set(_kvq_attn ${CMAKE_CURRENT_LIST_DIR})
+
+function(_kvq_attention_test name)
+  set(_srcs)
+  foreach(_s IN LISTS ARGN)
+    list(APPEND _srcs ${_kvq_attn}/${_s})
+  endforeach()
+  kvq_add_gpu_test(${name} ${_srcs})
+  if(TARGET ${name})
+    set_tests_properties(${name} PROPERTIES LABELS "gpu;attention" TIMEOUT 1800)
+  endif()
+endfunction()
+
+_kvq_attention_test(test_attention_int2_pt128
+  test_attention_int2_pt128_none.cu test_attention_int2_pt128_taylor2.cu test_attention_int2_pt128_taylor4.cu
+  test_attention_api.cu)
+_kvq_attention_test(test_attention_int2_pc32
+  test_attention_int2_pc32_none.cu test_attention_int2_pc32_taylor2.cu test_attention_int2_pc32_taylor4.cu
+  test_attention_int2_pc32_exact.cu)
+_kvq_attention_test(test_attention_int4_pt128
+  test_attention_int4_pt128_none.cu test_attention_int4_pt128_taylor2.cu test_attention_int4_pt128_taylor4.cu)
+_kvq_attention_test(test_attention_int4_pc32
+  test_attention_int4_pc32_none.cu test_attention_int4_pc32_taylor2.cu test_attention_int4_pc32_taylor4.cu
+  test_attention_int4_pc32_exact.cu)
+_kvq_attention_test(test_attention_d64
+  test_attention_int2_pt64_d64_none.cu test_attention_int2_pt64_d64_taylor2.cu test_attention_int4_pc32_d64_taylor2.cu)
+_kvq_attention_test(test_attention_config test_attention_config.cu test_attention_config_tiles.cu)
+
+if(KVQ_HAS_CUDA)
+  # Not a test: writes .npy files for torch_check.py (see that script).
+  add_executable(attention_dump ${_kvq_attn}/attention_dump.cu)
+  kvq_target_defaults(attention_dump)
+  target_link_libraries(attention_dump PRIVATE CUDA::cudart)
+  target_include_directories(attention_dump PRIVATE ${PROJECT_SOURCE_DIR}/tests)
+endif()

@@ -1,0 +1,25 @@
+// The fused attention with non-default configurations against the reference: the
+// correction applied with one FMA/FADD per score instead of folded into the MMA, and
+// other tile shapes (4 warps per CTA; 32-token tiles). The benchmark compares them.
+#include "kernels/test_attention_common.cuh"
+
+namespace {
+using Unfolded = kvq::kernels::AttentionTileConfig<8, 64, 4, false>;
+
+template <class Layout, kvq::Correction Mode, class Config>
+void run_config_cases(const char* name, std::uint64_t seed0) {
+  for (const auto& c : kvq::test::standard_cases(kvq::DType::kBFloat16, seed0)) {
+    DYNAMIC_SECTION(c.describe()) { kvq::test::run_attention_case<Layout, Mode, Config>(c, name); }
+  }
+}
+}  // namespace
+
+TEST_CASE("fused attention, correction per score (not folded): int2_pt128 taylor2", "[attention][gpu][config]") {
+  run_config_cases<kvq::variants::Int2Pt128D128, kvq::Correction::kTaylor2, Unfolded>("int2_pt128 t2 unfolded", 810001);
+}
+TEST_CASE("fused attention, correction per score (not folded): int2_pt128 taylor4", "[attention][gpu][config]") {
+  run_config_cases<kvq::variants::Int2Pt128D128, kvq::Correction::kTaylor4, Unfolded>("int2_pt128 t4 unfolded", 811001);
+}
+TEST_CASE("fused attention, correction per score (not folded): int2_pc32 taylor2", "[attention][gpu][config]") {
+  run_config_cases<kvq::variants::Int2Pc32D128, kvq::Correction::kTaylor2, Unfolded>("int2_pc32 t2 unfolded", 820001);
+}

@@ -1,0 +1,5 @@
+// GPU test of the fused attention: int2_pt64_d64 keys/values, correction none, against the reference.
+#include "kernels/test_attention_common.cuh"
+
+KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int2Pt64D64, kvq::Correction::kNone)
+KVQ_ATTENTION_TEST_CASES(kvq::variants::Int2Pt64D64, kvq::Correction::kNone, "int2_pt64_d64 none", 150001)
