@@ -20,6 +20,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -157,6 +158,12 @@ double rel_err(const std::vector<double>& x, const std::vector<double>& ref) {
   return std::sqrt(num / den);
 }
 
+#if KVQ_DEMO_WITH_CUDA
+using DeviceSequencePtr = kvq_demo::DeviceSequence*;
+#else
+using DeviceSequencePtr = void*;
+#endif
+
 struct Row {
   int chunk;
   int bits;
@@ -169,7 +176,8 @@ struct Row {
 /// Runs every chunk for one quantized layout: quantize-and-append, attention with and
 /// without the correction. `baseline[c]` is the bf16-cache result of chunk c.
 template <class Layout>
-void run_layout(const Options& o, Sequence& s, bool gpu, const std::vector<StepResult>& baseline, std::vector<Row>* rows) {
+void run_layout(const Options& o, Sequence& s, bool gpu, DeviceSequencePtr dseq, const std::vector<StepResult>& baseline,
+                std::vector<Row>* rows) {
   Layout l;
   const int total = o.chunks * o.chunk_tokens;
   const int capacity = (total + Layout::kKeyTokensPerGroup - 1) / Layout::kKeyTokensPerGroup * Layout::kKeyTokensPerGroup;
@@ -179,22 +187,21 @@ void run_layout(const Options& o, Sequence& s, bool gpu, const std::vector<StepR
   const kvq::Correction modes[] = {kvq::Correction::kNone, kvq::Correction::kTaylor2};
 #if KVQ_DEMO_WITH_CUDA
   if (gpu) {
-    kvq_demo::GpuCache<Layout> cache(l, s.k.size(), s.q.size());
-    cache.upload_sequence(s.k, s.v, s.q);
+    kvq_demo::GpuCache<Layout> cache(l, *dseq);
     for (int c = 0; c < o.chunks; ++c) {
       if (c > 0)
         for (kvq::Correction m : modes) {
           StepResult r;
-          cache.attend(o.heads, c * o.chunk_tokens, o.chunk_tokens, s.tokens, m, &r.mass_current, &r.out);
+          cache.attend(c * o.chunk_tokens, o.chunk_tokens, m, &r.mass_current, &r.out);
           rows->push_back({c, bits, gran, m, r.mass_current, baseline[c].mass_current, rel_err(r.out, baseline[c].out),
                            static_cast<long long>(l.bytes())});
         }
-      cache.append(c * o.chunk_tokens, o.chunk_tokens, s.tokens, o.heads);
+      cache.append(c * o.chunk_tokens, o.chunk_tokens);
     }
     return;
   }
 #else
-  (void)gpu;
+  (void)gpu, (void)dseq;
 #endif
   std::vector<unsigned char> cache(l.bytes());
   std::int32_t length = 0;
@@ -221,8 +228,14 @@ int main(int argc, char** argv) {
   }
   Sequence s(o);
   bool gpu = false;
+DeviceSequencePtr dseq = nullptr;
 #if KVQ_DEMO_WITH_CUDA
   gpu = !o.force_cpu && kvq_demo::gpu_available();
+  std::unique_ptr<kvq_demo::DeviceSequence> device_sequence;
+  if (gpu) {
+    device_sequence = std::make_unique<kvq_demo::DeviceSequence>(s.k, s.v, s.q, s.tokens, o.heads, kHeadDim);
+    dseq = device_sequence.get();
+  }
 #endif
 
   // The bf16 cache: every earlier token, unquantized, attended as part of one segment.
@@ -230,8 +243,7 @@ int main(int argc, char** argv) {
   for (int c = 1; c < o.chunks; ++c) {
 #if KVQ_DEMO_WITH_CUDA
     if (gpu) {
-      baseline[c] = kvq_demo::gpu_dense_attend<PerTokenInt2>(s.k, s.v, s.q, s.tokens, o.heads, c * o.chunk_tokens,
-                                                               o.chunk_tokens);
+      kvq_demo::dense_attend(*dseq, c * o.chunk_tokens, o.chunk_tokens, &baseline[c].out, &baseline[c].mass_current);
       continue;
     }
 #endif
@@ -248,10 +260,10 @@ int main(int argc, char** argv) {
   std::vector<Row> rows;
   for (int c = 1; c < o.chunks; ++c)
     rows.push_back({c, 16, "none", kvq::Correction::kNone, baseline[c].mass_current, baseline[c].mass_current, 0.0, bf16_bytes});
-  run_layout<PerTokenInt2>(o, s, gpu, baseline, &rows);
-  run_layout<PerChannelInt2>(o, s, gpu, baseline, &rows);
-  run_layout<PerTokenInt4>(o, s, gpu, baseline, &rows);
-  run_layout<PerChannelInt4>(o, s, gpu, baseline, &rows);
+  run_layout<PerTokenInt2>(o, s, gpu, dseq, baseline, &rows);
+  run_layout<PerChannelInt2>(o, s, gpu, dseq, baseline, &rows);
+  run_layout<PerTokenInt4>(o, s, gpu, dseq, baseline, &rows);
+  run_layout<PerChannelInt4>(o, s, gpu, dseq, baseline, &rows);
 
   // Share of the drop in current-chunk mass (quantized, no correction vs bf16) that Taylor2 removes.
   struct Summary { int bits; const char* gran; double removed; };

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Builds everything for the GPU machine (sm_90a) into build-device/ and stages the
+# programs the device run needs into build-stage/ (small enough to carry: the device
+# tool moves at most 64 MiB): GPU test binaries, benchmarks, the dump program of the
+# PyTorch cross-check, the demo, and the Google Benchmark shared library.
+#
+#   scripts/device_build.sh     # then carry build-carry; there: scripts/device_check.sh unpacks it
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=${KVQ_BUILD_DIR:-$root/build-device}
+stage=$root/build-stage
+"$root/scripts/install_deps.sh"
+cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVQ_CUDA_ARCHITECTURES=90a \
+  -DKVQ_BUILD_TESTS=ON -DKVQ_BUILD_BENCHMARKS=ON -DKVQ_BUILD_EXAMPLES=ON >/dev/null
+cmake --build "$build" -j "$(nproc)"
+rm -rf "$stage" && mkdir -p "$stage"
+find "$build/tests" "$build/benchmarks" "$build/examples" -type f -perm -u+x \
+  \( -name 'test_quantize_append' -o -name 'test_attention_*' -o -name 'attention_dump' -o -name 'bench_*' \
+     -o -name 'chunked_video_demo' \) -exec cp {} "$stage"/ \;
+cp -L /lib/x86_64-linux-gnu/libbenchmark.so.1debian "$stage"/
+strip --strip-debug "$stage"/test_* "$stage"/bench_* "$stage"/attention_dump "$stage"/chunked_video_demo 2>/dev/null || true
+# The device tool carries at most 64 MiB: ship the staged programs as one archive.
+mkdir -p "$root/build-carry"
+tar -C "$stage" -czf "$root/build-carry/stage.tar.gz" .
+du -sh "$stage" "$root/build-carry/stage.tar.gz"
