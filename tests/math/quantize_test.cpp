@@ -363,3 +363,20 @@ TEST_CASE("GroupMeta stores the step first and takes 4 bytes for 16-bit and 8 by
   CHECK(B::round_up(0.1f) == B::round_down(0.1f) + 1);
   CHECK(kvq::math::ScaleTraits<ScaleType::kFloat32>::round_up(0.1f) == 0.1f);
 }
+
+TEST_CASE("GroupStats::combine keeps the same one of two equal extremes as add()", "[quant][cpu]") {
+  using kvq::math::GroupStats;
+  for (const float first : {-0.0f, 0.0f})
+    for (const float second : {-0.0f, 0.0f}) {
+      GroupStats seq = GroupStats::empty(), a = GroupStats::empty(), b = GroupStats::empty();
+      seq.add(first);
+      seq.add(second);
+      a.add(first);
+      b.add(second);
+      const GroupStats c = GroupStats::combine(a, b);
+      INFO("first " << first << " (sign " << std::signbit(first) << "), second " << second);
+      REQUIRE(std::signbit(c.min) == std::signbit(seq.min));
+      REQUIRE(std::signbit(c.max) == std::signbit(seq.max));
+      REQUIRE(std::signbit(seq.min) == std::signbit(first));  // add() keeps the first of equal values
+    }
+}

@@ -46,8 +46,10 @@ struct GroupStats {
     min = x < min ? x : min;
     max = x > max ? x : max;
   }
+  /// The statistics of the elements of `a` followed by those of `b`: the same as adding
+  /// them one by one, including which of two equal extremes (−0 and +0) is kept (the first).
   KVQ_HOST_DEVICE static GroupStats combine(const GroupStats& a, const GroupStats& b) {
-    return {a.min < b.min ? a.min : b.min, a.max > b.max ? a.max : b.max, a.finite && b.finite};
+    return {b.min < a.min ? b.min : a.min, b.max > a.max ? b.max : a.max, a.finite && b.finite};
   }
 };
 
