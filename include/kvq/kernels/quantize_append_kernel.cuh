@@ -24,13 +24,17 @@
 //              lane of the group; after a second barrier the lanes read their encoders.
 //              Groups inside one lane (G < 32, or 16 with an odd number of lanes per row) are
 //              handled by their lane alone, with no barrier (QuantizeAppendTraits::kKeyShared,
-//              kValueShared).
+//              kValueShared), and so are value groups whose tasks would not all have a thread
+//              of their own.
 //   PerChannel A thread owns 8 channels (one 16-byte chunk) of 4·kRounds consecutive tokens
 //   keys       of one key group. Its partial min/max per channel go to shared memory; the
 //              tasks then include one thread per (key group, channel), which folds them in
 //              token order. With 2-bit codes a token's word covers two chunks, i.e. two
 //              adjacent lanes: one shuffle assembles the words. The values of the tile's tokens
-//              are segments as above.
+//              are segments as above (with their own metadata and codes before the first
+//              barrier when they are not tasks). The rows a tile reads depend on the old tail:
+//              with one round and 16-byte loads they are loaded as for an empty tail before the
+//              length is read, and loaded again only when the tail is not empty.
 //   Tail       The block of tile 0 of a (b, h) (the only one that reads the old tail) writes
 //              the new tail after a barrier, once every read of the old tail is done.
 // The lengths are increased by a second, one-block kernel in the same stream once every
@@ -46,6 +50,9 @@
 //    first, with NaN-propagating maxima; a group whose min and max are both zero (all zeros)
 //    takes max = min, as the reference does. finite = isfinite(min) && isfinite(max). See
 //    combine() and stats_of().
+//  - metadata: the operations of math::make_group_meta and encoder_of, with the fp16/bf16
+//    directed roundings and conversions done by cvt instructions on sm_90 (exact for every
+//    non-NaN input: DeviceScale, group_meta).
 //  - codes: enc = math::make_encoder(step, zero) once per group. When 1/step is finite and
 //    positive (every finite group with a step in [2^-128, FLT_MAX]) an element x of the
 //    group has x >= zero and q = (x - zero)·(1/step) in [-0, L(1 + 2^-20)] (proof at
@@ -110,7 +117,9 @@ struct QuantizeAppendTraits {
   /// (a task) computes its metadata and encoder, instead of every lane of the group. Tasks are
   /// the PerChannel key entries (group, channel), then the PerToken key groups of the tile's rows
   /// when they span >= 2 lanes, then the value groups likewise, as long as shared memory allows
-  /// (else those lanes compute their groups' metadata themselves).
+  /// (else those lanes compute their groups' metadata themselves). Value groups become tasks only
+  /// when every task still has a thread of its own (one task loop iteration): otherwise (PerChannel
+  /// keys of one group per thread) their lanes compute their metadata and codes before the barrier.
   static constexpr int kSetBytes = kKeyPerChannel ? kTokenSets * kHeadDim * 4 : 0;  ///< PerChannel key partials
   static constexpr int kKeyEntries = kKeyPerChannel ? kKeyGroupsPerTile * kHeadDim : 0;
   static constexpr int kKeyRowTasks = kKeyPerChannel ? 0 : kTileRows * (kHeadDim / KSpec::kGroupSize);
@@ -121,7 +130,8 @@ struct QuantizeAppendTraits {
   static constexpr int kKeyTasks = kKeyPerChannel ? kKeyEntries : kKeyShared ? kKeyRowTasks : 0;
   static constexpr int kKeyTaskBytes = (kKeyPerChannel ? 12 : 20) * kKeyTasks;
   static constexpr bool kValueShared = segment_lanes_per_group(VSpec::kGroupSize, kHeadDim) >= 2 &&
-                                       kSetBytes + kKeyTaskBytes + 20 * kValueRowTasks <= kTaskBudget;
+                                       kSetBytes + kKeyTaskBytes + 20 * kValueRowTasks <= kTaskBudget &&
+                                       kKeyTasks + kValueRowTasks <= kThreads;
   static constexpr int kValueTasks = kValueShared ? kValueRowTasks : 0;
   static constexpr int kTasks = kKeyTasks + kValueTasks;
   static constexpr bool kUseTasks = kTasks > 0;  ///< the block has metadata tasks (two barriers)
@@ -477,6 +487,102 @@ KVQ_HOST_DEVICE math::GroupEncoder encoder_of(const math::GroupMeta<S>& m) {
 
 #if defined(__CUDACC__)
 
+// ---- device: metadata ---------------------------------------------------------------------------
+
+/// The conversions of math::ScaleTraits<S> as the device computes them. On sm_90+, 16-bit
+/// storage uses the hardware conversions (cvt.rm / cvt.rp .f16 / .bf16 from f32, cvt.f32.f16):
+/// IEEE 754 directed roundings, overflow included (round-down of x > max finite gives the
+/// largest finite value, of x < -max finite gives -Inf, and round-up the mirror image), which
+/// are exactly the bits of the software conversions for every input that is not a NaN.
+/// group_meta never converts a NaN (a non-finite group takes constant bits). fp32 storage, and
+/// older devices, use ScaleTraits itself.
+template <ScaleType S>
+struct DeviceScale : math::ScaleTraits<S> {};
+template <>
+struct DeviceScale<ScaleType::kFloat16> {
+  using Storage = std::uint16_t;
+  static KVQ_DEVICE float to_float(Storage s) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(s));
+    return f;
+#else
+    return math::half_bits_to_float(s);
+#endif
+  }
+  static KVQ_DEVICE Storage round_down(float x) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    Storage h;
+    asm("cvt.rm.f16.f32 %0, %1;" : "=h"(h) : "f"(x));
+    return h;
+#else
+    return math::float_to_half_bits_rd(x);
+#endif
+  }
+  static KVQ_DEVICE Storage round_up(float x) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    Storage h;
+    asm("cvt.rp.f16.f32 %0, %1;" : "=h"(h) : "f"(x));
+    return h;
+#else
+    return math::float_to_half_bits_ru(x);
+#endif
+  }
+};
+template <>
+struct DeviceScale<ScaleType::kBFloat16> {
+  using Storage = std::uint16_t;
+  static KVQ_DEVICE float to_float(Storage s) { return math::bf16_bits_to_float(s); }
+  static KVQ_DEVICE Storage round_down(float x) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    Storage h;
+    asm("cvt.rm.bf16.f32 %0, %1;" : "=h"(h) : "f"(x));
+    return h;
+#else
+    return math::float_to_bf16_bits_rd(x);
+#endif
+  }
+  static KVQ_DEVICE Storage round_up(float x) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    Storage h;
+    asm("cvt.rp.bf16.f32 %0, %1;" : "=h"(h) : "f"(x));
+    return h;
+#else
+    return math::float_to_bf16_bits_ru(x);
+#endif
+  }
+};
+
+/// math::make_group_meta<S, Levels>(st), bit for bit, with the conversions of DeviceScale: the
+/// same operations in the same order (zero = round_down(min); step = round_up((max - zero) / L);
+/// an infinite step when the grid top zero + L·step overflows); a non-finite group stores the
+/// constant bits of the reference's rounding of NaN.
+template <ScaleType S, int Levels>
+KVQ_DEVICE math::GroupMeta<S> group_meta(const math::GroupStats& st) {
+  using T = math::ScaleTraits<S>;
+  using DS = DeviceScale<S>;
+  math::GroupMeta<S> meta;
+  if (!st.finite) {
+    const float nan = math::bits_as_float(0x7fc00000u);
+    meta.zero = T::round_down(nan);
+    meta.step = T::round_up(nan);
+    return meta;
+  }
+  meta.zero = DS::round_down(st.min);
+  const float zero = DS::to_float(meta.zero);
+  const float step = (st.max - zero) / static_cast<float>(Levels);
+  meta.step = DS::round_up(step);
+  if (!math::is_finite(math::dequantize_value(static_cast<std::uint32_t>(Levels), DS::to_float(meta.step), zero)))
+    meta.step = T::round_up(math::bits_as_float(0x7f800000u));
+  return meta;
+}
+
+/// encoder_of(m) with the conversions of DeviceScale.
+template <ScaleType S>
+KVQ_DEVICE math::GroupEncoder group_encoder(const math::GroupMeta<S>& m) {
+  return math::make_encoder(DeviceScale<S>::to_float(m.step), DeviceScale<S>::to_float(m.zero));
+}
+
 // ---- device: loads ------------------------------------------------------------------------------
 
 /// 8 elements at p (16-byte aligned when `vec`) as four packed pairs.
@@ -628,8 +734,8 @@ KVQ_DEVICE void segment_meta_local(const Partial (&part)[SegmentPlan<Spec, D>::k
   using SP = SegmentPlan<Spec, D>;
 #pragma unroll
   for (int g = 0; g < SP::kLocalGroups; ++g) {
-    const auto m = math::make_group_meta<Spec::kScaleType, Spec::kLevels>(stats_of(part[g]));
-    enc[g] = encoder_of(m);
+    const auto m = group_meta<Spec::kScaleType, Spec::kLevels>(stats_of(part[g]));
+    enc[g] = group_encoder(m);
     if (valid && (lane & (SP::kLanes - 1)) == 0) store(g, m);
   }
 }
@@ -800,21 +906,21 @@ KVQ_DEVICE void task_phase_b(const Params<Layout>& p, const Head& hd, std::int64
     const math::GroupStats st = stats_of(pt);
     math::GroupEncoder e;
     if constexpr (kUnified) {
-      const auto m = math::make_group_meta<KS::kScaleType, KS::kLevels>(st);
+      const auto m = group_meta<KS::kScaleType, KS::kLevels>(st);
       if (valid) {
         if (is_k) p.cache.k_meta[index] = m;
         else p.cache.v_meta[index] = m;
       }
-      e = encoder_of(m);
+      e = group_encoder(m);
     } else {
       if (is_k) {
-        const auto m = math::make_group_meta<KS::kScaleType, KS::kLevels>(st);
+        const auto m = group_meta<KS::kScaleType, KS::kLevels>(st);
         if (valid) p.cache.k_meta[index] = m;
-        e = encoder_of(m);
+        e = group_encoder(m);
       } else {
-        const auto m = math::make_group_meta<VS::kScaleType, VS::kLevels>(st);
+        const auto m = group_meta<VS::kScaleType, VS::kLevels>(st);
         if (valid) p.cache.v_meta[index] = m;
-        e = encoder_of(m);
+        e = group_encoder(m);
       }
     }
     sm.zr()[u] = make_float2(e.zero, e.inv);
@@ -916,9 +1022,43 @@ KVQ_DEVICE void store_key_codes(const Params<Layout>& p, const Head& hd, std::in
   }
 }
 
-/// PerChannel keys of a tile, with the V segments of the same tokens.
+/// The Head of an append whose key tail is empty, with no length read: what the loads of a tile
+/// use (b, h, tail = 0, full) is then what make_head gives.
+template <class Layout>
+KVQ_DEVICE Head empty_tail_head(const Params<Layout>& p, int b, int h) {
+  Head hd{};
+  hd.b = b;
+  hd.h = h;
+  hd.tail = 0;
+  hd.qlen = 0;
+  hd.total = p.num_tokens;
+  hd.full = p.num_tokens - p.num_tokens % Layout::kKeyTokensPerGroup;
+  hd.ok = true;
+  return hd;
+}
+
+/// The first loads of a PerChannel-keys tile: round 0 of this thread's keys (zeros when its group
+/// is not quantized) and, with one round, its value segment (zeros past the quantized tokens).
+template <bool kVec, class Layout>
+KVQ_DEVICE void load_channel_tile(const Params<Layout>& p, const Head& hd, std::int64_t s0, std::uint32_t (&kd)[16],
+                                  std::uint32_t (&vx)[16]) {
+  using Tr = Traits<Layout>;
+  constexpr int G = Layout::KSpec::kGroupSize;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int c = tid % Tr::kChunksPerRow, t0 = tid / Tr::kChunksPerRow * Tr::kKeyTokensPerThread;
+  const bool kvalid = s0 + static_cast<std::int64_t>(t0 / G + 1) * G <= hd.full;
+  load_key_round<kVec>(p, hd, s0 + t0, c, kvalid, kd);
+  if constexpr (Tr::kRounds == 1) {
+    const int row = tid / Tr::kSegsPerRow, q = tid % Tr::kSegsPerRow;
+    load_segment<kVec>(p, hd, false, s0 + row, q, s0 + row < hd.full, vx);
+  }
+}
+
+/// PerChannel keys of a tile, with the V segments of the same tokens. `preloaded`: kd and vx
+/// already hold load_channel_tile's loads for this hd (else they are loaded here).
 template <class Layout, DType kIn>
-KVQ_DEVICE void per_channel_tile(const Params<Layout>& p, const Head& hd, std::int64_t s0, unsigned char* smem) {
+KVQ_DEVICE void per_channel_tile(const Params<Layout>& p, const Head& hd, std::int64_t s0, unsigned char* smem, bool preloaded,
+                                 std::uint32_t (&kd)[16], std::uint32_t (&vx)[16]) {
   using Tr = Traits<Layout>;
   using KS = typename Layout::KSpec;
   constexpr int D = Tr::kHeadDim;
@@ -940,17 +1080,9 @@ KVQ_DEVICE void per_channel_tile(const Params<Layout>& p, const Head& hd, std::i
   const bool kvalid = s0 + static_cast<std::int64_t>(g + 1) * G <= hd.full;
 
   // Keys, pass 1: loads (kept for pass 2 when there is one round) and partial statistics.
-  std::uint32_t kd[16];
-  std::uint32_t vx[16];
-  {
-    const int row = tid / Tr::kSegsPerRow, q = tid % Tr::kSegsPerRow;
-    if (p.vector_loads) {
-      load_key_round<true>(p, hd, s0 + t0, c, kvalid, kd);
-      if constexpr (kR == 1) load_segment<true>(p, hd, false, s0 + row, q, s0 + row < hd.full, vx);
-    } else {
-      load_key_round<false>(p, hd, s0 + t0, c, kvalid, kd);
-      if constexpr (kR == 1) load_segment<false>(p, hd, false, s0 + row, q, s0 + row < hd.full, vx);
-    }
+  if (!preloaded) {
+    if (p.vector_loads) load_channel_tile<true>(p, hd, s0, kd, vx);
+    else load_channel_tile<false>(p, hd, s0, kd, vx);
   }
   std::uint32_t mn[4], mx[4];
 #pragma unroll
@@ -976,7 +1108,12 @@ KVQ_DEVICE void per_channel_tile(const Params<Layout>& p, const Head& hd, std::i
 #pragma unroll 1
     for (int r = 0; r < kR; ++r) {
       std::uint32_t d[16];
-      load_key_round_any(p, hd, s0 + t0 + 4 * r, c, kvalid, d);
+      if constexpr (kR == 1) {  // the round is still in registers
+#pragma unroll
+        for (int i = 0; i < 16; ++i) d[i] = kd[i];
+      } else {
+        load_key_round_any(p, hd, s0 + t0 + 4 * r, c, kvalid, d);
+      }
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
 #pragma unroll
@@ -1008,6 +1145,8 @@ KVQ_DEVICE void per_channel_tile(const Params<Layout>& p, const Head& hd, std::i
   if constexpr (kR == 1) {
     const int row = tid / Tr::kSegsPerRow, q = tid % Tr::kSegsPerRow;
     segment_phase_a<Layout, false, kVS, kVBase, kIn>(p, hd, s0, row, q, lane, s0 + row < hd.full, vx, sm, venc);
+    // Local value metadata: the codes need nothing from the tasks (vx dies here).
+    if constexpr (!kVS) segment_phase_c<Layout, false, kVS, kVBase, kIn>(p, hd, s0, row, q, s0 + row < hd.full, vx, sm, venc);
   } else {
 #pragma unroll 1
     for (int r = 0; r < kR; ++r) {
@@ -1023,11 +1162,11 @@ KVQ_DEVICE void per_channel_tile(const Params<Layout>& p, const Head& hd, std::i
   task_phase_b<Layout, kIn>(p, hd, s0, sm);
   __syncthreads();
 
-  // Values, phase C.
-  if constexpr (kR == 1) {
+  // Values, phase C (when their metadata comes from the tasks).
+  if constexpr (kR == 1 && kVS) {
     const int row = tid / Tr::kSegsPerRow, q = tid % Tr::kSegsPerRow;
     segment_phase_c<Layout, false, kVS, kVBase, kIn>(p, hd, s0, row, q, s0 + row < hd.full, vx, sm, venc);
-  } else if constexpr (kVS) {
+  } else if constexpr (kR > 1 && kVS) {
 #pragma unroll 1
     for (int r = 0; r < kR; ++r) {
       const int seg = tid + r * Tr::kThreads;
@@ -1119,10 +1258,16 @@ __global__ void __launch_bounds__(QuantizeAppendTraits<Layout>::kThreads, kMinBl
     }
     const std::int64_t s0 = tile * Tr::kTileRows;
     if constexpr (Tr::kKeyPerChannel) {
+      // The rows of a tile depend on the old key tail, i.e. on the length. With 16-byte loads and
+      // one round, they are loaded as for an empty tail while the length is read, and used when
+      // the tail is indeed empty (else loaded again).
+      std::uint32_t kd[16], vx[16];
+      const bool early = Tr::kRounds == 1 && p.vector_loads;
+      if (early) ap::load_channel_tile<true>(p, ap::empty_tail_head(p, b, h), s0, kd, vx);
       const ap::Head hd = ap::make_head(p, b, h);
       if (!hd.ok) return;  // block-uniform: the capacity guard
       __shared__ __align__(16) unsigned char smem[Tr::kSmemBytes];
-      if (s0 < hd.full) ap::per_channel_tile<Layout, kIn>(p, hd, s0, smem);
+      if (s0 < hd.full) ap::per_channel_tile<Layout, kIn>(p, hd, s0, smem, early && hd.tail == 0, kd, vx);
       if (tile == 0) {
         __syncthreads();  // every read of the old tail (tile 0 only) is done
         ap::write_new_tail<Layout, kIn>(p, hd);
