@@ -75,7 +75,18 @@ if [ "$mode" = full ]; then
   python3 "$root/scripts/summarize_bench.py" "$logs" >> "$S" 2>&1
 fi
 
-# 5. The demo on the GPU (and the same run on the CPU reference, for comparison).
+# 5. The compiler's resource report of the attention kernels (registers, stack, local
+# memory) and the MMA instructions of the Hopper kernel.
+if [ -x "$stage/bench_attention" ] && command -v cuobjdump > /dev/null; then
+  cuobjdump -res-usage "$stage/bench_attention" > "$logs/res_usage.txt" 2>&1
+  grep -A1 "attention_sm90_kernel" "$logs/res_usage.txt" | grep -o "REG:[0-9]* STACK:[0-9]* SHARED:[0-9]* LOCAL:[0-9]*" | sort | uniq -c \
+    | sed 's/^/sm90 kernel resources: /' >> "$S"
+  cuobjdump -sass "$stage/bench_attention" > "$logs/bench_attention.sass" 2>&1
+  say "sm90 SASS (all kernels of bench_attention): HGMMA $(grep -c HGMMA "$logs/bench_attention.sass"), LDL $(grep -c 'LDL' "$logs/bench_attention.sass"), STL $(grep -c 'STL' "$logs/bench_attention.sass")"
+  rm -f "$logs/bench_attention.sass"
+fi
+
+# 6. The demo on the GPU (and the same run on the CPU reference, for comparison).
 timeout 120 "$stage/chunked_video_demo" --json > "$logs/demo.json" 2> "$logs/demo.log"
 say "demo gpu: rc=$? $(grep -o '"taylor2_drop_removed".*' "$logs/demo.json")"
 

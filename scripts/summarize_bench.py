@@ -31,7 +31,7 @@ def main(d):
             anchor[(r["nq"], r["cache"], r["hq"], r["hkv"], r["backend"])] = r.get("tflops", 0.0)
     a = load(os.path.join(d, "bench_attention.json"))
     if a:
-        print("attention: name | ms | TFLOP/s | x flash | x cudnn  (ratios of speed; >1 is faster)")
+        print("attention: name | ms | TFLOP/s | x flash | x cudnn (ratios of speed; >1 is faster) | time / cudnn time")
         for b in a["benchmarks"]:
             if "TFLOP/s" not in b:
                 continue
@@ -43,8 +43,20 @@ def main(d):
                 hkv = int(m[4]) if m[4] else hq
                 fl = anchor.get((nq, cache, hq, hkv, "flash"))
                 cu = anchor.get((nq, cache, hq, hkv, "cudnn"))
-                ratios = f" | {b['TFLOP/s'] / fl:.3f} | {b['TFLOP/s'] / cu:.3f}" if fl and cu else ""
+                ratios = (f" | {b['TFLOP/s'] / fl:.3f} | {b['TFLOP/s'] / cu:.3f} | {cu / b['TFLOP/s']:.3f}"
+                          if fl and cu else "")
             print(f"  {name} | {b.get('ms', 0):.2f} | {b['TFLOP/s']:.1f}{ratios}")
+        # Correction overhead: Taylor2 time over None time, same kernel and shape.
+        ms = {b["name"].replace("/manual_time", ""): b.get("ms", 0) for b in a["benchmarks"] if "ms" in b}
+        lines = []
+        for name, t2 in ms.items():
+            if "_taylor2_" in name:
+                base = ms.get(name.replace("_taylor2_", "_none_"))
+                if base:
+                    lines.append(f"  {name}: {100.0 * (t2 / base - 1.0):+.1f} %")
+        if lines:
+            print("Taylor2 overhead vs None (time):")
+            print("\n".join(lines))
     if t:
         print("torch sdpa bf16: " + "; ".join(f"{r['backend']} nq{r['nq']} cache{r['cache']} {r['hq']}/{r['hkv']}: "
                                               f"{r.get('tflops', 0):.1f}" for r in t["results"]))

@@ -4,7 +4,7 @@
 // bf16 K/V of the same shapes), measured in the same session.
 //
 //   BM_attention/<variant>/nq:<Nq>/cache:<tokens>/h:<Hq>[/hkv:<Hkv>]
-//   <variant> = <bits>_<pt|pc><group>_<correction>_d128[_<tile config>]
+//   <variant> = <bits>_<pt|pc><group>_<correction>_d128[_sm90]  (_sm90: the Hopper kernel)
 // Timing: CUDA events around one launch (UseManualTime), behind a short spin kernel.
 // Counters: TFLOP/s = 4 * B * Hq * Nq * Nkv * D / time, ms per call, cache_GB (size of the
 // packed cache, metadata included).
@@ -156,30 +156,29 @@ KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int2Pt128D128, kvq::Correction::kNone)
 KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int2Pt128D128, kvq::Correction::kTaylor2)
 KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int2Pc32D128, kvq::Correction::kNone)
 KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int2Pc32D128, kvq::Correction::kTaylor2)
+KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int4Pt128D128, kvq::Correction::kNone)
 KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int4Pt128D128, kvq::Correction::kTaylor2)
+KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int4Pc32D128, kvq::Correction::kNone)
+KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int4Pc32D128, kvq::Correction::kTaylor2)
 
 int main(int argc, char** argv) {
   using namespace kvq::variants;
+  using Hopper = kvq::kernels::Sm90Config;
+  // DESIGN.md section 6 shapes and one GQA shape.
   const std::vector<Shape> all = {{8192, 65536, 24, 24}, {4096, 16384, 24, 24}, {8192, 65536, 48, 8}};
-  const std::vector<Shape> main_shape = {{8192, 65536, 24, 24}};
+  // Hopper kernel (sm_90a; PerToken keys): what kvq::attention runs on an H100/H200.
+  add<Int2Pt128D128, Correction::kNone, Hopper>("int2_pt128_none_d128_sm90", all);
+  add<Int2Pt128D128, Correction::kTaylor2, Hopper>("int2_pt128_taylor2_d128_sm90", all);
+  add<Int4Pt128D128, Correction::kNone, Hopper>("int4_pt128_none_d128_sm90", all);
+  add<Int4Pt128D128, Correction::kTaylor2, Hopper>("int4_pt128_taylor2_d128_sm90", all);
+  // mma.sync kernel (every architecture; PerChannel keys run on it on Hopper too).
   add<Int2Pt128D128, Correction::kNone>("int2_pt128_none_d128", all);
   add<Int2Pt128D128, Correction::kTaylor2>("int2_pt128_taylor2_d128", all);
   add<Int2Pc32D128, Correction::kNone>("int2_pc32_none_d128", all);
   add<Int2Pc32D128, Correction::kTaylor2>("int2_pc32_taylor2_d128", all);
   add<Int4Pt128D128, Correction::kTaylor2>("int4_pt128_taylor2_d128", all);
-  // Configurations other than the heuristic's (8 warps, 64-token tiles, 4 stages, folded
-  // correction): the correction as one FMA/FADD per score, 4 warps, 32-token tiles.
-  using Unfolded = kvq::kernels::AttentionTileConfig<8, 64, 4, false>;
-  add<Int2Pt128D128, Correction::kTaylor2, Unfolded>("int2_pt128_taylor2_d128_unfolded", main_shape);
-  add<Int2Pc32D128, Correction::kTaylor2, Unfolded>("int2_pc32_taylor2_d128_unfolded", main_shape);
-  add<Int2Pt128D128, Correction::kTaylor2, kvq::kernels::AttentionTileConfig<4, 64, 4>>("int2_pt128_taylor2_d128_w4n64",
-                                                                                        main_shape);
-  add<Int2Pt128D128, Correction::kTaylor2, kvq::kernels::AttentionTileConfig<8, 32, 4>>("int2_pt128_taylor2_d128_w8n32",
-                                                                                        main_shape);
-  add<Int2Pt128D128, Correction::kTaylor2, kvq::kernels::AttentionTileConfig<8, 64, 3>>("int2_pt128_taylor2_d128_s3",
-                                                                                        main_shape);
-  add<Int2Pt128D128, Correction::kTaylor2, kvq::kernels::AttentionTileConfig<8, 64, 6>>("int2_pt128_taylor2_d128_s6",
-                                                                                        main_shape);
+  add<Int4Pc32D128, Correction::kNone>("int4_pc32_none_d128", all);
+  add<Int4Pc32D128, Correction::kTaylor2>("int4_pc32_taylor2_d128", all);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();

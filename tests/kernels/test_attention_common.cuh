@@ -168,8 +168,21 @@ std::vector<unsigned char> build_host_cache(const Layout& l, const std::vector<i
   return full;
 }
 
-/// Runs one case on the device (kvq::attention with tile configuration Config) and checks
-/// it against the reference. Returns the errors (also printed).
+/// Whether the Hopper kernel of (Layout, Mode) can run on this device (compute capability
+/// 9.0 and code built for sm_90a); its test cases are skipped with a warning elsewhere.
+template <class Layout, Correction Mode>
+bool hopper_kernel_runs_here() {
+  if constexpr (!kernels::sm90_variant_supported<Layout, Mode>()) {
+    return false;
+  } else {
+    return kvq::detail::sm90_kernel_usable<kernels::Sm90Traits<Layout, Mode, DType::kBFloat16>>() &&
+           kvq::detail::sm90_kernel_usable<kernels::Sm90Traits<Layout, Mode, DType::kFloat16>>();
+  }
+}
+
+/// Runs one case on the device (kvq::attention with tile configuration Config, or the
+/// Hopper kernel with kernels::Sm90Config) and checks it against the reference. Returns
+/// the errors (also printed).
 template <class Layout, Correction Mode, class Config = typename kernels::AttentionTileHeuristic<Layout::kHeadDim>::type>
 AttentionErrors run_attention_case(const AttentionCase& tc, const char* variant_name, bool check_visible_correction = false) {
   constexpr int D = Layout::kHeadDim;
@@ -447,10 +460,10 @@ inline std::vector<AttentionCase> standard_cases(DType dt, std::uint64_t seed0) 
 }
 
 /// Runs the standard cases, plus one where the correction must visibly matter.
-template <class Layout, Correction Mode>
+template <class Layout, Correction Mode, class Config = typename kernels::AttentionTileHeuristic<Layout::kHeadDim>::type>
 void run_standard_attention_cases(DType dt, const char* name, std::uint64_t seed0) {
   for (const auto& c : standard_cases(dt, seed0)) {
-    DYNAMIC_SECTION(c.describe()) { run_attention_case<Layout, Mode>(c, name); }
+    DYNAMIC_SECTION(c.describe()) { run_attention_case<Layout, Mode, Config>(c, name); }
   }
   if constexpr (Mode != Correction::kNone) {
     AttentionCase c;
@@ -460,16 +473,28 @@ void run_standard_attention_cases(DType dt, const char* name, std::uint64_t seed
     c.dtype = dt;
     c.seed = seed0 + 1000;
     DYNAMIC_SECTION("correction is visible: " << c.describe()) {
-      const AttentionErrors e = run_attention_case<Layout, Mode>(c, name, true);
+      const AttentionErrors e = run_attention_case<Layout, Mode, Config>(c, name, true);
       // The kernel is measurably closer to the corrected reference than to the uncorrected one.
       if (dt == DType::kFloat16) CHECK(e.mean_vs_none > 2.0 * e.mean_abs);
     }
   }
 }
 
+/// The small case the sanitizers run: B > 1 with unequal lengths, GQA, causal, mass.
+inline AttentionCase sanitizer_case(std::uint64_t seed) {
+  AttentionCase c;
+  c.batch = 2, c.q_heads = 4, c.kv_heads = 2, c.num_q = 20, c.num_chunk = 19, c.cache_lengths = {70, 33};
+  c.mask = Mask::kCausalLastSegment;
+  c.mass = true;
+  c.seed = seed + 900;
+  return c;
+}
+
 }  // namespace kvq::test
 
-/// One variant's test cases (bf16 and fp16), given its instantiation in the same TU.
+/// One variant's test cases (bf16 and fp16), given its instantiation in the same TU: the
+/// mma.sync kernel, and the Hopper kernel where it implements the variant (skipped with a
+/// warning on devices where it cannot run).
 #define KVQ_ATTENTION_TEST_CASES(Layout, Mode, Name, Seed)                                                            \
   TEST_CASE("fused attention matches the reference: " Name " bf16", "[attention][gpu]") {                            \
     kvq::test::run_standard_attention_cases<Layout, Mode>(kvq::DType::kBFloat16, Name, Seed);                        \
@@ -478,10 +503,23 @@ void run_standard_attention_cases(DType dt, const char* name, std::uint64_t seed
     kvq::test::run_standard_attention_cases<Layout, Mode>(kvq::DType::kFloat16, Name, (Seed) + 500);                 \
   }                                                                                                                   \
   TEST_CASE("fused attention, small case for the sanitizers: " Name, "[attention][gpu][sanitize]") {                 \
-    kvq::test::AttentionCase c;                                                                                       \
-    c.batch = 2, c.q_heads = 4, c.kv_heads = 2, c.num_q = 20, c.num_chunk = 19, c.cache_lengths = {70, 33};          \
-    c.mask = kvq::Mask::kCausalLastSegment;                                                                           \
-    c.mass = true;                                                                                                    \
-    c.seed = (Seed) + 900;                                                                                            \
-    kvq::test::run_attention_case<Layout, Mode>(c, Name);                                                             \
+    kvq::test::run_attention_case<Layout, Mode>(kvq::test::sanitizer_case(Seed), Name);                               \
+  }                                                                                                                   \
+  TEST_CASE("Hopper attention kernel matches the reference: " Name, "[attention][gpu][sm90]") {                      \
+    if (!kvq::test::hopper_kernel_runs_here<Layout, Mode>()) {                                                        \
+      WARN("Hopper kernel not implemented for this variant or not runnable on this device: skipped");                \
+      return;                                                                                                         \
+    }                                                                                                                 \
+    kvq::test::run_standard_attention_cases<Layout, Mode, kvq::kernels::Sm90Config>(kvq::DType::kBFloat16, Name,     \
+                                                                                    (Seed) + 3000);                  \
+    kvq::test::run_standard_attention_cases<Layout, Mode, kvq::kernels::Sm90Config>(kvq::DType::kFloat16, Name,      \
+                                                                                    (Seed) + 3500);                  \
+  }                                                                                                                   \
+  TEST_CASE("Hopper attention kernel, small case for the sanitizers: " Name, "[attention][gpu][sm90][sanitize]") {   \
+    if (!kvq::test::hopper_kernel_runs_here<Layout, Mode>()) {                                                        \
+      WARN("Hopper kernel not implemented for this variant or not runnable on this device: skipped");                \
+      return;                                                                                                         \
+    }                                                                                                                 \
+    kvq::test::run_attention_case<Layout, Mode, kvq::kernels::Sm90Config>(kvq::test::sanitizer_case((Seed) + 50),    \
+                                                                           Name);                                     \
   }

@@ -19,8 +19,10 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "kvq/kernels/attention_kernel.cuh"
+#include "kvq/kernels/sm90/attention_sm90.cuh"
 #include "kvq/layout/cache_layout.hpp"
 #include "kvq/spec/tensor.hpp"
 #include "kvq/spec/types.hpp"
@@ -77,9 +79,9 @@ inline bool strides_aligned(const Tensor4& t) {
   return t.batch_stride % 8 == 0 && t.token_stride % 8 == 0 && t.head_stride % 8 == 0;
 }
 
-template <class Tr>
-Status launch_attention(const typename Tr::Layout& layout, const AttentionArguments& a, cudaStream_t stream) {
-  using Layout = typename Tr::Layout;
+/// The kernel parameters of one call (both kernels take the same).
+template <class Layout>
+kernels::AttentionParams<Layout> make_params(const Layout& layout, const AttentionArguments& a) {
   kernels::AttentionParams<Layout> p{};
   p.layout = layout;
   if (a.cache != nullptr) {  // null: empty cache, never dereferenced
@@ -116,8 +118,14 @@ Status launch_attention(const typename Tr::Layout& layout, const AttentionArgume
   p.causal = a.mask == Mask::kCausalLastSegment ? 1 : 0;
   p.lse = a.lse;
   p.mass = a.mass;
+  return p;
+}
 
-  auto kernel = kernels::attention_kernel<Tr>;
+/// Launches `kernel` (either kernel) with Tr's threads and shared memory over the grid
+/// (ceil(num_q / Tr::kRows), q_heads, batch).
+template <class Tr, class Kernel>
+Status launch_kernel(Kernel kernel, const typename Tr::Layout& layout, const AttentionArguments& a, cudaStream_t stream) {
+  const kernels::AttentionParams<typename Tr::Layout> p = make_params(layout, a);
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes) != cudaSuccess) {
     (void)cudaGetLastError();
     return Status::kErrorCudaRuntime;
@@ -126,6 +134,51 @@ Status launch_attention(const typename Tr::Layout& layout, const AttentionArgume
                   static_cast<unsigned>(a.batch));
   kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
   return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kErrorCudaRuntime;
+}
+
+template <class Tr>
+Status launch_attention(const typename Tr::Layout& layout, const AttentionArguments& a, cudaStream_t stream) {
+  return launch_kernel<Tr>(kernels::attention_kernel<Tr>, layout, a, stream);
+}
+
+/// Whether this translation unit was compiled with device code for compute capability 9.0
+/// (nvcc's __CUDA_ARCH_LIST__); KVQ_DISABLE_SM90_PATH turns the Hopper path off.
+constexpr bool sm90_compiled() {
+#if defined(__CUDA_ARCH_LIST__) && !defined(KVQ_DISABLE_SM90_PATH)
+  constexpr int archs[] = {__CUDA_ARCH_LIST__};
+  for (int x : archs)
+    if (x == 900) return true;
+#endif
+  return false;
+}
+
+/// Whether the Hopper kernel of Tr can run on the current device: a 9.0 device and kernel
+/// code built for sm_90a (built for plain sm_90 or from PTX of another architecture, the
+/// kernel is only a trap: then its register count gives it away and the mma.sync kernel
+/// is used instead). The answer per kernel is computed once.
+template <class Tr>
+bool sm90_kernel_usable() {
+  if constexpr (!sm90_compiled()) {
+    return false;
+  } else {
+    int dev = 0, major = 0, minor = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return false;
+    }
+    if (major != 9 || minor != 0) return false;
+    static const bool built = [] {
+      cudaFuncAttributes attr{};
+      if (cudaFuncGetAttributes(&attr, kernels::attention_sm90_kernel<Tr>) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return false;
+      }
+      return attr.numRegs >= 64;  // the real kernel runs at its launch bound (168)
+    }();
+    return built;
+  }
 }
 
 /// Device checks: compute capability 8.0+ and enough opt-in shared memory.
@@ -145,10 +198,22 @@ inline Status check_device(int smem_bytes) {
   return Status::kSuccess;
 }
 
-/// can_implement with an explicit tile configuration (see kernels::AttentionTileConfig).
+template <class Layout, Correction Mode>
+inline constexpr bool sm90_variant_supported_v = kernels::sm90_variant_supported<Layout, Mode>();
+
+template <class Config>
+constexpr bool is_sm90_config() {
+  return std::is_same_v<Config, kernels::Sm90Config>;
+}
+
+/// can_implement with an explicit kernel choice: an mma.sync tile configuration (see
+/// kernels::AttentionTileConfig) or kernels::Sm90Config (the Hopper kernel: refused with
+/// kErrorNotSupported where it cannot run or does not implement the variant).
 template <class Layout, Correction Mode, class Config>
 Status can_implement_with_config(const Layout& layout, const AttentionArguments& a) {
-  if constexpr (!attention_variant_supported<Layout, Mode>()) {
+  constexpr bool kSupported = is_sm90_config<Config>() ? sm90_variant_supported_v<Layout, Mode>
+                                                       : attention_variant_supported<Layout, Mode>();
+  if constexpr (!kSupported) {
     (void)layout, (void)a;
     return Status::kErrorNotSupported;
   } else {
@@ -182,8 +247,17 @@ Status can_implement_with_config(const Layout& layout, const AttentionArguments&
     if (a.cache != nullptr && !aligned16(a.cache)) return Status::kErrorMisaligned;
     if (a.lse != nullptr && (reinterpret_cast<std::uintptr_t>(a.lse) & 3u) != 0) return Status::kErrorMisaligned;
     if (a.mass != nullptr && (reinterpret_cast<std::uintptr_t>(a.mass) & 3u) != 0) return Status::kErrorMisaligned;
-    using Tr = kernels::AttentionTraits<Layout, Mode, DType::kBFloat16, Config>;
-    return check_device(Tr::kSmemBytes);
+    if constexpr (is_sm90_config<Config>()) {
+      using Tr = kernels::Sm90Traits<Layout, Mode, DType::kBFloat16>;
+      const Status s = check_device(Tr::kSmemBytes);
+      if (s != Status::kSuccess) return s;
+      using Tr16 = kernels::Sm90Traits<Layout, Mode, DType::kFloat16>;
+      const bool usable = a.q.dtype == DType::kBFloat16 ? sm90_kernel_usable<Tr>() : sm90_kernel_usable<Tr16>();
+      return usable ? Status::kSuccess : Status::kErrorNotSupported;
+    } else {
+      using Tr = kernels::AttentionTraits<Layout, Mode, DType::kBFloat16, Config>;
+      return check_device(Tr::kSmemBytes);
+    }
   }
 }
 
@@ -192,7 +266,20 @@ template <class Layout, Correction Mode, class Config>
 Status attention_with_config(const Layout& layout, const AttentionArguments& a, cudaStream_t stream) {
   const Status s = can_implement_with_config<Layout, Mode, Config>(layout, a);
   if (s != Status::kSuccess) return s;
-  if constexpr (attention_variant_supported<Layout, Mode>()) {
+  if constexpr (is_sm90_config<Config>()) {
+    if constexpr (sm90_variant_supported_v<Layout, Mode>) {
+      if (a.batch == 0 || a.num_q == 0) return Status::kSuccess;
+      if (a.q.dtype == DType::kBFloat16) {
+        using Tr = kernels::Sm90Traits<Layout, Mode, DType::kBFloat16>;
+        return launch_kernel<Tr>(kernels::attention_sm90_kernel<Tr>, layout, a, stream);
+      }
+      using Tr = kernels::Sm90Traits<Layout, Mode, DType::kFloat16>;
+      return launch_kernel<Tr>(kernels::attention_sm90_kernel<Tr>, layout, a, stream);
+    } else {
+      (void)stream;
+      return Status::kErrorNotSupported;
+    }
+  } else if constexpr (attention_variant_supported<Layout, Mode>()) {
     if (a.batch == 0 || a.num_q == 0) return Status::kSuccess;
     if (a.q.dtype == DType::kBFloat16) {
       return launch_attention<kernels::AttentionTraits<Layout, Mode, DType::kBFloat16, Config>>(layout, a, stream);
@@ -213,10 +300,29 @@ template <class Layout, Correction Mode>
       layout, a);
 }
 
+/// Which kernel attention<Layout, Mode> runs for these arguments on the current device:
+/// the Hopper kernel (kernels::Sm90Config) when it implements the variant and can run
+/// here, else the mma.sync kernel.
+enum class AttentionPath { kMmaSync, kSm90 };
+template <class Layout, Correction Mode>
+[[nodiscard]] AttentionPath attention_path(const Layout& layout, const AttentionArguments& a) {
+  if constexpr (kernels::sm90_variant_supported<Layout, Mode>()) {
+    if (detail::can_implement_with_config<Layout, Mode, kernels::Sm90Config>(layout, a) == Status::kSuccess)
+      return AttentionPath::kSm90;
+  }
+  (void)layout, (void)a;
+  return AttentionPath::kMmaSync;
+}
+
 /// Fused chunk attention over the cache described by `layout` (at a.cache) and the
-/// current chunk, enqueued on `stream`.
+/// current chunk, enqueued on `stream`. On an H100/H200 (compute capability 9.0, code
+/// built for sm_90a) the variants the Hopper kernel implements run on it (warpgroup MMA,
+/// warp-specialised); everything else runs on the mma.sync kernel. Same arguments, same
+/// results within the stated tolerances.
 template <class Layout, Correction Mode>
 [[nodiscard]] Status attention(const Layout& layout, const AttentionArguments& a, cudaStream_t stream) {
+  if (attention_path<Layout, Mode>(layout, a) == AttentionPath::kSm90)
+    return detail::attention_with_config<Layout, Mode, kernels::Sm90Config>(layout, a, stream);
   return detail::attention_with_config<Layout, Mode, typename kernels::AttentionTileHeuristic<Layout::kHeadDim>::type>(
       layout, a, stream);
 }

@@ -1,0 +1,545 @@
+// The Hopper (sm_90a) path of the fused chunk attention: warp-specialised, warpgroup MMA.
+//
+// One CTA per (128 query rows, q head, batch entry), three warpgroups:
+//   producer   (warps 0-3)   copies the packed tiles of the quantized cache (codes and
+//                            per-token metadata) into a ring of shared-memory slots with
+//                            cp.async, kRingStages tiles ahead, and dequantizes them into
+//                            16-bit K and V tiles (kStages buffers each, the 128-byte
+//                            swizzled layout wgmma reads); the unquantized tiles
+//                            [cache tail ; chunk] are copied into the same buffers.
+//   consumers  (warps 4-11)  two warpgroups of 64 query rows: S = Q K^T (wgmma, A and B
+//                            from shared memory), the Jensen correction (one FMA per score
+//                            and key group), masks, online softmax in registers, O += P V
+//                            (wgmma, P from registers, V from shared memory).
+// Full/empty mbarriers per K and V buffer hand tiles from the producer to the consumers
+// and back; setmaxnreg gives the consumers the registers the producer does not need.
+// The two consumer warpgroups share the tensor cores: one computes its softmax while the
+// other's MMAs run.
+//
+// Supported here: PerToken keys (any bits whose packed words hold a multiple of 4 codes,
+// group size >= 8) with corrections None, Taylor2, Taylor4; head dim 64 or 128; bf16 or
+// fp16. kvq::attention falls back to the mma.sync kernel for the other variants.
+#pragma once
+
+#include <cstdint>
+
+#include "kvq/kernels/attention_kernel.cuh"  // the common device functions (plain_limits, ...)
+#include "kvq/kernels/sm90/hopper_primitives.cuh"
+
+namespace kvq::kernels {
+
+/// Tag of the Hopper kernel as a "tile configuration" for kvq::detail::attention_with_config.
+struct Sm90Config {};
+
+/// Whether the Hopper kernel implements a (layout, correction) pair.
+template <class Layout, Correction Mode>
+constexpr bool sm90_variant_supported() {
+  using K = typename Layout::KSpec;
+  using V = typename Layout::VSpec;
+  constexpr int kD = Layout::kHeadDim;
+  return K::kPerToken && Mode != Correction::kExact && (kD == 64 || kD == 128) && K::kGroupSize >= 8 &&
+         V::kGroupSize >= 8 && (32 / K::kBits) % 4 == 0 && (32 / V::kBits) % 4 == 0 && (kD * K::kBits) % 128 == 0 &&
+         (kD * V::kBits) % 128 == 0;
+}
+
+/// Compile-time shape of the Hopper kernel. Names shared with AttentionTraits are what the
+/// common device functions (CtaContext, WarpState, softmax, masks, epilogue) read.
+template <class Layout_, Correction Mode_, DType Element_>
+struct Sm90Traits {
+  using Layout = Layout_;
+  using KSpec = typename Layout::KSpec;
+  using VSpec = typename Layout::VSpec;
+  using KMeta = typename Layout::KMeta;
+  using VMeta = typename Layout::VMeta;
+
+  static constexpr Correction kMode = Mode_;
+  static constexpr DType kElement = Element_;
+  static constexpr int kHeadDim = Layout::kHeadDim;
+  static constexpr bool kKeyPerToken = KSpec::kPerToken;
+  static constexpr bool kCorrect = kMode != Correction::kNone;
+  static constexpr bool kTaylor4 = kMode == Correction::kTaylor4;
+  static constexpr bool kFoldPerToken = false;
+  static_assert(sm90_variant_supported<Layout, Mode_>(), "variant not implemented by the Hopper attention kernel");
+
+  // ---- tiles and threads ----------------------------------------------------------------
+  static constexpr int kConsumerGroups = 2;
+  static constexpr int kRows = 64 * kConsumerGroups;  ///< query rows per CTA
+  static constexpr int kThreads = 128 * (1 + kConsumerGroups);
+  static constexpr int kProducerThreads = 128;
+  static constexpr int kTileN = 128;                  ///< key/value tokens per tile
+  static constexpr int kKSteps = kHeadDim / 16;       ///< k16 steps of S = Q K^T
+  static constexpr int kNTiles = kTileN / 8;          ///< n8 column blocks of S
+  static constexpr int kOTiles = kHeadDim / 8;        ///< n8 column blocks of O
+  static constexpr int kPSteps = kTileN / 16;         ///< k16 steps of O += P V
+  static constexpr int kChunksPerRow = kHeadDim / 8;  ///< 16-byte chunks of a 16-bit row
+  static constexpr int kTileBytes = kTileN * kHeadDim * 2;
+  static constexpr int kQBytes = kRows * kHeadDim * 2;
+  static constexpr int kProducerRegs = 56;
+  static constexpr int kConsumerRegs = 224;
+  static_assert(kProducerRegs * 128 + kConsumerRegs * 128 * kConsumerGroups <= 65536, "register file");
+
+  // ---- packed tiles ------------------------------------------------------------------------
+  static constexpr int kKWords = Layout::kKeyWordsPerToken;
+  static constexpr int kVWords = Layout::kValueWordsPerToken;
+  static constexpr int kKGroupsPerToken = kHeadDim / KSpec::kGroupSize;
+  static constexpr int kVGroupsPerToken = kHeadDim / VSpec::kGroupSize;
+  static constexpr int kKMetaBytesPerToken = kKGroupsPerToken * static_cast<int>(sizeof(KMeta));
+  static constexpr int kVMetaBytesPerToken = kVGroupsPerToken * static_cast<int>(sizeof(VMeta));
+  static constexpr int kSlotKCodes = 0;
+  static constexpr int kSlotVCodes = kSlotKCodes + kTileN * kKWords * 4;
+  static constexpr int kSlotKMeta = kSlotVCodes + kTileN * kVWords * 4;
+  static constexpr int kSlotVMeta = detail::align_up_int(kSlotKMeta + kTileN * kKMetaBytesPerToken, 16);
+  static constexpr int kSlotBytes = detail::align_up_int(kSlotVMeta + kTileN * kVMetaBytesPerToken, 128);
+
+  // ---- shared memory plan (offsets from a 1024-aligned base) ---------------------------------
+  static constexpr int kStages = 2;  ///< 16-bit K (and V) tile buffers
+  static constexpr int kOffQ = 0;
+  static constexpr int kOffK = kOffQ + kQBytes;
+  static constexpr int kOffV = kOffK + kStages * kTileBytes;
+  static constexpr int kOffRing = kOffV + kStages * kTileBytes;
+  static constexpr int kKcBytes = kCorrect ? kKGroupsPerToken * kTileN * 4 : 0;  ///< per buffer
+  static constexpr int kBarrierBytes = 4 * kStages * 8;
+  static constexpr int kBudget = 227 * 1024 - 1024;  ///< minus the alignment slack
+  static constexpr int kFixedBytes = kOffRing + kStages * kKcBytes * (kTaylor4 ? 2 : 1) + kBarrierBytes;
+  static constexpr int kRingStages = detail::clamp_int((kBudget - kFixedBytes) / kSlotBytes, 2, 4);
+  static constexpr int kOffKc2 = kOffRing + kRingStages * kSlotBytes;
+  static constexpr int kOffKc4 = kOffKc2 + kStages * kKcBytes;
+  static constexpr int kOffBarriers = detail::align_up_int(kOffKc4 + (kTaylor4 ? kStages * kKcBytes : 0), 8);
+  static constexpr int kSmemBytes = kOffBarriers + kBarrierBytes + 1024;
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory plan of the Hopper kernel exceeds 227 KB");
+};
+
+namespace sm90_detail {
+
+using kvq::detail::cp_async;
+using kvq::detail::smem_u32;
+using kvq::sm90::sw128_offset;
+
+/// Shared-memory addresses of one CTA (32-bit shared window).
+template <class Tr>
+struct Smem {
+  unsigned char* base;  ///< 1024-aligned
+  KVQ_DEVICE std::uint32_t q() const { return smem_u32(base + Tr::kOffQ); }
+  KVQ_DEVICE unsigned char* k(int s) const { return base + Tr::kOffK + s * Tr::kTileBytes; }
+  KVQ_DEVICE unsigned char* v(int s) const { return base + Tr::kOffV + s * Tr::kTileBytes; }
+  KVQ_DEVICE unsigned char* slot(int tile) const { return base + Tr::kOffRing + (tile % Tr::kRingStages) * Tr::kSlotBytes; }
+  /// Barriers: full K, full V, empty K, empty V (kStages each).
+  KVQ_DEVICE std::uint32_t bar(int kind, int s) const { return smem_u32(base + Tr::kOffBarriers + (kind * Tr::kStages + s) * 8); }
+};
+
+enum : int { kFullK = 0, kFullV = 1, kEmptyK = 2, kEmptyV = 3 };
+
+// ---- producer ------------------------------------------------------------------------------
+
+/// cp.async of `count` tokens x Bytes per token (contiguous in global memory) into shared
+/// memory; tokens >= valid are zero-filled. Producer threads only.
+template <class Tr, int Bytes>
+KVQ_DEVICE void copy_rows(std::uint32_t dst, const unsigned char* src, const void* safe, int valid, int pt) {
+  if constexpr (Bytes > 0) {
+    constexpr int kCopy = Bytes >= 16 ? 16 : Bytes;
+    static_assert(Bytes % kCopy == 0 && (kCopy == 4 || kCopy == 8 || kCopy == 16), "per-token bytes");
+    constexpr int kPer = Bytes / kCopy;
+#pragma unroll 1
+    for (int i = pt; i < Tr::kTileN * kPer; i += Tr::kProducerThreads) {
+      const bool ok = i / kPer < valid;
+      cp_async<kCopy>(dst + i * kCopy, ok ? static_cast<const void*>(src + i * kCopy) : safe, ok ? kCopy : 0);
+    }
+  }
+}
+
+/// Packed tile m (codes and metadata of K and V) into its ring slot.
+template <class Tr>
+KVQ_DEVICE void issue_packed(const AttentionParams<typename Tr::Layout>& p, const detail::CtaContext<Tr>& c,
+                             const Smem<Tr>& sm, int m, int pt) {
+  const auto& l = p.layout;
+  const std::uint32_t slot = smem_u32(sm.slot(m));
+  const std::int64_t t0 = static_cast<std::int64_t>(m) * Tr::kTileN;
+  const std::int64_t rest = c.qlen - t0;
+  const int valid = rest < Tr::kTileN ? static_cast<int>(rest) : Tr::kTileN;
+  copy_rows<Tr, Tr::kKWords * 4>(slot + Tr::kSlotKCodes,
+                                 reinterpret_cast<const unsigned char*>(p.k_codes + l.k_code_word(c.b, c.h, t0)), p.k_codes,
+                                 valid, pt);
+  copy_rows<Tr, Tr::kVWords * 4>(slot + Tr::kSlotVCodes,
+                                 reinterpret_cast<const unsigned char*>(p.v_codes + l.v_code_word(c.b, c.h, t0)), p.v_codes,
+                                 valid, pt);
+  copy_rows<Tr, Tr::kKMetaBytesPerToken>(
+      slot + Tr::kSlotKMeta, reinterpret_cast<const unsigned char*>(p.k_meta + l.k_meta_index(c.b, c.h, t0, 0)), p.k_meta,
+      valid, pt);
+  copy_rows<Tr, Tr::kVMetaBytesPerToken>(
+      slot + Tr::kSlotVMeta, reinterpret_cast<const unsigned char*>(p.v_meta + l.v_meta_index(c.b, c.h, t0, 0)), p.v_meta,
+      valid, pt);
+}
+
+/// Unquantized tile m ([tail ; chunk] tokens [i TileN, (i+1) TileN), i = m - n_qtiles) into
+/// K and V buffers s; tokens past u_needed are zero-filled.
+template <class Tr>
+KVQ_DEVICE void issue_plain(const AttentionParams<typename Tr::Layout>& p, const detail::CtaContext<Tr>& c,
+                            const Smem<Tr>& sm, int m, int s, int pt) {
+  constexpr int kCpr = Tr::kChunksPerRow;
+  const auto& l = p.layout;
+  const std::int64_t u0 = static_cast<std::int64_t>(m - c.n_qtiles) * Tr::kTileN;
+  const std::uint32_t dk = smem_u32(sm.k(s));
+  const std::uint32_t dv = smem_u32(sm.v(s));
+#pragma unroll 1
+  for (int i = pt; i < 2 * Tr::kTileN * kCpr; i += Tr::kProducerThreads) {
+    const int which = i / (Tr::kTileN * kCpr);  // 0: K, 1: V
+    const int rem = i % (Tr::kTileN * kCpr);
+    const int tok = rem / kCpr;
+    const int ch = rem % kCpr;
+    const std::int64_t u = u0 + tok;
+    const void* src = p.q;
+    const bool ok = u < c.u_needed;
+    if (ok) {
+      if (u < c.tlen) {
+        const auto* tail = static_cast<const std::uint16_t*>(which ? p.v_tail : p.k_tail);
+        src = tail + l.tail_index(c.b, c.h, static_cast<int>(u), ch * 8);
+      } else {
+        const auto* x = static_cast<const std::uint16_t*>(which ? p.v_chunk : p.k_chunk);
+        const std::int64_t* st = which ? p.v_stride : p.k_stride;
+        src = x + c.b * st[0] + (u - c.tlen) * st[1] + c.h * st[2] + ch * 8;
+      }
+    }
+    cp_async<16>((which ? dv : dk) + sw128_offset<Tr::kTileN>(tok, ch), src, ok ? 16 : 0);
+  }
+}
+
+/// Dequantizes token `tok` of a PerToken tensor (codes and metadata in a ring slot) into a
+/// 16-bit tile buffer. With kCoefficients (keys with a correction) it also writes the
+/// token's correction coefficients kc2[g][tok] = -step^2 (kc4 = step^4) of each group.
+template <class Tr, class Spec, int kWords, bool kCoefficients>
+KVQ_DEVICE void dequant_token(const std::uint32_t* codes, const math::GroupMeta<Spec::kScaleType>* meta, unsigned char* tile,
+                              float* kc2, float* kc4, int tok) {
+  constexpr int kB = Spec::kBits;
+  constexpr int kP = 32 / kB;  // codes per word (a multiple of 4)
+  constexpr int kG = Spec::kGroupSize;
+  constexpr int kGroups = Tr::kHeadDim / kG;
+  const math::GroupMeta<Spec::kScaleType>* mt = meta + tok * kGroups;
+  const std::uint32_t* src = codes + tok * kWords;
+  float step[kGroups], zero[kGroups];
+#pragma unroll
+  for (int g = 0; g < kGroups; ++g) {
+    const math::GroupMeta<Spec::kScaleType> mm = mt[g];
+    step[g] = kvq::detail::scale_to_float<Spec::kScaleType>(mm.step);
+    zero[g] = kvq::detail::scale_to_float<Spec::kScaleType>(mm.zero);
+    if constexpr (kCoefficients) {
+      const float d2 = step[g] * step[g];
+      kc2[g * Tr::kTileN + tok] = -d2;
+      if constexpr (Tr::kTaylor4) kc4[g * Tr::kTileN + tok] = d2 * d2;
+    }
+  }
+  // Words in batches of 16 bytes of 16-bit output: kP codes -> kP/8 chunks (kP = 4: half).
+  constexpr int kWordsPerBatch = kP >= 8 ? 1 : 2;
+#pragma unroll
+  for (int i0 = 0; i0 < kWords; i0 += kWordsPerBatch) {
+    std::uint32_t out[kWordsPerBatch * kP / 2];
+#pragma unroll
+    for (int j = 0; j < kWordsPerBatch; ++j) {
+      const int i = i0 + j;
+      std::uint32_t part[kP / 2];
+      kvq::detail::dequant_word<kB, Tr::kElement>(
+          src[i], [&](int k) { return kvq::detail::slot_step<kB>(k, step[(i * kP + k) / kG]); },
+          [&](int k) {
+            const int g = (i * kP + k) / kG;
+            return kvq::detail::slot_zero<kB>(k, step[g], zero[g]);
+          },
+          part);
+#pragma unroll
+      for (int k = 0; k < kP / 2; ++k) out[j * (kP / 2) + k] = part[k];
+    }
+    constexpr int kChunks = kWordsPerBatch * kP / 8;
+#pragma unroll
+    for (int q = 0; q < kChunks; ++q) {
+      const int chunk = (i0 * kP) / 8 + q;
+      *reinterpret_cast<uint4*>(tile + sw128_offset<Tr::kTileN>(tok, chunk)) =
+          make_uint4(out[4 * q], out[4 * q + 1], out[4 * q + 2], out[4 * q + 3]);
+    }
+  }
+}
+
+/// The producer warpgroup's loop over the CTA's tiles (pt: 0..127).
+template <class Tr>
+KVQ_DEVICE void produce(const AttentionParams<typename Tr::Layout>& p, const detail::CtaContext<Tr>& c, const Smem<Tr>& sm,
+                        int pt) {
+  constexpr int kR = Tr::kRingStages;
+  constexpr int kS = Tr::kStages;
+#pragma unroll 1
+  for (int m = 0; m < kR - 1; ++m) {
+    if (m < c.n_qtiles) issue_packed<Tr>(p, c, sm, m, pt);
+    kvq::detail::cp_async_commit();
+  }
+#pragma unroll 1
+  for (int n = 0; n < c.n_tiles; ++n) {
+    const int s = n % kS;
+    const std::uint32_t parity = ((n / kS) & 1) ^ 1;
+    if (n < c.n_qtiles) {
+      // Every producer thread is done reading slot (n-1) % kR: refill it with tile n+kR-1.
+      kvq::sm90::named_barrier_sync(1, Tr::kProducerThreads);
+      if (n + kR - 1 < c.n_qtiles) issue_packed<Tr>(p, c, sm, n + kR - 1, pt);
+      kvq::detail::cp_async_commit();
+      kvq::detail::cp_async_wait<kR - 1>();  // this thread's copies of tile n
+      kvq::sm90::named_barrier_sync(1, Tr::kProducerThreads);
+      const unsigned char* slot = sm.slot(n);
+      auto* kc2 = reinterpret_cast<float*>(sm.base + Tr::kOffKc2 + s * Tr::kKcBytes);
+      auto* kc4 = reinterpret_cast<float*>(sm.base + Tr::kOffKc4 + s * Tr::kKcBytes);
+      kvq::sm90::mbarrier_wait(sm.bar(kEmptyK, s), parity);
+      dequant_token<Tr, typename Tr::KSpec, Tr::kKWords, Tr::kCorrect>(
+          reinterpret_cast<const std::uint32_t*>(slot + Tr::kSlotKCodes),
+          reinterpret_cast<const typename Tr::KMeta*>(slot + Tr::kSlotKMeta), sm.k(s), kc2, kc4, pt);
+      kvq::sm90::fence_proxy_async();
+      kvq::sm90::mbarrier_arrive(sm.bar(kFullK, s));
+      kvq::sm90::mbarrier_wait(sm.bar(kEmptyV, s), parity);
+      dequant_token<Tr, typename Tr::VSpec, Tr::kVWords, false>(
+          reinterpret_cast<const std::uint32_t*>(slot + Tr::kSlotVCodes),
+          reinterpret_cast<const typename Tr::VMeta*>(slot + Tr::kSlotVMeta), sm.v(s), nullptr, nullptr, pt);
+      kvq::sm90::fence_proxy_async();
+      kvq::sm90::mbarrier_arrive(sm.bar(kFullV, s));
+    } else {
+      kvq::sm90::mbarrier_wait(sm.bar(kEmptyK, s), parity);
+      kvq::sm90::mbarrier_wait(sm.bar(kEmptyV, s), parity);
+      issue_plain<Tr>(p, c, sm, n, s, pt);
+      kvq::detail::cp_async_commit();
+      kvq::detail::cp_async_wait<0>();
+      kvq::sm90::fence_proxy_async();
+      kvq::sm90::mbarrier_arrive(sm.bar(kFullK, s));
+      kvq::sm90::mbarrier_arrive(sm.bar(kFullV, s));
+    }
+  }
+  kvq::detail::cp_async_wait<0>();
+}
+
+// ---- consumers -----------------------------------------------------------------------------
+
+/// The warpgroup's 64 query rows into the Q buffer (rows past the q length are zeros), and
+/// the PerToken correction's row coefficients of the lane's two rows.
+template <class Tr>
+KVQ_DEVICE void load_q(const AttentionParams<typename Tr::Layout>& p, const detail::CtaContext<Tr>& c, const Smem<Tr>& sm,
+                       int wg, int ct) {
+  constexpr int kCpr = Tr::kChunksPerRow;
+  const auto* q = static_cast<const std::uint16_t*>(p.q);
+  const std::uint16_t* head = q + c.b * p.q_stride[0] + c.hq * p.q_stride[2];
+#pragma unroll 4
+  for (int i = ct; i < 64 * kCpr; i += 128) {
+    const int row = 64 * wg + i / kCpr;
+    const int ch = i % kCpr;
+    const std::int64_t r = c.r0 + row;
+    uint4 v = make_uint4(0u, 0u, 0u, 0u);
+    if (r < c.nq) v = *reinterpret_cast<const uint4*>(head + r * p.q_stride[1] + ch * 8);
+    *reinterpret_cast<uint4*>(sm.base + Tr::kOffQ + sw128_offset<Tr::kRows>(row, ch)) = v;
+  }
+}
+
+template <class Tr>
+KVQ_DEVICE void row_coefficients(detail::WarpState<Tr>& st, const Smem<Tr>& sm, float scale, int cw, int lane) {
+  if constexpr (Tr::kCorrect) {
+    using Ops = kvq::detail::ElementOps<Tr::kElement>;
+    constexpr int kG = Tr::KSpec::kGroupSize;
+    constexpr int kCpr = Tr::kChunksPerRow;
+    const int t = lane & 3;
+    const float c2 = scale / 24.0f;
+    const float c4 = scale * scale * scale / 2880.0f;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = 16 * cw + (lane >> 2) + 8 * h;
+      float s2[Tr::kKGroupsPerToken], s4[Tr::kKGroupsPerToken];
+#pragma unroll
+      for (int g = 0; g < Tr::kKGroupsPerToken; ++g) s2[g] = s4[g] = 0.0f;
+#pragma unroll
+      for (int ch = t; ch < kCpr; ch += 4) {
+        const uint4 v = *reinterpret_cast<const uint4*>(sm.base + Tr::kOffQ + sw128_offset<Tr::kRows>(row, ch));
+        const std::uint32_t w[4] = {v.x, v.y, v.z, v.w};
+        const int g = ch * 8 / kG;  // kG >= 8: one group per chunk
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const float x0 = Ops::lo(w[k]), x1 = Ops::hi(w[k]);
+          const float y0 = x0 * x0, y1 = x1 * x1;
+          s2[g] += y0 + y1;
+          s4[g] += y0 * y0 + y1 * y1;
+        }
+      }
+#pragma unroll
+      for (int g = 0; g < Tr::kKGroupsPerToken; ++g) {
+        st.r2[h][g] = c2 * kvq::detail::quad_sum(s2[g]);
+        st.r4[h][g] = c4 * kvq::detail::quad_sum(s4[g]);
+      }
+    }
+  } else {
+    (void)st, (void)sm, (void)scale, (void)cw, (void)lane;
+  }
+}
+
+/// S = Q K^T for the warpgroup's 64 rows against K buffer s (issued, not waited for).
+template <class Tr>
+KVQ_DEVICE void issue_qk(float (&s)[Tr::kNTiles][4], const Smem<Tr>& sm, int buf, int wg) {
+  using Mma = kvq::sm90::Wgmma<Tr::kElement, Tr::kTileN>;
+  const std::uint32_t qa = sm.q() + wg * 64 * 128;
+  const std::uint32_t kb = smem_u32(sm.k(buf));
+#pragma unroll
+  for (int ks = 0; ks < Tr::kKSteps; ++ks) {
+    const std::uint32_t koff = (ks & 3) * 32;  // k16 step inside a 64-element block
+    const std::uint64_t da = kvq::sm90::make_desc(qa + (ks >> 2) * (Tr::kRows * 128) + koff, 16, 1024);
+    const std::uint64_t db = kvq::sm90::make_desc(kb + (ks >> 2) * (Tr::kTileN * 128) + koff, 16, 1024);
+    Mma::ss(s, da, db, ks > 0 ? 1 : 0);
+  }
+}
+
+/// P (the softmax weights in s) as the A operand of O += P V, one k16 step per entry.
+template <class Tr>
+KVQ_DEVICE void pack_p(const float (&s)[Tr::kNTiles][4], std::uint32_t (&a)[Tr::kPSteps][4]) {
+  using Ops = kvq::detail::ElementOps<Tr::kElement>;
+#pragma unroll
+  for (int kk = 0; kk < Tr::kPSteps; ++kk) {
+    a[kk][0] = Ops::pack(s[2 * kk][0], s[2 * kk][1]);
+    a[kk][1] = Ops::pack(s[2 * kk][2], s[2 * kk][3]);
+    a[kk][2] = Ops::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+    a[kk][3] = Ops::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+  }
+}
+
+/// O += P V against V buffer `buf` (issued, not waited for). The fragments in `a` must be
+/// written before the wgmma fence that precedes this call.
+template <class Tr>
+KVQ_DEVICE void issue_pv(float (&o)[Tr::kOTiles][4], const std::uint32_t (&a)[Tr::kPSteps][4], const Smem<Tr>& sm, int buf) {
+  using Mma = kvq::sm90::Wgmma<Tr::kElement, Tr::kHeadDim>;
+  const std::uint32_t vb = smem_u32(sm.v(buf));
+#pragma unroll
+  for (int kk = 0; kk < Tr::kPSteps; ++kk) {
+    // B = V (tokens x head dim) stored token rows of 64-element blocks: N-major, the
+    // blocks of the head dim Tr::kTileN * 128 bytes apart, 8-token groups 1024 bytes apart.
+    const std::uint64_t db = kvq::sm90::make_desc(vb + kk * 16 * 128, Tr::kTileN * 128, 1024);
+    Mma::rs(o, a[kk], db, 1);
+  }
+}
+
+/// Adds a tile's weights to the per-segment sums (mass output): quantized tiles go to
+/// segment 0, unquantized ones to the tail (1) or the chunk (2) by token.
+template <class Tr>
+KVQ_DEVICE void add_mass(detail::WarpState<Tr>& st, const detail::CtaContext<Tr>& c, bool quantized, std::int64_t u0,
+                         const float (&rowsum)[2], const float (&s)[Tr::kNTiles][4], int lane) {
+  if (quantized) {
+    st.seg[0][0] += rowsum[0];
+    st.seg[1][0] += rowsum[1];
+  } else if (u0 + Tr::kTileN <= c.tlen) {
+    st.seg[0][1] += rowsum[0];
+    st.seg[1][1] += rowsum[1];
+  } else if (u0 >= c.tlen) {
+    st.seg[0][2] += rowsum[0];
+    st.seg[1][2] += rowsum[1];
+  } else {
+    const int t2 = 2 * (lane & 3);
+#pragma unroll
+    for (int nt = 0; nt < Tr::kNTiles; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const bool tail = u0 + 8 * nt + t2 + (e & 1) < c.tlen;
+        st.seg[e >> 1][1] += tail ? s[nt][e] : 0.0f;
+        st.seg[e >> 1][2] += tail ? 0.0f : s[nt][e];
+      }
+    }
+  }
+}
+
+/// One consumer warpgroup's loop over the CTA's tiles (wg: 0 or 1, cw: warp among the
+/// consumer warps 0..7, i.e. rows 16 cw .. 16 cw + 15 of the CTA).
+template <class Tr>
+KVQ_DEVICE void consume(const AttentionParams<typename Tr::Layout>& p, const detail::CtaContext<Tr>& c, const Smem<Tr>& sm,
+                        int wg, int cw, int lane) {
+  constexpr int kS = Tr::kStages;
+  detail::WarpState<Tr> st;
+  st.init();
+  row_coefficients<Tr>(st, sm, p.scale, cw, lane);
+  const bool track_mass = p.mass != nullptr;
+#pragma unroll 1
+  for (int n = 0; n < c.n_tiles; ++n) {
+    const int buf = n % kS;
+    const std::uint32_t parity = (n / kS) & 1;
+    const bool quantized = n < c.n_qtiles;
+    float s[Tr::kNTiles][4];
+    kvq::sm90::mbarrier_wait(sm.bar(kFullK, buf), parity);
+    kvq::sm90::wgmma_fence();
+    issue_qk<Tr>(s, sm, buf, wg);
+    kvq::sm90::wgmma_commit();
+    kvq::sm90::wgmma_wait<0>();
+    kvq::sm90::fence_operands(s);
+    if (quantized) {
+      // The coefficients live with the K buffer: read them before releasing it.
+      detail::correct_per_token<Tr>(st, c, buf, lane, s);
+    }
+    __syncwarp();
+    if (lane == 0) kvq::sm90::mbarrier_arrive(sm.bar(kEmptyK, buf));
+    const std::int64_t u0 = static_cast<std::int64_t>(n - c.n_qtiles) * Tr::kTileN;
+    if (quantized) {
+      if (static_cast<std::int64_t>(n + 1) * Tr::kTileN > c.qlen)
+        detail::mask_columns<Tr>(static_cast<int>(c.qlen - static_cast<std::int64_t>(n) * Tr::kTileN), lane, s);
+    } else {
+      std::int64_t limit[2];
+      detail::plain_limits<Tr>(p, c, cw, lane, limit);
+      if (__any_sync(0xffffffffu, u0 + Tr::kTileN - 1 > limit[0] || u0 + Tr::kTileN - 1 > limit[1]))
+        detail::mask_limits<Tr>(u0, limit, lane, s);
+    }
+    float rowsum[2];
+    detail::softmax_update<Tr>(st, p.scale_log2, track_mass, s, rowsum);
+    if (track_mass) add_mass<Tr>(st, c, quantized, u0, rowsum, s, lane);
+    std::uint32_t pa[Tr::kPSteps][4];
+    pack_p<Tr>(s, pa);
+    kvq::sm90::mbarrier_wait(sm.bar(kFullV, buf), parity);
+    kvq::sm90::fence_operands(st.o);
+    kvq::sm90::wgmma_fence();
+    issue_pv<Tr>(st.o, pa, sm, buf);
+    kvq::sm90::wgmma_commit();
+    kvq::sm90::wgmma_wait<0>();
+    kvq::sm90::fence_operands(st.o);
+    __syncwarp();
+    if (lane == 0) kvq::sm90::mbarrier_arrive(sm.bar(kEmptyV, buf));
+  }
+  detail::write_outputs<Tr>(p, c, st, cw, lane);
+}
+
+}  // namespace sm90_detail
+
+/// The Hopper kernel. Launch with Tr::kThreads threads, Tr::kSmemBytes of dynamic shared
+/// memory and grid (ceil(num_q / Tr::kRows), q_heads, batch). Compiled for sm_90a only
+/// (elsewhere its body traps: kvq::attention never launches it there).
+template <class Tr>
+__global__ void __launch_bounds__(Tr::kThreads, 1) attention_sm90_kernel(const __grid_constant__ AttentionParams<typename Tr::Layout> p) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using namespace sm90_detail;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  const int tid = threadIdx.x;
+  const int warp = tid >> 5;
+  const int lane = tid & 31;
+  Smem<Tr> sm;
+  {
+    const std::uint32_t a = smem_u32(smem_raw);
+    sm.base = smem_raw + (((a + 1023u) & ~1023u) - a);
+  }
+  detail::CtaContext<Tr> c;
+  if (!c.init(p, sm.base)) return;  // uniform over the CTA
+  if (tid == 0) {
+#pragma unroll
+    for (int s = 0; s < Tr::kStages; ++s) {
+      kvq::sm90::mbarrier_init(sm.bar(kFullK, s), Tr::kProducerThreads);
+      kvq::sm90::mbarrier_init(sm.bar(kFullV, s), Tr::kProducerThreads);
+      kvq::sm90::mbarrier_init(sm.bar(kEmptyK, s), 4 * Tr::kConsumerGroups);
+      kvq::sm90::mbarrier_init(sm.bar(kEmptyV, s), 4 * Tr::kConsumerGroups);
+    }
+  }
+  const int wg = warp / 4;
+  if (wg > 0) load_q<Tr>(p, c, sm, wg - 1, tid & 127);
+  kvq::sm90::fence_proxy_async();
+  __syncthreads();
+  if (wg == 0) {
+    kvq::sm90::regs_dealloc<Tr::kProducerRegs>();
+    produce<Tr>(p, c, sm, tid);
+  } else {
+    kvq::sm90::regs_alloc<Tr::kConsumerRegs>();
+    consume<Tr>(p, c, sm, wg - 1, warp - 4, lane);
+  }
+#elif defined(__CUDA_ARCH__)
+  (void)p;
+  __trap();
+#else
+  (void)p;
+#endif
+}
+
+}  // namespace kvq::kernels
