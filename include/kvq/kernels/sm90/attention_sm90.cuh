@@ -1,12 +1,14 @@
 // The Hopper (sm_90a) path of the fused chunk attention: warp-specialised, warpgroup MMA.
 //
 // One CTA per (128 query rows, q head, batch entry), three warpgroups:
-//   producer   (warps 0-3)   copies the packed tiles of the quantized cache (codes and
-//                            per-token metadata) into a ring of shared-memory slots with
-//                            cp.async, kRingStages tiles ahead, and dequantizes them into
-//                            16-bit K and V tiles (kStages buffers each, the 128-byte
-//                            swizzled layout wgmma reads); the unquantized tiles
-//                            [cache tail ; chunk] are copied into the same buffers.
+//   producer   (warps 0-3)   two independent halves, keys (warps 0-1) and values (warps
+//                            2-3): each copies its packed tiles of the quantized cache
+//                            (codes and per-token metadata) into a ring of shared-memory
+//                            slots with cp.async, kRingStages tiles ahead, and dequantizes
+//                            them into 16-bit tiles (kStages buffers, the 128-byte swizzled
+//                            layout wgmma reads); the unquantized tiles [cache tail ; chunk]
+//                            are copied into the same buffers. Keys never wait for the
+//                            consumers' use of values or the other way round.
 //   consumers  (warps 4-11)  two warpgroups of 64 query rows: S = Q K^T (wgmma, A and B
 //                            from shared memory), the Jensen correction (one FMA per score
 //                            and key group), masks, online softmax in registers, O += P V
@@ -22,6 +24,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "kvq/kernels/attention_kernel.cuh"  // the common device functions (plain_limits, ...)
 #include "kvq/kernels/sm90/hopper_primitives.cuh"
@@ -74,9 +77,10 @@ struct Sm90Traits {
   static constexpr int kChunksPerRow = kHeadDim / 8;  ///< 16-byte chunks of a 16-bit row
   static constexpr int kTileBytes = kTileN * kHeadDim * 2;
   static constexpr int kQBytes = kRows * kHeadDim * 2;
-  static constexpr int kProducerRegs = 56;
-  static constexpr int kConsumerRegs = 224;
-  static_assert(kProducerRegs * 128 + kConsumerRegs * 128 * kConsumerGroups <= 65536, "register file");
+  static constexpr int kProducerRegs = 88;
+  static constexpr int kConsumerRegs = 208;
+  // The pool is what the CTA got at launch: kThreads x 168 (the launch bound).
+  static_assert(kProducerRegs * 128 + kConsumerRegs * 128 * kConsumerGroups <= 168 * kThreads, "register pool");
 
   // ---- packed tiles ------------------------------------------------------------------------
   static constexpr int kKWords = Layout::kKeyWordsPerToken;
@@ -131,75 +135,81 @@ enum : int { kFullK = 0, kFullV = 1, kEmptyK = 2, kEmptyV = 3 };
 
 // ---- producer ------------------------------------------------------------------------------
 
-/// cp.async of `count` tokens x Bytes per token (contiguous in global memory) into shared
-/// memory; tokens >= valid are zero-filled. Producer threads only.
-template <class Tr, int Bytes>
+/// cp.async of kTileN tokens x Bytes per token (contiguous in global memory) into shared
+/// memory by Threads threads (pt: 0..Threads-1); tokens >= valid are zero-filled.
+template <class Tr, int Bytes, int Threads>
 KVQ_DEVICE void copy_rows(std::uint32_t dst, const unsigned char* src, const void* safe, int valid, int pt) {
   if constexpr (Bytes > 0) {
     constexpr int kCopy = Bytes >= 16 ? 16 : Bytes;
     static_assert(Bytes % kCopy == 0 && (kCopy == 4 || kCopy == 8 || kCopy == 16), "per-token bytes");
     constexpr int kPer = Bytes / kCopy;
 #pragma unroll 1
-    for (int i = pt; i < Tr::kTileN * kPer; i += Tr::kProducerThreads) {
+    for (int i = pt; i < Tr::kTileN * kPer; i += Threads) {
       const bool ok = i / kPer < valid;
       cp_async<kCopy>(dst + i * kCopy, ok ? static_cast<const void*>(src + i * kCopy) : safe, ok ? kCopy : 0);
     }
   }
 }
 
-/// Packed tile m (codes and metadata of K and V) into its ring slot.
-template <class Tr>
+/// The tensor (K or V) one half of the producer warpgroup works on.
+template <class Tr, bool kKey>
+struct Half {
+  using Spec = std::conditional_t<kKey, typename Tr::KSpec, typename Tr::VSpec>;
+  using Meta = std::conditional_t<kKey, typename Tr::KMeta, typename Tr::VMeta>;
+  static constexpr int kWords = kKey ? Tr::kKWords : Tr::kVWords;
+  static constexpr int kMetaBytes = kKey ? Tr::kKMetaBytesPerToken : Tr::kVMetaBytesPerToken;
+  static constexpr int kSlotCodes = kKey ? Tr::kSlotKCodes : Tr::kSlotVCodes;
+  static constexpr int kSlotMeta = kKey ? Tr::kSlotKMeta : Tr::kSlotVMeta;
+  static constexpr int kThreads = Tr::kProducerThreads / 2;
+  static constexpr int kBarrierId = kKey ? 1 : 2;  ///< named barrier of the half
+  static constexpr int kFull = kKey ? kFullK : kFullV;
+  static constexpr int kEmpty = kKey ? kEmptyK : kEmptyV;
+  static_assert(Tr::kTileN % kThreads == 0, "tokens per producer thread");
+};
+
+/// The half's part of packed tile m (codes and per-token metadata) into its ring slot.
+template <class Tr, bool kKey>
 KVQ_DEVICE void issue_packed(const AttentionParams<typename Tr::Layout>& p, const detail::CtaContext<Tr>& c,
-                             const Smem<Tr>& sm, int m, int pt) {
+                             const Smem<Tr>& sm, int m, int lt) {
+  using H = Half<Tr, kKey>;
   const auto& l = p.layout;
   const std::uint32_t slot = smem_u32(sm.slot(m));
   const std::int64_t t0 = static_cast<std::int64_t>(m) * Tr::kTileN;
   const std::int64_t rest = c.qlen - t0;
   const int valid = rest < Tr::kTileN ? static_cast<int>(rest) : Tr::kTileN;
-  copy_rows<Tr, Tr::kKWords * 4>(slot + Tr::kSlotKCodes,
-                                 reinterpret_cast<const unsigned char*>(p.k_codes + l.k_code_word(c.b, c.h, t0)), p.k_codes,
-                                 valid, pt);
-  copy_rows<Tr, Tr::kVWords * 4>(slot + Tr::kSlotVCodes,
-                                 reinterpret_cast<const unsigned char*>(p.v_codes + l.v_code_word(c.b, c.h, t0)), p.v_codes,
-                                 valid, pt);
-  copy_rows<Tr, Tr::kKMetaBytesPerToken>(
-      slot + Tr::kSlotKMeta, reinterpret_cast<const unsigned char*>(p.k_meta + l.k_meta_index(c.b, c.h, t0, 0)), p.k_meta,
-      valid, pt);
-  copy_rows<Tr, Tr::kVMetaBytesPerToken>(
-      slot + Tr::kSlotVMeta, reinterpret_cast<const unsigned char*>(p.v_meta + l.v_meta_index(c.b, c.h, t0, 0)), p.v_meta,
-      valid, pt);
+  const std::uint32_t* codes = kKey ? p.k_codes + l.k_code_word(c.b, c.h, t0) : p.v_codes + l.v_code_word(c.b, c.h, t0);
+  const void* meta = kKey ? static_cast<const void*>(p.k_meta + l.k_meta_index(c.b, c.h, t0, 0))
+                          : static_cast<const void*>(p.v_meta + l.v_meta_index(c.b, c.h, t0, 0));
+  copy_rows<Tr, H::kWords * 4, H::kThreads>(slot + H::kSlotCodes, reinterpret_cast<const unsigned char*>(codes), p.q, valid,
+                                            lt);
+  copy_rows<Tr, H::kMetaBytes, H::kThreads>(slot + H::kSlotMeta, static_cast<const unsigned char*>(meta), p.q, valid, lt);
 }
 
-/// Unquantized tile m ([tail ; chunk] tokens [i TileN, (i+1) TileN), i = m - n_qtiles) into
-/// K and V buffers s; tokens past u_needed are zero-filled.
-template <class Tr>
+/// The half's rows of unquantized tile m ([tail ; chunk] tokens [i TileN, (i+1) TileN),
+/// i = m - n_qtiles) into its buffer s: thread lt copies whole token rows (tokens past
+/// u_needed are zero-filled).
+template <class Tr, bool kKey>
 KVQ_DEVICE void issue_plain(const AttentionParams<typename Tr::Layout>& p, const detail::CtaContext<Tr>& c,
-                            const Smem<Tr>& sm, int m, int s, int pt) {
+                            const Smem<Tr>& sm, int m, int s, int lt) {
+  using H = Half<Tr, kKey>;
   constexpr int kCpr = Tr::kChunksPerRow;
   const auto& l = p.layout;
   const std::int64_t u0 = static_cast<std::int64_t>(m - c.n_qtiles) * Tr::kTileN;
-  const std::uint32_t dk = smem_u32(sm.k(s));
-  const std::uint32_t dv = smem_u32(sm.v(s));
+  const std::uint32_t dst = smem_u32(kKey ? sm.k(s) : sm.v(s));
+  const auto* tail = static_cast<const std::uint16_t*>(kKey ? p.k_tail : p.v_tail);
+  const auto* x = static_cast<const std::uint16_t*>(kKey ? p.k_chunk : p.v_chunk);
+  const std::int64_t* st = kKey ? p.k_stride : p.v_stride;
 #pragma unroll 1
-  for (int i = pt; i < 2 * Tr::kTileN * kCpr; i += Tr::kProducerThreads) {
-    const int which = i / (Tr::kTileN * kCpr);  // 0: K, 1: V
-    const int rem = i % (Tr::kTileN * kCpr);
-    const int tok = rem / kCpr;
-    const int ch = rem % kCpr;
+  for (int tok = lt; tok < Tr::kTileN; tok += H::kThreads) {
     const std::int64_t u = u0 + tok;
-    const void* src = p.q;
     const bool ok = u < c.u_needed;
+    const std::uint16_t* row = static_cast<const std::uint16_t*>(p.q);
     if (ok) {
-      if (u < c.tlen) {
-        const auto* tail = static_cast<const std::uint16_t*>(which ? p.v_tail : p.k_tail);
-        src = tail + l.tail_index(c.b, c.h, static_cast<int>(u), ch * 8);
-      } else {
-        const auto* x = static_cast<const std::uint16_t*>(which ? p.v_chunk : p.k_chunk);
-        const std::int64_t* st = which ? p.v_stride : p.k_stride;
-        src = x + c.b * st[0] + (u - c.tlen) * st[1] + c.h * st[2] + ch * 8;
-      }
+      row = u < c.tlen ? tail + l.tail_index(c.b, c.h, static_cast<int>(u), 0)
+                       : x + c.b * st[0] + (u - c.tlen) * st[1] + c.h * st[2];
     }
-    cp_async<16>((which ? dv : dk) + sw128_offset<Tr::kTileN>(tok, ch), src, ok ? 16 : 0);
+#pragma unroll
+    for (int ch = 0; ch < kCpr; ++ch) cp_async<16>(dst + sw128_offset<Tr::kTileN>(tok, ch), ok ? row + ch * 8 : row, ok ? 16 : 0);
   }
 }
 
@@ -214,7 +224,15 @@ KVQ_DEVICE void dequant_token(const std::uint32_t* codes, const math::GroupMeta<
   constexpr int kG = Spec::kGroupSize;
   constexpr int kGroups = Tr::kHeadDim / kG;
   const math::GroupMeta<Spec::kScaleType>* mt = meta + tok * kGroups;
-  const std::uint32_t* src = codes + tok * kWords;
+  // All of the token's code words first, 16 bytes at a time (the stores below could alias
+  // them for the compiler, which would otherwise reload each word after the last store).
+  static_assert(kWords % 4 == 0, "a token's codes are whole 16-byte chunks");
+  std::uint32_t src[kWords];
+#pragma unroll
+  for (int i = 0; i < kWords; i += 4) {
+    const uint4 v = *reinterpret_cast<const uint4*>(codes + tok * kWords + i);
+    src[i] = v.x, src[i + 1] = v.y, src[i + 2] = v.z, src[i + 3] = v.w;
+  }
   float step[kGroups], zero[kGroups];
 #pragma unroll
   for (int g = 0; g < kGroups; ++g) {
@@ -256,15 +274,19 @@ KVQ_DEVICE void dequant_token(const std::uint32_t* codes, const math::GroupMeta<
   }
 }
 
-/// The producer warpgroup's loop over the CTA's tiles (pt: 0..127).
-template <class Tr>
+/// One half of the producer warpgroup (lt: 0..63): keys or values of every tile, with its
+/// own ring refills, barriers and named barrier, so that neither tensor waits for the
+/// other's consumers.
+template <class Tr, bool kKey>
 KVQ_DEVICE void produce(const AttentionParams<typename Tr::Layout>& p, const detail::CtaContext<Tr>& c, const Smem<Tr>& sm,
-                        int pt) {
+                        int lt) {
+  using H = Half<Tr, kKey>;
   constexpr int kR = Tr::kRingStages;
   constexpr int kS = Tr::kStages;
+  constexpr bool kCoefficients = kKey && Tr::kCorrect;
 #pragma unroll 1
   for (int m = 0; m < kR - 1; ++m) {
-    if (m < c.n_qtiles) issue_packed<Tr>(p, c, sm, m, pt);
+    if (m < c.n_qtiles) issue_packed<Tr, kKey>(p, c, sm, m, lt);
     kvq::detail::cp_async_commit();
   }
 #pragma unroll 1
@@ -272,36 +294,34 @@ KVQ_DEVICE void produce(const AttentionParams<typename Tr::Layout>& p, const det
     const int s = n % kS;
     const std::uint32_t parity = ((n / kS) & 1) ^ 1;
     if (n < c.n_qtiles) {
-      // Every producer thread is done reading slot (n-1) % kR: refill it with tile n+kR-1.
-      kvq::sm90::named_barrier_sync(1, Tr::kProducerThreads);
-      if (n + kR - 1 < c.n_qtiles) issue_packed<Tr>(p, c, sm, n + kR - 1, pt);
-      kvq::detail::cp_async_commit();
-      kvq::detail::cp_async_wait<kR - 1>();  // this thread's copies of tile n
-      kvq::sm90::named_barrier_sync(1, Tr::kProducerThreads);
+      // Tile n landed (this thread's copies; the barrier: everybody's), and every thread of
+      // the half is done reading slot (n-1) % kR, refilled below.
+      kvq::detail::cp_async_wait<kR - 2>();
+      kvq::sm90::named_barrier_sync(H::kBarrierId, H::kThreads);
       const unsigned char* slot = sm.slot(n);
       auto* kc2 = reinterpret_cast<float*>(sm.base + Tr::kOffKc2 + s * Tr::kKcBytes);
       auto* kc4 = reinterpret_cast<float*>(sm.base + Tr::kOffKc4 + s * Tr::kKcBytes);
-      kvq::sm90::mbarrier_wait(sm.bar(kEmptyK, s), parity);
-      dequant_token<Tr, typename Tr::KSpec, Tr::kKWords, Tr::kCorrect>(
-          reinterpret_cast<const std::uint32_t*>(slot + Tr::kSlotKCodes),
-          reinterpret_cast<const typename Tr::KMeta*>(slot + Tr::kSlotKMeta), sm.k(s), kc2, kc4, pt);
+      kvq::sm90::mbarrier_wait(sm.bar(H::kEmpty, s), parity);
+      unsigned char* tile = kKey ? sm.k(s) : sm.v(s);
+#pragma unroll 1
+      for (int tok = lt; tok < Tr::kTileN; tok += H::kThreads) {
+        dequant_token<Tr, typename H::Spec, H::kWords, kCoefficients>(
+            reinterpret_cast<const std::uint32_t*>(slot + H::kSlotCodes),
+            reinterpret_cast<const typename H::Meta*>(slot + H::kSlotMeta), tile, kc2, kc4, tok);
+      }
       kvq::sm90::fence_proxy_async();
-      kvq::sm90::mbarrier_arrive(sm.bar(kFullK, s));
-      kvq::sm90::mbarrier_wait(sm.bar(kEmptyV, s), parity);
-      dequant_token<Tr, typename Tr::VSpec, Tr::kVWords, false>(
-          reinterpret_cast<const std::uint32_t*>(slot + Tr::kSlotVCodes),
-          reinterpret_cast<const typename Tr::VMeta*>(slot + Tr::kSlotVMeta), sm.v(s), nullptr, nullptr, pt);
-      kvq::sm90::fence_proxy_async();
-      kvq::sm90::mbarrier_arrive(sm.bar(kFullV, s));
+      kvq::sm90::mbarrier_arrive(sm.bar(H::kFull, s));
+      // The refill is issued after the arrival: its release fence then finds no copy of this
+      // iteration in flight (those of earlier iterations have had a tile to land).
+      if (n + kR - 1 < c.n_qtiles) issue_packed<Tr, kKey>(p, c, sm, n + kR - 1, lt);
+      kvq::detail::cp_async_commit();
     } else {
-      kvq::sm90::mbarrier_wait(sm.bar(kEmptyK, s), parity);
-      kvq::sm90::mbarrier_wait(sm.bar(kEmptyV, s), parity);
-      issue_plain<Tr>(p, c, sm, n, s, pt);
+      kvq::sm90::mbarrier_wait(sm.bar(H::kEmpty, s), parity);
+      issue_plain<Tr, kKey>(p, c, sm, n, s, lt);
       kvq::detail::cp_async_commit();
       kvq::detail::cp_async_wait<0>();
       kvq::sm90::fence_proxy_async();
-      kvq::sm90::mbarrier_arrive(sm.bar(kFullK, s));
-      kvq::sm90::mbarrier_arrive(sm.bar(kFullV, s));
+      kvq::sm90::mbarrier_arrive(sm.bar(H::kFull, s));
     }
   }
   kvq::detail::cp_async_wait<0>();
@@ -517,8 +537,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_sm90_kernel(const _
   if (tid == 0) {
 #pragma unroll
     for (int s = 0; s < Tr::kStages; ++s) {
-      kvq::sm90::mbarrier_init(sm.bar(kFullK, s), Tr::kProducerThreads);
-      kvq::sm90::mbarrier_init(sm.bar(kFullV, s), Tr::kProducerThreads);
+      kvq::sm90::mbarrier_init(sm.bar(kFullK, s), Tr::kProducerThreads / 2);
+      kvq::sm90::mbarrier_init(sm.bar(kFullV, s), Tr::kProducerThreads / 2);
       kvq::sm90::mbarrier_init(sm.bar(kEmptyK, s), 4 * Tr::kConsumerGroups);
       kvq::sm90::mbarrier_init(sm.bar(kEmptyV, s), 4 * Tr::kConsumerGroups);
     }
@@ -529,7 +549,11 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_sm90_kernel(const _
   __syncthreads();
   if (wg == 0) {
     kvq::sm90::regs_dealloc<Tr::kProducerRegs>();
-    produce<Tr>(p, c, sm, tid);
+    if (warp < 2) {
+      produce<Tr, true>(p, c, sm, tid);
+    } else {
+      produce<Tr, false>(p, c, sm, tid - 64);
+    }
   } else {
     kvq::sm90::regs_alloc<Tr::kConsumerRegs>();
     consume<Tr>(p, c, sm, wg - 1, warp - 4, lane);
