@@ -203,7 +203,7 @@ inline constexpr bool sm90_variant_supported_v = kernels::sm90_variant_supported
 
 template <class Config>
 constexpr bool is_sm90_config() {
-  return std::is_same_v<Config, kernels::Sm90Config>;
+  return kernels::IsSm90Config<Config>::value;
 }
 
 /// can_implement with an explicit kernel choice: an mma.sync tile configuration (see
@@ -248,10 +248,10 @@ Status can_implement_with_config(const Layout& layout, const AttentionArguments&
     if (a.lse != nullptr && (reinterpret_cast<std::uintptr_t>(a.lse) & 3u) != 0) return Status::kErrorMisaligned;
     if (a.mass != nullptr && (reinterpret_cast<std::uintptr_t>(a.mass) & 3u) != 0) return Status::kErrorMisaligned;
     if constexpr (is_sm90_config<Config>()) {
-      using Tr = kernels::Sm90Traits<Layout, Mode, DType::kBFloat16>;
+      using Tr = kernels::Sm90Traits<Layout, Mode, DType::kBFloat16, Config>;
       const Status s = check_device(Tr::kSmemBytes);
       if (s != Status::kSuccess) return s;
-      using Tr16 = kernels::Sm90Traits<Layout, Mode, DType::kFloat16>;
+      using Tr16 = kernels::Sm90Traits<Layout, Mode, DType::kFloat16, Config>;
       const bool usable = a.q.dtype == DType::kBFloat16 ? sm90_kernel_usable<Tr>() : sm90_kernel_usable<Tr16>();
       return usable ? Status::kSuccess : Status::kErrorNotSupported;
     } else {
@@ -270,10 +270,10 @@ Status attention_with_config(const Layout& layout, const AttentionArguments& a, 
     if constexpr (sm90_variant_supported_v<Layout, Mode>) {
       if (a.batch == 0 || a.num_q == 0) return Status::kSuccess;
       if (a.q.dtype == DType::kBFloat16) {
-        using Tr = kernels::Sm90Traits<Layout, Mode, DType::kBFloat16>;
+        using Tr = kernels::Sm90Traits<Layout, Mode, DType::kBFloat16, Config>;
         return launch_kernel<Tr>(kernels::attention_sm90_kernel<Tr>, layout, a, stream);
       }
-      using Tr = kernels::Sm90Traits<Layout, Mode, DType::kFloat16>;
+      using Tr = kernels::Sm90Traits<Layout, Mode, DType::kFloat16, Config>;
       return launch_kernel<Tr>(kernels::attention_sm90_kernel<Tr>, layout, a, stream);
     } else {
       (void)stream;

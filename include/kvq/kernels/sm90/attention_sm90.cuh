@@ -31,8 +31,28 @@
 
 namespace kvq::kernels {
 
-/// Tag of the Hopper kernel as a "tile configuration" for kvq::detail::attention_with_config.
-struct Sm90Config {};
+/// The Hopper kernel as a "tile configuration" for kvq::detail::attention_with_config, with
+/// its schedule options (benchmarks compare them; Sm90Config is the default):
+/// \tparam PingPong   the consumer warpgroups take turns issuing their MMAs (named barriers)
+/// \tparam LatePv     O += P(n-1) V(n-1) is issued with S(n) = Q K(n)^T, one tile late
+/// \tparam CorrInExp  Taylor2 with one key group per token: the correction (never positive)
+///                    is added in the exponent, after the row max of the raw scores
+/// \tparam Fold       the PerToken Taylor corrections as one extra k16 step of S = Q K^T on
+///                    the tensor cores (bf16 hi/lo splits: relative error ~2^-16) instead
+///                    of one FMA per score and key group (when they fit in 16 columns)
+template <bool PingPong = false, bool LatePv = false, bool CorrInExp = false, bool Fold = true>
+struct Sm90ConfigT {
+  static constexpr bool kPingPong = PingPong;
+  static constexpr bool kLatePv = LatePv;
+  static constexpr bool kCorrInExp = CorrInExp;
+  static constexpr bool kFold = Fold;
+};
+using Sm90Config = Sm90ConfigT<>;
+
+template <class T>
+struct IsSm90Config : std::false_type {};
+template <bool A, bool B, bool C, bool D>
+struct IsSm90Config<Sm90ConfigT<A, B, C, D>> : std::true_type {};
 
 /// Whether the Hopper kernel implements a (layout, correction) pair.
 template <class Layout, Correction Mode>
@@ -47,7 +67,7 @@ constexpr bool sm90_variant_supported() {
 
 /// Compile-time shape of the Hopper kernel. Names shared with AttentionTraits are what the
 /// common device functions (CtaContext, WarpState, softmax, masks, epilogue) read.
-template <class Layout_, Correction Mode_, DType Element_>
+template <class Layout_, Correction Mode_, DType Element_, class Config_ = Sm90Config>
 struct Sm90Traits {
   using Layout = Layout_;
   using KSpec = typename Layout::KSpec;
@@ -62,6 +82,13 @@ struct Sm90Traits {
   static constexpr bool kCorrect = kMode != Correction::kNone;
   static constexpr bool kTaylor4 = kMode == Correction::kTaylor4;
   static constexpr bool kFoldPerToken = false;
+  static constexpr bool kPingPong = Config_::kPingPong;
+  static constexpr bool kLatePv = Config_::kLatePv;
+  static constexpr bool kCorrInExp = Config_::kCorrInExp && kMode == Correction::kTaylor2 && kKeyPerToken &&
+                                     Layout::kHeadDim / KSpec::kGroupSize == 1;
+  static constexpr int kFoldColsPerGroup = kTaylor4 ? 6 : 3;
+  static constexpr bool kFold = Config_::kFold && !kCorrInExp && kCorrect && kKeyPerToken &&
+                                (Layout::kHeadDim / KSpec::kGroupSize) * kFoldColsPerGroup <= 16;
   static_assert(sm90_variant_supported<Layout, Mode_>(), "variant not implemented by the Hopper attention kernel");
 
   // ---- tiles and threads ----------------------------------------------------------------
@@ -101,14 +128,19 @@ struct Sm90Traits {
   static constexpr int kOffK = kOffQ + kQBytes;
   static constexpr int kOffV = kOffK + kStages * kTileBytes;
   static constexpr int kOffRing = kOffV + kStages * kTileBytes;
-  static constexpr int kKcBytes = kCorrect ? kKGroupsPerToken * kTileN * 4 : 0;  ///< per buffer
+  static constexpr int kKcBytes = (kCorrect && !kFold) ? kKGroupsPerToken * kTileN * 4 : 0;  ///< per buffer
+  static constexpr int kFoldBytes = kFold ? 32 * (kRows + kStages * kTileN) : 0;  ///< A rows, B rows per buffer
   static constexpr int kBarrierBytes = 4 * kStages * 8;
   static constexpr int kBudget = 227 * 1024 - 1024;  ///< minus the alignment slack
-  static constexpr int kFixedBytes = kOffRing + kStages * kKcBytes * (kTaylor4 ? 2 : 1) + kBarrierBytes;
+  static constexpr int kFixedBytes = kOffRing + kStages * kKcBytes * (kTaylor4 ? 2 : 1) + kFoldBytes + 1024 + kBarrierBytes;
   static constexpr int kRingStages = detail::clamp_int((kBudget - kFixedBytes) / kSlotBytes, 2, 4);
   static constexpr int kOffKc2 = kOffRing + kRingStages * kSlotBytes;
   static constexpr int kOffKc4 = kOffKc2 + kStages * kKcBytes;
-  static constexpr int kOffBarriers = detail::align_up_int(kOffKc4 + (kTaylor4 ? kStages * kKcBytes : 0), 8);
+  // Folded correction: 32-byte rows (16 bf16 columns, 32-byte swizzle), A for the CTA's
+  // query rows, then B for the tokens of each K buffer.
+  static constexpr int kOffFoldA = detail::align_up_int(kOffKc4 + (kTaylor4 ? kStages * kKcBytes : 0), 1024);
+  static constexpr int kOffFoldB = kOffFoldA + 32 * kRows;
+  static constexpr int kOffBarriers = detail::align_up_int(kOffFoldA + kFoldBytes, 8);
   static constexpr int kSmemBytes = kOffBarriers + kBarrierBytes + 1024;
   static_assert(kSmemBytes <= 227 * 1024, "shared memory plan of the Hopper kernel exceeds 227 KB");
 };
@@ -234,6 +266,7 @@ KVQ_DEVICE void dequant_token(const std::uint32_t* codes, const math::GroupMeta<
     src[i] = v.x, src[i + 1] = v.y, src[i + 2] = v.z, src[i + 3] = v.w;
   }
   float step[kGroups], zero[kGroups];
+  std::uint32_t fold[8] = {0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};  // bf16 columns 2i, 2i+1 in fold[i]
 #pragma unroll
   for (int g = 0; g < kGroups; ++g) {
     const math::GroupMeta<Spec::kScaleType> mm = mt[g];
@@ -241,9 +274,32 @@ KVQ_DEVICE void dequant_token(const std::uint32_t* codes, const math::GroupMeta<
     zero[g] = kvq::detail::scale_to_float<Spec::kScaleType>(mm.zero);
     if constexpr (kCoefficients) {
       const float d2 = step[g] * step[g];
-      kc2[g * Tr::kTileN + tok] = -d2;
-      if constexpr (Tr::kTaylor4) kc4[g * Tr::kTileN + tok] = d2 * d2;
+      if constexpr (Tr::kFold) {
+        // Columns (d_hi, d_hi, d_lo) of d = -step^2 and (Taylor4) (e_hi, e_hi, e_lo) of
+        // e = step^4, against the rows' (r_hi, r_lo, r_hi).
+        std::uint32_t hi, lo;
+        kvq::detail::split_bf16(-d2, d2 * d2, hi, lo);
+        const int c0 = g * Tr::kFoldColsPerGroup;
+        auto put = [&](int col, std::uint32_t v) { fold[col >> 1] |= v << (16 * (col & 1)); };
+        put(c0, hi & 0xffffu);
+        put(c0 + 1, hi & 0xffffu);
+        put(c0 + 2, lo & 0xffffu);
+        if constexpr (Tr::kTaylor4) {
+          put(c0 + 3, hi >> 16);
+          put(c0 + 4, hi >> 16);
+          put(c0 + 5, lo >> 16);
+        }
+      } else {
+        kc2[g * Tr::kTileN + tok] = -d2;
+        if constexpr (Tr::kTaylor4) kc4[g * Tr::kTileN + tok] = d2 * d2;
+      }
     }
+  }
+  if constexpr (kCoefficients && Tr::kFold) {
+    // kc2 points at the buffer's B rows of the fold.
+    auto* row = reinterpret_cast<unsigned char*>(kc2);
+    *reinterpret_cast<uint4*>(row + kvq::detail::fold_offset(tok, 0)) = make_uint4(fold[0], fold[1], fold[2], fold[3]);
+    *reinterpret_cast<uint4*>(row + kvq::detail::fold_offset(tok, 8)) = make_uint4(fold[4], fold[5], fold[6], fold[7]);
   }
   // Words in batches of 16 bytes of 16-bit output: kP codes -> kP/8 chunks (kP = 4: half).
   constexpr int kWordsPerBatch = kP >= 8 ? 1 : 2;
@@ -299,7 +355,8 @@ KVQ_DEVICE void produce(const AttentionParams<typename Tr::Layout>& p, const det
       kvq::detail::cp_async_wait<kR - 2>();
       kvq::sm90::named_barrier_sync(H::kBarrierId, H::kThreads);
       const unsigned char* slot = sm.slot(n);
-      auto* kc2 = reinterpret_cast<float*>(sm.base + Tr::kOffKc2 + s * Tr::kKcBytes);
+      auto* kc2 = reinterpret_cast<float*>(Tr::kFold ? sm.base + Tr::kOffFoldB + s * 32 * Tr::kTileN
+                                                     : sm.base + Tr::kOffKc2 + s * Tr::kKcBytes);
       auto* kc4 = reinterpret_cast<float*>(sm.base + Tr::kOffKc4 + s * Tr::kKcBytes);
       kvq::sm90::mbarrier_wait(sm.bar(H::kEmpty, s), parity);
       unsigned char* tile = kKey ? sm.k(s) : sm.v(s);
@@ -388,8 +445,9 @@ KVQ_DEVICE void row_coefficients(detail::WarpState<Tr>& st, const Smem<Tr>& sm, 
 }
 
 /// S = Q K^T for the warpgroup's 64 rows against K buffer s (issued, not waited for).
+/// With `fold`, one more k16 step (always bf16) adds the folded PerToken correction.
 template <class Tr>
-KVQ_DEVICE void issue_qk(float (&s)[Tr::kNTiles][4], const Smem<Tr>& sm, int buf, int wg) {
+KVQ_DEVICE void issue_qk(float (&s)[Tr::kNTiles][4], const Smem<Tr>& sm, int buf, int wg, bool fold) {
   using Mma = kvq::sm90::Wgmma<Tr::kElement, Tr::kTileN>;
   const std::uint32_t qa = sm.q() + wg * 64 * 128;
   const std::uint32_t kb = smem_u32(sm.k(buf));
@@ -399,6 +457,47 @@ KVQ_DEVICE void issue_qk(float (&s)[Tr::kNTiles][4], const Smem<Tr>& sm, int buf
     const std::uint64_t da = kvq::sm90::make_desc(qa + (ks >> 2) * (Tr::kRows * 128) + koff, 16, 1024);
     const std::uint64_t db = kvq::sm90::make_desc(kb + (ks >> 2) * (Tr::kTileN * 128) + koff, 16, 1024);
     Mma::ss(s, da, db, ks > 0 ? 1 : 0);
+  }
+  if constexpr (Tr::kFold) {
+    if (fold) {
+      const std::uint64_t da = kvq::sm90::make_desc(smem_u32(sm.base + Tr::kOffFoldA) + wg * 64 * 32, 16, 256, 3);
+      const std::uint64_t db = kvq::sm90::make_desc(smem_u32(sm.base + Tr::kOffFoldB) + buf * Tr::kTileN * 32, 16, 256, 3);
+      kvq::sm90::Wgmma<DType::kBFloat16, Tr::kTileN>::ss(s, da, db, 1);
+    }
+  }
+}
+
+/// The A rows of the folded correction for the lane's two query rows: columns
+/// (r2_hi, r2_lo, r2_hi) and (Taylor4) (r4_hi, r4_lo, r4_hi) per key group; lane t of a
+/// quad writes columns 4t .. 4t+3.
+template <class Tr>
+KVQ_DEVICE void store_fold_rows(const detail::WarpState<Tr>& st, const Smem<Tr>& sm, int cw, int lane) {
+  if constexpr (Tr::kFold) {
+    using B = kvq::detail::ElementOps<DType::kBFloat16>;
+    constexpr int kCpg = Tr::kFoldColsPerGroup;
+    constexpr int kCols = Tr::kKGroupsPerToken * kCpg;
+    const int t = lane & 3;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = 16 * cw + (lane >> 2) + 8 * h;
+      std::uint32_t w[2] = {0u, 0u};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+#pragma unroll
+        for (int col = 0; col < 16; ++col) {
+          if (col == 4 * t + j && col < kCols) {
+            const int g = col / kCpg, k = col % kCpg;
+            const float r = k < 3 ? st.r2[h][g] : st.r4[h][g];
+            std::uint32_t hi, lo;
+            kvq::detail::split_bf16(r, 0.0f, hi, lo);
+            w[j >> 1] |= ((k % 3 == 1) ? (lo & 0xffffu) : (hi & 0xffffu)) << (16 * (j & 1));
+          }
+        }
+      }
+      *reinterpret_cast<uint2*>(sm.base + Tr::kOffFoldA + kvq::detail::fold_offset(row, 4 * t)) = make_uint2(w[0], w[1]);
+    }
+  } else {
+    (void)st, (void)sm, (void)cw, (void)lane;
   }
 }
 
@@ -458,34 +557,117 @@ KVQ_DEVICE void add_mass(detail::WarpState<Tr>& st, const detail::CtaContext<Tr>
   }
 }
 
+/// Online softmax of one tile with the Taylor2 correction of one key group per token added
+/// in the exponent: the running max is over the raw scores (an upper bound, the
+/// correction is never positive), the weights are 2^((s + r2 kc2) sl2 - base).
+template <class Tr>
+KVQ_DEVICE void softmax_corrected(detail::WarpState<Tr>& st, const Smem<Tr>& sm, int buf, float sl2, bool track_mass,
+                                  float (&s)[Tr::kNTiles][4], float (&rowsum)[2], int lane) {
+  float base[2], factor[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float mx = kvq::detail::neg_inf();
+#pragma unroll
+    for (int nt = 0; nt < Tr::kNTiles; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * h], s[nt][2 * h + 1]));
+    mx = kvq::detail::quad_max(mx);
+    const float m_new = fmaxf(st.m[h], mx);
+    base[h] = m_new == kvq::detail::neg_inf() ? 0.0f : m_new * sl2;
+    factor[h] = m_new == st.m[h] ? 1.0f : kvq::detail::ex2(__fmaf_rn(st.m[h], sl2, -base[h]));
+    st.m[h] = m_new;
+    st.l[h] *= factor[h];
+    if (track_mass) {
+      st.seg[h][0] *= factor[h];
+      st.seg[h][1] *= factor[h];
+      st.seg[h][2] *= factor[h];
+    }
+  }
+  if (__any_sync(0xffffffffu, factor[0] != 1.0f || factor[1] != 1.0f)) {
+#pragma unroll
+    for (int ot = 0; ot < Tr::kOTiles; ++ot) {
+      st.o[ot][0] *= factor[0];
+      st.o[ot][1] *= factor[0];
+      st.o[ot][2] *= factor[1];
+      st.o[ot][3] *= factor[1];
+    }
+  }
+  const auto* kc2 = reinterpret_cast<const float*>(sm.base + Tr::kOffKc2 + buf * Tr::kKcBytes);
+  const int t2 = 2 * (lane & 3);
+  const float r0 = st.r2[0][0] * sl2, r1 = st.r2[1][0] * sl2;
+  float sum0 = 0.0f, sum1 = 0.0f;
+#pragma unroll
+  for (int nt = 0; nt < Tr::kNTiles; ++nt) {
+    const float2 k2 = *reinterpret_cast<const float2*>(kc2 + 8 * nt + t2);
+    s[nt][0] = kvq::detail::ex2(__fmaf_rn(k2.x, r0, __fmaf_rn(s[nt][0], sl2, -base[0])));
+    s[nt][1] = kvq::detail::ex2(__fmaf_rn(k2.y, r0, __fmaf_rn(s[nt][1], sl2, -base[0])));
+    s[nt][2] = kvq::detail::ex2(__fmaf_rn(k2.x, r1, __fmaf_rn(s[nt][2], sl2, -base[1])));
+    s[nt][3] = kvq::detail::ex2(__fmaf_rn(k2.y, r1, __fmaf_rn(s[nt][3], sl2, -base[1])));
+    sum0 += s[nt][0] + s[nt][1];
+    sum1 += s[nt][2] + s[nt][3];
+  }
+  rowsum[0] = sum0;
+  rowsum[1] = sum1;
+  st.l[0] += sum0;
+  st.l[1] += sum1;
+}
+
 /// One consumer warpgroup's loop over the CTA's tiles (wg: 0 or 1, cw: warp among the
 /// consumer warps 0..7, i.e. rows 16 cw .. 16 cw + 15 of the CTA).
+///
+/// Per tile: S = Q K^T, correction, masks, online softmax, O += P V. With Tr::kLatePv the
+/// PV MMA of tile n-1 is issued together with the QK MMA of tile n; with Tr::kPingPong the
+/// two warpgroups take turns issuing their MMAs (named barriers 3 and 4), so that one's
+/// MMAs run while the other computes its softmax.
 template <class Tr>
 KVQ_DEVICE void consume(const AttentionParams<typename Tr::Layout>& p, const detail::CtaContext<Tr>& c, const Smem<Tr>& sm,
                         int wg, int cw, int lane) {
   constexpr int kS = Tr::kStages;
+  constexpr int kTurnThreads = 128 * Tr::kConsumerGroups;
+  static_assert(Tr::kConsumerGroups == 2, "turns are taken by two warpgroups");
   detail::WarpState<Tr> st;
   st.init();
   row_coefficients<Tr>(st, sm, p.scale, cw, lane);
+  if constexpr (Tr::kFold) {
+    store_fold_rows<Tr>(st, sm, cw, lane);
+    kvq::sm90::fence_proxy_async();
+    kvq::sm90::named_barrier_sync(5 + wg, 128);
+  }
   const bool track_mass = p.mass != nullptr;
+  std::uint32_t pa[Tr::kPSteps][4];  // P of the tile whose PV is pending (kLatePv)
+  if constexpr (Tr::kPingPong) {
+    if (wg == 1) kvq::sm90::named_barrier_arrive(3, kTurnThreads);  // warpgroup 0 goes first
+  }
 #pragma unroll 1
   for (int n = 0; n < c.n_tiles; ++n) {
     const int buf = n % kS;
+    const int prev = (n + kS - 1) % kS;
     const std::uint32_t parity = (n / kS) & 1;
+    const std::uint32_t prev_parity = ((n - 1) / kS) & 1;
     const bool quantized = n < c.n_qtiles;
+    const bool late = Tr::kLatePv && n > 0;
     float s[Tr::kNTiles][4];
     kvq::sm90::mbarrier_wait(sm.bar(kFullK, buf), parity);
+    if (late) kvq::sm90::mbarrier_wait(sm.bar(kFullV, prev), prev_parity);
+    if constexpr (Tr::kPingPong) kvq::sm90::named_barrier_sync(3 + wg, kTurnThreads);
+    kvq::sm90::fence_operands(st.o);
     kvq::sm90::wgmma_fence();
-    issue_qk<Tr>(s, sm, buf, wg);
+    issue_qk<Tr>(s, sm, buf, wg, quantized);
+    if (late) issue_pv<Tr>(st.o, pa, sm, prev);
     kvq::sm90::wgmma_commit();
+    if constexpr (Tr::kPingPong) {
+      if (wg == 0 || n + 1 < c.n_tiles) kvq::sm90::named_barrier_arrive(4 - wg, kTurnThreads);
+    }
     kvq::sm90::wgmma_wait<0>();
     kvq::sm90::fence_operands(s);
-    if (quantized) {
-      // The coefficients live with the K buffer: read them before releasing it.
-      detail::correct_per_token<Tr>(st, c, buf, lane, s);
-    }
+    kvq::sm90::fence_operands(st.o);
+    const bool correct_in_exp = Tr::kCorrInExp && quantized;
+    if (quantized && !Tr::kCorrInExp && !Tr::kFold) detail::correct_per_token<Tr>(st, c, buf, lane, s);
+    // Release the buffers read by this turn's MMAs (K: unless its coefficients are still
+    // to be read by the softmax).
     __syncwarp();
-    if (lane == 0) kvq::sm90::mbarrier_arrive(sm.bar(kEmptyK, buf));
+    if (lane == 0) {
+      if (!Tr::kCorrInExp) kvq::sm90::mbarrier_arrive(sm.bar(kEmptyK, buf));
+      if (late) kvq::sm90::mbarrier_arrive(sm.bar(kEmptyV, prev));
+    }
     const std::int64_t u0 = static_cast<std::int64_t>(n - c.n_qtiles) * Tr::kTileN;
     if (quantized) {
       if (static_cast<std::int64_t>(n + 1) * Tr::kTileN > c.qlen)
@@ -497,19 +679,40 @@ KVQ_DEVICE void consume(const AttentionParams<typename Tr::Layout>& p, const det
         detail::mask_limits<Tr>(u0, limit, lane, s);
     }
     float rowsum[2];
-    detail::softmax_update<Tr>(st, p.scale_log2, track_mass, s, rowsum);
+    if (correct_in_exp) {
+      softmax_corrected<Tr>(st, sm, buf, p.scale_log2, track_mass, s, rowsum, lane);
+    } else {
+      detail::softmax_update<Tr>(st, p.scale_log2, track_mass, s, rowsum);
+    }
+    if constexpr (Tr::kCorrInExp) {  // the coefficients of the K buffer are read
+      __syncwarp();
+      if (lane == 0) kvq::sm90::mbarrier_arrive(sm.bar(kEmptyK, buf));
+    }
     if (track_mass) add_mass<Tr>(st, c, quantized, u0, rowsum, s, lane);
-    std::uint32_t pa[Tr::kPSteps][4];
     pack_p<Tr>(s, pa);
-    kvq::sm90::mbarrier_wait(sm.bar(kFullV, buf), parity);
+    if constexpr (!Tr::kLatePv) {
+      kvq::sm90::mbarrier_wait(sm.bar(kFullV, buf), parity);
+      kvq::sm90::fence_operands(st.o);
+      kvq::sm90::wgmma_fence();
+      issue_pv<Tr>(st.o, pa, sm, buf);
+      kvq::sm90::wgmma_commit();
+      kvq::sm90::wgmma_wait<0>();
+      kvq::sm90::fence_operands(st.o);
+      __syncwarp();
+      if (lane == 0) kvq::sm90::mbarrier_arrive(sm.bar(kEmptyV, buf));
+    }
+  }
+  if (Tr::kLatePv && c.n_tiles > 0) {
+    const int last = (c.n_tiles - 1) % kS;
+    kvq::sm90::mbarrier_wait(sm.bar(kFullV, last), ((c.n_tiles - 1) / kS) & 1);
     kvq::sm90::fence_operands(st.o);
     kvq::sm90::wgmma_fence();
-    issue_pv<Tr>(st.o, pa, sm, buf);
+    issue_pv<Tr>(st.o, pa, sm, last);
     kvq::sm90::wgmma_commit();
     kvq::sm90::wgmma_wait<0>();
     kvq::sm90::fence_operands(st.o);
     __syncwarp();
-    if (lane == 0) kvq::sm90::mbarrier_arrive(sm.bar(kEmptyV, buf));
+    if (lane == 0) kvq::sm90::mbarrier_arrive(sm.bar(kEmptyV, last));
   }
   detail::write_outputs<Tr>(p, c, st, cw, lane);
 }

@@ -20,12 +20,14 @@ namespace kvq::sm90 {
 /// tile base 1024-byte aligned. `lbo` / `sbo`: leading / stride byte offsets (K-major:
 /// sbo = 1024 between groups of 8 rows, lbo unused; MN-major: lbo between 64-element
 /// blocks of the MN dimension, sbo = 1024 between groups of 8 rows along K).
-KVQ_DEVICE std::uint64_t make_desc(std::uint32_t smem_addr, std::uint32_t lbo, std::uint32_t sbo) {
+/// `swizzle`: 1 = 128-byte rows (the default above), 3 = 32-byte rows (16 elements, chunk
+/// j of row r at chunk j ^ ((r / 4) % 2), sbo = 256 between groups of 8 rows).
+KVQ_DEVICE std::uint64_t make_desc(std::uint32_t smem_addr, std::uint32_t lbo, std::uint32_t sbo, std::uint32_t swizzle = 1) {
   std::uint64_t d = 0;
   d |= static_cast<std::uint64_t>((smem_addr & 0x3FFFFu) >> 4);
   d |= static_cast<std::uint64_t>((lbo >> 4) & 0x3FFFu) << 16;
   d |= static_cast<std::uint64_t>((sbo >> 4) & 0x3FFFu) << 32;
-  d |= std::uint64_t{1} << 62;  // 128-byte swizzle
+  d |= static_cast<std::uint64_t>(swizzle & 3u) << 62;
   return d;
 }
 
@@ -160,6 +162,10 @@ KVQ_DEVICE void mbarrier_wait(std::uint32_t bar, std::uint32_t parity) {
 /// Barrier `id` (1..15) among `threads` threads (a multiple of 32).
 KVQ_DEVICE void named_barrier_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+/// Arrives at barrier `id` without waiting (the other participants bar.sync on it).
+KVQ_DEVICE void named_barrier_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
 /// Makes this thread's generic-proxy writes to shared memory visible to the async proxy
