@@ -171,15 +171,9 @@ int main(int argc, char** argv) {
   add<Int2Pt128D128, Correction::kTaylor2, Hopper>("int2_pt128_taylor2_d128_sm90", all);
   add<Int4Pt128D128, Correction::kNone, Hopper>("int4_pt128_none_d128_sm90", all);
   add<Int4Pt128D128, Correction::kTaylor2, Hopper>("int4_pt128_taylor2_d128_sm90", all);
-  // Schedule options of the Hopper kernel (kvq::kernels::Sm90ConfigT), main shape only.
+  // The Hopper kernel with the PerToken correction as one FMA per score (not folded).
   const std::vector<Shape> main_shape = {{8192, 65536, 24, 24}};
-  using kvq::kernels::Sm90ConfigT;
-  add<Int2Pt128D128, Correction::kNone, Sm90ConfigT<true, false, false>>("int2_pt128_none_d128_sm90pp", main_shape);
-  add<Int2Pt128D128, Correction::kTaylor2, Sm90ConfigT<true, false, false>>("int2_pt128_taylor2_d128_sm90pp", main_shape);
-  add<Int2Pt128D128, Correction::kNone, Sm90ConfigT<false, true, false>>("int2_pt128_none_d128_sm90late", main_shape);
-  add<Int2Pt128D128, Correction::kTaylor2, Sm90ConfigT<false, true, false>>("int2_pt128_taylor2_d128_sm90late", main_shape);
-  add<Int2Pt128D128, Correction::kTaylor2, Sm90ConfigT<false, false, false, false>>("int2_pt128_taylor2_d128_sm90fma",
-                                                                                   main_shape);
+  add<Int2Pt128D128, Correction::kTaylor2, kvq::kernels::Sm90ConfigT<false>>("int2_pt128_taylor2_d128_sm90fma", main_shape);
   // mma.sync kernel (every architecture; PerChannel keys run on it on Hopper too).
   add<Int2Pt128D128, Correction::kNone>("int2_pt128_none_d128", all);
   add<Int2Pt128D128, Correction::kTaylor2>("int2_pt128_taylor2_d128", all);

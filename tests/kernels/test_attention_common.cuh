@@ -180,6 +180,21 @@ bool hopper_kernel_runs_here() {
   }
 }
 
+/// Where the Hopper kernel does not run: a failure on a compute capability 9.0 device when
+/// it implements the variant and the binary was built for compute 9.0 (it must run there),
+/// otherwise a warning (the case is skipped).
+template <class Layout, Correction Mode>
+void require_hopper_kernel_unless_other_device() {
+  int dev = 0, major = 0, minor = 0;
+  KVQ_TEST_CUDA(cudaGetDevice(&dev));
+  KVQ_TEST_CUDA(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  KVQ_TEST_CUDA(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+  INFO("compute capability " << major << "." << minor);
+  REQUIRE_FALSE((major == 9 && minor == 0 && kvq::detail::sm90_compiled() &&
+                 kernels::sm90_variant_supported<Layout, Mode>()));
+  WARN("Hopper kernel not implemented for this variant or not runnable on this device: skipped");
+}
+
 /// Runs one case on the device (kvq::attention with tile configuration Config, or the
 /// Hopper kernel with kernels::Sm90Config) and checks it against the reference. Returns
 /// the errors (also printed).
@@ -507,7 +522,7 @@ inline AttentionCase sanitizer_case(std::uint64_t seed) {
   }                                                                                                                   \
   TEST_CASE("Hopper attention kernel matches the reference: " Name, "[attention][gpu][sm90]") {                      \
     if (!kvq::test::hopper_kernel_runs_here<Layout, Mode>()) {                                                        \
-      WARN("Hopper kernel not implemented for this variant or not runnable on this device: skipped");                \
+      kvq::test::require_hopper_kernel_unless_other_device<Layout, Mode>();                                           \
       return;                                                                                                         \
     }                                                                                                                 \
     kvq::test::run_standard_attention_cases<Layout, Mode, kvq::kernels::Sm90Config>(kvq::DType::kBFloat16, Name,     \
@@ -517,7 +532,7 @@ inline AttentionCase sanitizer_case(std::uint64_t seed) {
   }                                                                                                                   \
   TEST_CASE("Hopper attention kernel, small case for the sanitizers: " Name, "[attention][gpu][sm90][sanitize]") {   \
     if (!kvq::test::hopper_kernel_runs_here<Layout, Mode>()) {                                                        \
-      WARN("Hopper kernel not implemented for this variant or not runnable on this device: skipped");                \
+      kvq::test::require_hopper_kernel_unless_other_device<Layout, Mode>();                                           \
       return;                                                                                                         \
     }                                                                                                                 \
     kvq::test::run_attention_case<Layout, Mode, kvq::kernels::Sm90Config>(kvq::test::sanitizer_case((Seed) + 50),    \

@@ -1,6 +1,7 @@
 // The fused attention with non-default configurations against the reference: the
-// correction applied with one FMA/FADD per score instead of folded into the MMA, and
-// other tile shapes (4 warps per CTA; 32-token tiles). The benchmark compares them.
+// correction applied with one FMA/FADD per score instead of folded into the MMA (mma.sync
+// and Hopper kernels), and other tile shapes (4 warps per CTA; 32-token tiles). The
+// benchmark compares them.
 #include "kernels/test_attention_common.cuh"
 
 namespace {
@@ -22,4 +23,24 @@ TEST_CASE("fused attention, correction per score (not folded): int2_pt128 taylor
 }
 TEST_CASE("fused attention, correction per score (not folded): int2_pc32 taylor2", "[attention][gpu][config]") {
   run_config_cases<kvq::variants::Int2Pc32D128, kvq::Correction::kTaylor2, Unfolded>("int2_pc32 t2 unfolded", 820001);
+}
+
+TEST_CASE("Hopper attention kernel, correction per score (not folded)", "[attention][gpu][config][sm90]") {
+  using L = kvq::variants::Int2Pt128D128;
+  using HopperFma = kvq::kernels::Sm90ConfigT<false>;
+  if (!kvq::test::hopper_kernel_runs_here<L, kvq::Correction::kTaylor2>()) {
+    kvq::test::require_hopper_kernel_unless_other_device<L, kvq::Correction::kTaylor2>();
+    return;
+  }
+  run_config_cases<L, kvq::Correction::kTaylor2, HopperFma>("int2_pt128 t2 sm90 fma", 830001);
+  run_config_cases<L, kvq::Correction::kTaylor4, HopperFma>("int2_pt128 t4 sm90 fma", 831001);
+}
+TEST_CASE("Hopper attention kernel, small case for the sanitizers (not folded)", "[attention][gpu][config][sm90][sanitize]") {
+  using L = kvq::variants::Int2Pt128D128;
+  if (!kvq::test::hopper_kernel_runs_here<L, kvq::Correction::kTaylor4>()) {
+    kvq::test::require_hopper_kernel_unless_other_device<L, kvq::Correction::kTaylor4>();
+    return;
+  }
+  kvq::test::run_attention_case<L, kvq::Correction::kTaylor4, kvq::kernels::Sm90ConfigT<false>>(
+      kvq::test::sanitizer_case(832001), "int2_pt128 t4 sm90 fma");
 }

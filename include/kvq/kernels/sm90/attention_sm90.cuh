@@ -16,7 +16,8 @@
 // Full/empty mbarriers per K and V buffer hand tiles from the producer to the consumers
 // and back; setmaxnreg gives the consumers the registers the producer does not need.
 // The two consumer warpgroups share the tensor cores: one computes its softmax while the
-// other's MMAs run.
+// other's MMAs run. The PerToken Taylor corrections are one extra bf16 k16 step of the
+// QK MMA (rows of per-query and per-token coefficients, split hi/lo).
 //
 // Supported here: PerToken keys (any bits whose packed words hold a multiple of 4 codes,
 // group size >= 8) with corrections None, Taylor2, Taylor4; head dim 64 or 128; bf16 or
@@ -31,28 +32,21 @@
 
 namespace kvq::kernels {
 
-/// The Hopper kernel as a "tile configuration" for kvq::detail::attention_with_config, with
-/// its schedule options (benchmarks compare them; Sm90Config is the default):
-/// \tparam PingPong   the consumer warpgroups take turns issuing their MMAs (named barriers)
-/// \tparam LatePv     O += P(n-1) V(n-1) is issued with S(n) = Q K(n)^T, one tile late
-/// \tparam CorrInExp  Taylor2 with one key group per token: the correction (never positive)
-///                    is added in the exponent, after the row max of the raw scores
-/// \tparam Fold       the PerToken Taylor corrections as one extra k16 step of S = Q K^T on
-///                    the tensor cores (bf16 hi/lo splits: relative error ~2^-16) instead
-///                    of one FMA per score and key group (when they fit in 16 columns)
-template <bool PingPong = false, bool LatePv = false, bool CorrInExp = false, bool Fold = true>
+/// The Hopper kernel as a "tile configuration" for kvq::detail::attention_with_config
+/// (Sm90Config is the default; tests and benchmarks also run the other option):
+/// \tparam Fold  the PerToken Taylor corrections as one extra k16 step of S = Q K^T on the
+///               tensor cores (bf16 hi/lo splits: relative error ~2^-16) when they fit in
+///               16 columns (groups x 3, Taylor4 x 6), instead of one FMA per score and group
+template <bool Fold = true>
 struct Sm90ConfigT {
-  static constexpr bool kPingPong = PingPong;
-  static constexpr bool kLatePv = LatePv;
-  static constexpr bool kCorrInExp = CorrInExp;
   static constexpr bool kFold = Fold;
 };
 using Sm90Config = Sm90ConfigT<>;
 
 template <class T>
 struct IsSm90Config : std::false_type {};
-template <bool A, bool B, bool C, bool D>
-struct IsSm90Config<Sm90ConfigT<A, B, C, D>> : std::true_type {};
+template <bool F>
+struct IsSm90Config<Sm90ConfigT<F>> : std::true_type {};
 
 /// Whether the Hopper kernel implements a (layout, correction) pair.
 template <class Layout, Correction Mode>
@@ -82,12 +76,8 @@ struct Sm90Traits {
   static constexpr bool kCorrect = kMode != Correction::kNone;
   static constexpr bool kTaylor4 = kMode == Correction::kTaylor4;
   static constexpr bool kFoldPerToken = false;
-  static constexpr bool kPingPong = Config_::kPingPong;
-  static constexpr bool kLatePv = Config_::kLatePv;
-  static constexpr bool kCorrInExp = Config_::kCorrInExp && kMode == Correction::kTaylor2 && kKeyPerToken &&
-                                     Layout::kHeadDim / KSpec::kGroupSize == 1;
   static constexpr int kFoldColsPerGroup = kTaylor4 ? 6 : 3;
-  static constexpr bool kFold = Config_::kFold && !kCorrInExp && kCorrect && kKeyPerToken &&
+  static constexpr bool kFold = Config_::kFold && kCorrect && kKeyPerToken &&
                                 (Layout::kHeadDim / KSpec::kGroupSize) * kFoldColsPerGroup <= 16;
   static_assert(sm90_variant_supported<Layout, Mode_>(), "variant not implemented by the Hopper attention kernel");
 
@@ -557,72 +547,16 @@ KVQ_DEVICE void add_mass(detail::WarpState<Tr>& st, const detail::CtaContext<Tr>
   }
 }
 
-/// Online softmax of one tile with the Taylor2 correction of one key group per token added
-/// in the exponent: the running max is over the raw scores (an upper bound, the
-/// correction is never positive), the weights are 2^((s + r2 kc2) sl2 - base).
-template <class Tr>
-KVQ_DEVICE void softmax_corrected(detail::WarpState<Tr>& st, const Smem<Tr>& sm, int buf, float sl2, bool track_mass,
-                                  float (&s)[Tr::kNTiles][4], float (&rowsum)[2], int lane) {
-  float base[2], factor[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    float mx = kvq::detail::neg_inf();
-#pragma unroll
-    for (int nt = 0; nt < Tr::kNTiles; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * h], s[nt][2 * h + 1]));
-    mx = kvq::detail::quad_max(mx);
-    const float m_new = fmaxf(st.m[h], mx);
-    base[h] = m_new == kvq::detail::neg_inf() ? 0.0f : m_new * sl2;
-    factor[h] = m_new == st.m[h] ? 1.0f : kvq::detail::ex2(__fmaf_rn(st.m[h], sl2, -base[h]));
-    st.m[h] = m_new;
-    st.l[h] *= factor[h];
-    if (track_mass) {
-      st.seg[h][0] *= factor[h];
-      st.seg[h][1] *= factor[h];
-      st.seg[h][2] *= factor[h];
-    }
-  }
-  if (__any_sync(0xffffffffu, factor[0] != 1.0f || factor[1] != 1.0f)) {
-#pragma unroll
-    for (int ot = 0; ot < Tr::kOTiles; ++ot) {
-      st.o[ot][0] *= factor[0];
-      st.o[ot][1] *= factor[0];
-      st.o[ot][2] *= factor[1];
-      st.o[ot][3] *= factor[1];
-    }
-  }
-  const auto* kc2 = reinterpret_cast<const float*>(sm.base + Tr::kOffKc2 + buf * Tr::kKcBytes);
-  const int t2 = 2 * (lane & 3);
-  const float r0 = st.r2[0][0] * sl2, r1 = st.r2[1][0] * sl2;
-  float sum0 = 0.0f, sum1 = 0.0f;
-#pragma unroll
-  for (int nt = 0; nt < Tr::kNTiles; ++nt) {
-    const float2 k2 = *reinterpret_cast<const float2*>(kc2 + 8 * nt + t2);
-    s[nt][0] = kvq::detail::ex2(__fmaf_rn(k2.x, r0, __fmaf_rn(s[nt][0], sl2, -base[0])));
-    s[nt][1] = kvq::detail::ex2(__fmaf_rn(k2.y, r0, __fmaf_rn(s[nt][1], sl2, -base[0])));
-    s[nt][2] = kvq::detail::ex2(__fmaf_rn(k2.x, r1, __fmaf_rn(s[nt][2], sl2, -base[1])));
-    s[nt][3] = kvq::detail::ex2(__fmaf_rn(k2.y, r1, __fmaf_rn(s[nt][3], sl2, -base[1])));
-    sum0 += s[nt][0] + s[nt][1];
-    sum1 += s[nt][2] + s[nt][3];
-  }
-  rowsum[0] = sum0;
-  rowsum[1] = sum1;
-  st.l[0] += sum0;
-  st.l[1] += sum1;
-}
-
 /// One consumer warpgroup's loop over the CTA's tiles (wg: 0 or 1, cw: warp among the
-/// consumer warps 0..7, i.e. rows 16 cw .. 16 cw + 15 of the CTA).
-///
-/// Per tile: S = Q K^T, correction, masks, online softmax, O += P V. With Tr::kLatePv the
-/// PV MMA of tile n-1 is issued together with the QK MMA of tile n; with Tr::kPingPong the
-/// two warpgroups take turns issuing their MMAs (named barriers 3 and 4), so that one's
-/// MMAs run while the other computes its softmax.
+/// consumer warps 0..7, i.e. rows 16 cw .. 16 cw + 15 of the CTA). Per tile: S = Q K^T
+/// (+ the folded correction), the K buffer released, masks, online softmax, O += P V, the
+/// V buffer released. The two warpgroups are not synchronised with each other: one's MMAs
+/// run while the other computes its softmax. (Measured slower: FA3-style turns between the
+/// warpgroups, and issuing the PV MMA of tile n-1 with the QK MMA of tile n.)
 template <class Tr>
 KVQ_DEVICE void consume(const AttentionParams<typename Tr::Layout>& p, const detail::CtaContext<Tr>& c, const Smem<Tr>& sm,
                         int wg, int cw, int lane) {
   constexpr int kS = Tr::kStages;
-  constexpr int kTurnThreads = 128 * Tr::kConsumerGroups;
-  static_assert(Tr::kConsumerGroups == 2, "turns are taken by two warpgroups");
   detail::WarpState<Tr> st;
   st.init();
   row_coefficients<Tr>(st, sm, p.scale, cw, lane);
@@ -632,42 +566,22 @@ KVQ_DEVICE void consume(const AttentionParams<typename Tr::Layout>& p, const det
     kvq::sm90::named_barrier_sync(5 + wg, 128);
   }
   const bool track_mass = p.mass != nullptr;
-  std::uint32_t pa[Tr::kPSteps][4];  // P of the tile whose PV is pending (kLatePv)
-  if constexpr (Tr::kPingPong) {
-    if (wg == 1) kvq::sm90::named_barrier_arrive(3, kTurnThreads);  // warpgroup 0 goes first
-  }
 #pragma unroll 1
   for (int n = 0; n < c.n_tiles; ++n) {
     const int buf = n % kS;
-    const int prev = (n + kS - 1) % kS;
     const std::uint32_t parity = (n / kS) & 1;
-    const std::uint32_t prev_parity = ((n - 1) / kS) & 1;
     const bool quantized = n < c.n_qtiles;
-    const bool late = Tr::kLatePv && n > 0;
     float s[Tr::kNTiles][4];
     kvq::sm90::mbarrier_wait(sm.bar(kFullK, buf), parity);
-    if (late) kvq::sm90::mbarrier_wait(sm.bar(kFullV, prev), prev_parity);
-    if constexpr (Tr::kPingPong) kvq::sm90::named_barrier_sync(3 + wg, kTurnThreads);
-    kvq::sm90::fence_operands(st.o);
     kvq::sm90::wgmma_fence();
     issue_qk<Tr>(s, sm, buf, wg, quantized);
-    if (late) issue_pv<Tr>(st.o, pa, sm, prev);
     kvq::sm90::wgmma_commit();
-    if constexpr (Tr::kPingPong) {
-      if (wg == 0 || n + 1 < c.n_tiles) kvq::sm90::named_barrier_arrive(4 - wg, kTurnThreads);
-    }
     kvq::sm90::wgmma_wait<0>();
     kvq::sm90::fence_operands(s);
-    kvq::sm90::fence_operands(st.o);
-    const bool correct_in_exp = Tr::kCorrInExp && quantized;
-    if (quantized && !Tr::kCorrInExp && !Tr::kFold) detail::correct_per_token<Tr>(st, c, buf, lane, s);
-    // Release the buffers read by this turn's MMAs (K: unless its coefficients are still
-    // to be read by the softmax).
+    // Unfolded correction: the coefficients live with the K buffer, read before releasing it.
+    if (quantized && !Tr::kFold) detail::correct_per_token<Tr>(st, c, buf, lane, s);
     __syncwarp();
-    if (lane == 0) {
-      if (!Tr::kCorrInExp) kvq::sm90::mbarrier_arrive(sm.bar(kEmptyK, buf));
-      if (late) kvq::sm90::mbarrier_arrive(sm.bar(kEmptyV, prev));
-    }
+    if (lane == 0) kvq::sm90::mbarrier_arrive(sm.bar(kEmptyK, buf));
     const std::int64_t u0 = static_cast<std::int64_t>(n - c.n_qtiles) * Tr::kTileN;
     if (quantized) {
       if (static_cast<std::int64_t>(n + 1) * Tr::kTileN > c.qlen)
@@ -679,40 +593,19 @@ KVQ_DEVICE void consume(const AttentionParams<typename Tr::Layout>& p, const det
         detail::mask_limits<Tr>(u0, limit, lane, s);
     }
     float rowsum[2];
-    if (correct_in_exp) {
-      softmax_corrected<Tr>(st, sm, buf, p.scale_log2, track_mass, s, rowsum, lane);
-    } else {
-      detail::softmax_update<Tr>(st, p.scale_log2, track_mass, s, rowsum);
-    }
-    if constexpr (Tr::kCorrInExp) {  // the coefficients of the K buffer are read
-      __syncwarp();
-      if (lane == 0) kvq::sm90::mbarrier_arrive(sm.bar(kEmptyK, buf));
-    }
+    detail::softmax_update<Tr>(st, p.scale_log2, track_mass, s, rowsum);
     if (track_mass) add_mass<Tr>(st, c, quantized, u0, rowsum, s, lane);
+    std::uint32_t pa[Tr::kPSteps][4];
     pack_p<Tr>(s, pa);
-    if constexpr (!Tr::kLatePv) {
-      kvq::sm90::mbarrier_wait(sm.bar(kFullV, buf), parity);
-      kvq::sm90::fence_operands(st.o);
-      kvq::sm90::wgmma_fence();
-      issue_pv<Tr>(st.o, pa, sm, buf);
-      kvq::sm90::wgmma_commit();
-      kvq::sm90::wgmma_wait<0>();
-      kvq::sm90::fence_operands(st.o);
-      __syncwarp();
-      if (lane == 0) kvq::sm90::mbarrier_arrive(sm.bar(kEmptyV, buf));
-    }
-  }
-  if (Tr::kLatePv && c.n_tiles > 0) {
-    const int last = (c.n_tiles - 1) % kS;
-    kvq::sm90::mbarrier_wait(sm.bar(kFullV, last), ((c.n_tiles - 1) / kS) & 1);
+    kvq::sm90::mbarrier_wait(sm.bar(kFullV, buf), parity);
     kvq::sm90::fence_operands(st.o);
     kvq::sm90::wgmma_fence();
-    issue_pv<Tr>(st.o, pa, sm, last);
+    issue_pv<Tr>(st.o, pa, sm, buf);
     kvq::sm90::wgmma_commit();
     kvq::sm90::wgmma_wait<0>();
     kvq::sm90::fence_operands(st.o);
     __syncwarp();
-    if (lane == 0) kvq::sm90::mbarrier_arrive(sm.bar(kEmptyV, last));
+    if (lane == 0) kvq::sm90::mbarrier_arrive(sm.bar(kEmptyV, buf));
   }
   detail::write_outputs<Tr>(p, c, st, cw, lane);
 }

@@ -163,10 +163,6 @@ KVQ_DEVICE void mbarrier_wait(std::uint32_t bar, std::uint32_t parity) {
 KVQ_DEVICE void named_barrier_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
-/// Arrives at barrier `id` without waiting (the other participants bar.sync on it).
-KVQ_DEVICE void named_barrier_arrive(int id, int threads) {
-  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
-}
 
 /// Makes this thread's generic-proxy writes to shared memory visible to the async proxy
 /// (wgmma operand reads) once the writes are ordered before a release (mbarrier arrive).
