@@ -174,6 +174,17 @@ int main(int argc, char** argv) {
   // The Hopper kernel with the PerToken correction as one FMA per score (not folded).
   const std::vector<Shape> main_shape = {{8192, 65536, 24, 24}};
   add<Int2Pt128D128, Correction::kTaylor2, kvq::kernels::Sm90ConfigT<false>>("int2_pt128_taylor2_d128_sm90fma", main_shape);
+  // Other schedules of the Hopper kernel: overlapped softmax/PV, 64-token tiles with 4 buffers.
+  const std::vector<Shape> two = {{8192, 65536, 24, 24}, {4096, 16384, 24, 24}};
+  using Ov = kvq::kernels::Sm90ConfigT<true, 128, 2, true>;
+  using N64 = kvq::kernels::Sm90ConfigT<true, 64, 4, false>;
+  using N64Ov = kvq::kernels::Sm90ConfigT<true, 64, 4, true>;
+  add<Int2Pt128D128, Correction::kNone, Ov>("int2_pt128_none_d128_sm90ov", two);
+  add<Int2Pt128D128, Correction::kTaylor2, Ov>("int2_pt128_taylor2_d128_sm90ov", two);
+  add<Int2Pt128D128, Correction::kNone, N64>("int2_pt128_none_d128_sm90n64", two);
+  add<Int2Pt128D128, Correction::kTaylor2, N64>("int2_pt128_taylor2_d128_sm90n64", two);
+  add<Int2Pt128D128, Correction::kNone, N64Ov>("int2_pt128_none_d128_sm90n64ov", two);
+  add<Int2Pt128D128, Correction::kTaylor2, N64Ov>("int2_pt128_taylor2_d128_sm90n64ov", two);
   // mma.sync kernel (every architecture; PerChannel keys run on it on Hopper too).
   add<Int2Pt128D128, Correction::kNone>("int2_pt128_none_d128", all);
   add<Int2Pt128D128, Correction::kTaylor2>("int2_pt128_taylor2_d128", all);

@@ -44,3 +44,31 @@ TEST_CASE("Hopper attention kernel, small case for the sanitizers (not folded)",
   kvq::test::run_attention_case<L, kvq::Correction::kTaylor4, kvq::kernels::Sm90ConfigT<false>>(
       kvq::test::sanitizer_case(832001), "int2_pt128 t4 sm90 fma");
 }
+
+TEST_CASE("Hopper attention kernel, other schedules", "[attention][gpu][config][sm90]") {
+  using L = kvq::variants::Int2Pt128D128;
+  if (!kvq::test::hopper_kernel_runs_here<L, kvq::Correction::kTaylor2>()) {
+    kvq::test::require_hopper_kernel_unless_other_device<L, kvq::Correction::kTaylor2>();
+    return;
+  }
+  SECTION("overlapped softmax and PV") {
+    run_config_cases<L, kvq::Correction::kTaylor2, kvq::kernels::Sm90ConfigT<true, 128, 2, true>>("sm90 ov", 840001);
+  }
+  SECTION("64-token tiles, 4 buffers") {
+    run_config_cases<L, kvq::Correction::kTaylor2, kvq::kernels::Sm90ConfigT<true, 64, 4, false>>("sm90 n64", 841001);
+  }
+  SECTION("64-token tiles, 4 buffers, overlapped") {
+    run_config_cases<L, kvq::Correction::kTaylor2, kvq::kernels::Sm90ConfigT<true, 64, 4, true>>("sm90 n64 ov", 842001);
+  }
+}
+TEST_CASE("Hopper attention kernel, other schedules, small case for the sanitizers", "[attention][gpu][config][sm90][sanitize]") {
+  using L = kvq::variants::Int2Pt128D128;
+  if (!kvq::test::hopper_kernel_runs_here<L, kvq::Correction::kTaylor2>()) {
+    kvq::test::require_hopper_kernel_unless_other_device<L, kvq::Correction::kTaylor2>();
+    return;
+  }
+  kvq::test::run_attention_case<L, kvq::Correction::kTaylor2, kvq::kernels::Sm90ConfigT<true, 128, 2, true>>(
+      kvq::test::sanitizer_case(843001), "sm90 ov");
+  kvq::test::run_attention_case<L, kvq::Correction::kTaylor2, kvq::kernels::Sm90ConfigT<true, 64, 4, true>>(
+      kvq::test::sanitizer_case(844001), "sm90 n64 ov");
+}

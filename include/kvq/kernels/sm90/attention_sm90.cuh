@@ -33,20 +33,29 @@
 namespace kvq::kernels {
 
 /// The Hopper kernel as a "tile configuration" for kvq::detail::attention_with_config
-/// (Sm90Config is the default; tests and benchmarks also run the other option):
-/// \tparam Fold  the PerToken Taylor corrections as one extra k16 step of S = Q K^T on the
-///               tensor cores (bf16 hi/lo splits: relative error ~2^-16) when they fit in
-///               16 columns (groups x 3, Taylor4 x 6), instead of one FMA per score and group
-template <bool Fold = true>
+/// (Sm90Config is the default; tests and benchmarks also run the others):
+/// \tparam Fold     the PerToken Taylor corrections as one extra k16 step of S = Q K^T on the
+///                  tensor cores (bf16 hi/lo splits: relative error ~2^-16) when they fit in
+///                  16 columns (groups x 3, Taylor4 x 6), instead of one FMA per score and group
+/// \tparam TileN    key/value tokens per tile (64 or 128)
+/// \tparam Stages   16-bit K (and V) tile buffers
+/// \tparam Overlap  the softmax of tile n runs while the PV MMA of tile n-1 does (that MMA is
+///                  issued with the QK MMA of tile n; the output rescale waits for it)
+template <bool Fold = true, int TileN = 128, int Stages = 2, bool Overlap = false>
 struct Sm90ConfigT {
+  static_assert(TileN == 64 || TileN == 128, "TileN must be 64 or 128");
+  static_assert(Stages >= 2 && Stages <= 4, "Stages must be in [2, 4]");
   static constexpr bool kFold = Fold;
+  static constexpr int kTileN = TileN;
+  static constexpr int kStages = Stages;
+  static constexpr bool kOverlap = Overlap;
 };
 using Sm90Config = Sm90ConfigT<>;
 
 template <class T>
 struct IsSm90Config : std::false_type {};
-template <bool F>
-struct IsSm90Config<Sm90ConfigT<F>> : std::true_type {};
+template <bool F, int N, int S, bool O>
+struct IsSm90Config<Sm90ConfigT<F, N, S, O>> : std::true_type {};
 
 /// Whether the Hopper kernel implements a (layout, correction) pair.
 template <class Layout, Correction Mode>
@@ -86,7 +95,8 @@ struct Sm90Traits {
   static constexpr int kRows = 64 * kConsumerGroups;  ///< query rows per CTA
   static constexpr int kThreads = 128 * (1 + kConsumerGroups);
   static constexpr int kProducerThreads = 128;
-  static constexpr int kTileN = 128;                  ///< key/value tokens per tile
+  static constexpr int kTileN = Config_::kTileN;      ///< key/value tokens per tile
+  static constexpr bool kOverlap = Config_::kOverlap;
   static constexpr int kKSteps = kHeadDim / 16;       ///< k16 steps of S = Q K^T
   static constexpr int kNTiles = kTileN / 8;          ///< n8 column blocks of S
   static constexpr int kOTiles = kHeadDim / 8;        ///< n8 column blocks of O
@@ -113,7 +123,7 @@ struct Sm90Traits {
   static constexpr int kSlotBytes = detail::align_up_int(kSlotVMeta + kTileN * kVMetaBytesPerToken, 128);
 
   // ---- shared memory plan (offsets from a 1024-aligned base) ---------------------------------
-  static constexpr int kStages = 2;  ///< 16-bit K (and V) tile buffers
+  static constexpr int kStages = Config_::kStages;  ///< 16-bit K (and V) tile buffers
   static constexpr int kOffQ = 0;
   static constexpr int kOffK = kOffQ + kQBytes;
   static constexpr int kOffV = kOffK + kStages * kTileBytes;
@@ -470,21 +480,21 @@ KVQ_DEVICE void store_fold_rows(const detail::WarpState<Tr>& st, const Smem<Tr>&
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int row = 16 * cw + (lane >> 2) + 8 * h;
-      std::uint32_t w[2] = {0u, 0u};
+      // Selects with compile-time indices only (a run-time index would put st in local memory).
+      float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
+      for (int col = 0; col < kCols; ++col) {
+        const int g = col / kCpg, k = col % kCpg;
+        const float r = k < 3 ? st.r2[h][g] : st.r4[h][g];
+        std::uint32_t hi, lo;
+        kvq::detail::split_bf16(r, 0.0f, hi, lo);
+        const float val = (k % 3 == 1) ? B::lo(lo) : B::lo(hi);
 #pragma unroll
-        for (int col = 0; col < 16; ++col) {
-          if (col == 4 * t + j && col < kCols) {
-            const int g = col / kCpg, k = col % kCpg;
-            const float r = k < 3 ? st.r2[h][g] : st.r4[h][g];
-            std::uint32_t hi, lo;
-            kvq::detail::split_bf16(r, 0.0f, hi, lo);
-            w[j >> 1] |= ((k % 3 == 1) ? (lo & 0xffffu) : (hi & 0xffffu)) << (16 * (j & 1));
-          }
-        }
+        for (int j = 0; j < 4; ++j) v[j] = (col == 4 * t + j) ? val : v[j];
       }
-      *reinterpret_cast<uint2*>(sm.base + Tr::kOffFoldA + kvq::detail::fold_offset(row, 4 * t)) = make_uint2(w[0], w[1]);
+      // The values are bf16 already: the packing is exact.
+      *reinterpret_cast<uint2*>(sm.base + Tr::kOffFoldA + kvq::detail::fold_offset(row, 4 * t)) =
+          make_uint2(B::pack(v[0], v[1]), B::pack(v[2], v[3]));
     }
   } else {
     (void)st, (void)sm, (void)cw, (void)lane;
@@ -547,6 +557,142 @@ KVQ_DEVICE void add_mass(detail::WarpState<Tr>& st, const detail::CtaContext<Tr>
   }
 }
 
+/// kvq::kernels::detail::softmax_update without the output rescale: returns the factors of
+/// the lane's two rows (the caller rescales O once the PV MMA in flight is done).
+template <class Tr>
+KVQ_DEVICE void softmax_deferred(detail::WarpState<Tr>& st, float sl2, bool track_mass, float (&s)[Tr::kNTiles][4],
+                                 float (&rowsum)[2], float (&factor)[2]) {
+  float base[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float mx = kvq::detail::neg_inf();
+#pragma unroll
+    for (int nt = 0; nt < Tr::kNTiles; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * h], s[nt][2 * h + 1]));
+    mx = kvq::detail::quad_max(mx);
+    const float m_new = fmaxf(st.m[h], mx);
+    base[h] = m_new == kvq::detail::neg_inf() ? 0.0f : m_new * sl2;
+    factor[h] = m_new == st.m[h] ? 1.0f : kvq::detail::ex2(__fmaf_rn(st.m[h], sl2, -base[h]));
+    st.m[h] = m_new;
+    st.l[h] *= factor[h];
+    if (track_mass) {
+      st.seg[h][0] *= factor[h];
+      st.seg[h][1] *= factor[h];
+      st.seg[h][2] *= factor[h];
+    }
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float sum = 0.0f;
+#pragma unroll
+    for (int nt = 0; nt < Tr::kNTiles; ++nt) {
+      s[nt][2 * h] = kvq::detail::ex2(__fmaf_rn(s[nt][2 * h], sl2, -base[h]));
+      s[nt][2 * h + 1] = kvq::detail::ex2(__fmaf_rn(s[nt][2 * h + 1], sl2, -base[h]));
+      sum += s[nt][2 * h] + s[nt][2 * h + 1];
+    }
+    rowsum[h] = sum;
+    st.l[h] += sum;
+  }
+}
+
+template <class Tr>
+KVQ_DEVICE void rescale_o(detail::WarpState<Tr>& st, const float (&factor)[2]) {
+  if (__any_sync(0xffffffffu, factor[0] != 1.0f || factor[1] != 1.0f)) {
+#pragma unroll
+    for (int ot = 0; ot < Tr::kOTiles; ++ot) {
+      st.o[ot][0] *= factor[0];
+      st.o[ot][1] *= factor[0];
+      st.o[ot][2] *= factor[1];
+      st.o[ot][3] *= factor[1];
+    }
+  }
+}
+
+template <int N>
+KVQ_DEVICE void fence_fragments(std::uint32_t (&a)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(a[i][j])::"memory");
+}
+
+/// Masks of tile n (past the quantized length; past a row's limit in [tail ; chunk]).
+template <class Tr>
+KVQ_DEVICE void mask_tile(const AttentionParams<typename Tr::Layout>& p, const detail::CtaContext<Tr>& c, int n, int cw,
+                          int lane, float (&s)[Tr::kNTiles][4]) {
+  if (n < c.n_qtiles) {
+    if (static_cast<std::int64_t>(n + 1) * Tr::kTileN > c.qlen)
+      detail::mask_columns<Tr>(static_cast<int>(c.qlen - static_cast<std::int64_t>(n) * Tr::kTileN), lane, s);
+  } else {
+    const std::int64_t u0 = static_cast<std::int64_t>(n - c.n_qtiles) * Tr::kTileN;
+    std::int64_t limit[2];
+    detail::plain_limits<Tr>(p, c, cw, lane, limit);
+    if (__any_sync(0xffffffffu, u0 + Tr::kTileN - 1 > limit[0] || u0 + Tr::kTileN - 1 > limit[1]))
+      detail::mask_limits<Tr>(u0, limit, lane, s);
+  }
+}
+
+/// The overlapped consumer loop (Tr::kOverlap): iteration n issues S(n) = Q K(n)^T and
+/// O += P(n-1) V(n-1), waits for the first only, computes the softmax of tile n while the
+/// second runs, then waits for it and rescales O.
+template <class Tr>
+KVQ_DEVICE void consume_overlapped(const AttentionParams<typename Tr::Layout>& p, const detail::CtaContext<Tr>& c,
+                                   const Smem<Tr>& sm, detail::WarpState<Tr>& st, int wg, int cw, int lane) {
+  constexpr int kS = Tr::kStages;
+  const bool track_mass = p.mass != nullptr;
+  std::uint32_t pa[Tr::kPSteps][4];
+#pragma unroll 1
+  for (int n = 0; n < c.n_tiles; ++n) {
+    const int buf = n % kS;
+    const int prev = (n + kS - 1) % kS;
+    const std::uint32_t parity = (n / kS) & 1;
+    const bool quantized = n < c.n_qtiles;
+    float s[Tr::kNTiles][4];
+    kvq::sm90::mbarrier_wait(sm.bar(kFullK, buf), parity);
+    if (n > 0) kvq::sm90::mbarrier_wait(sm.bar(kFullV, prev), ((n - 1) / kS) & 1);
+    kvq::sm90::fence_operands(st.o);
+    kvq::sm90::wgmma_fence();
+    issue_qk<Tr>(s, sm, buf, wg, quantized);
+    kvq::sm90::wgmma_commit();
+    if (n > 0) {
+      issue_pv<Tr>(st.o, pa, sm, prev);
+      kvq::sm90::wgmma_commit();
+      kvq::sm90::wgmma_wait<1>();  // S(n); the PV MMA may still run
+    } else {
+      kvq::sm90::wgmma_wait<0>();
+    }
+    kvq::sm90::fence_operands(s);
+    if (quantized && !Tr::kFold) detail::correct_per_token<Tr>(st, c, buf, lane, s);
+    __syncwarp();
+    if (lane == 0) kvq::sm90::mbarrier_arrive(sm.bar(kEmptyK, buf));
+    mask_tile<Tr>(p, c, n, cw, lane, s);
+    float rowsum[2], factor[2];
+    softmax_deferred<Tr>(st, p.scale_log2, track_mass, s, rowsum, factor);
+    if (track_mass) add_mass<Tr>(st, c, quantized, static_cast<std::int64_t>(n - c.n_qtiles) * Tr::kTileN, rowsum, s, lane);
+    if (n > 0) {
+      kvq::sm90::wgmma_wait<0>();
+      kvq::sm90::fence_operands(st.o);
+      fence_fragments(pa);  // P(n-1) stays in its registers until its MMA is done
+      __syncwarp();
+      if (lane == 0) kvq::sm90::mbarrier_arrive(sm.bar(kEmptyV, prev));
+    }
+    rescale_o<Tr>(st, factor);
+    pack_p<Tr>(s, pa);
+  }
+  if (c.n_tiles > 0) {
+    const int last = (c.n_tiles - 1) % kS;
+    kvq::sm90::mbarrier_wait(sm.bar(kFullV, last), ((c.n_tiles - 1) / kS) & 1);
+    kvq::sm90::fence_operands(st.o);
+    kvq::sm90::wgmma_fence();
+    issue_pv<Tr>(st.o, pa, sm, last);
+    kvq::sm90::wgmma_commit();
+    kvq::sm90::wgmma_wait<0>();
+    kvq::sm90::fence_operands(st.o);
+    fence_fragments(pa);
+    __syncwarp();
+    if (lane == 0) kvq::sm90::mbarrier_arrive(sm.bar(kEmptyV, last));
+  }
+}
+
 /// One consumer warpgroup's loop over the CTA's tiles (wg: 0 or 1, cw: warp among the
 /// consumer warps 0..7, i.e. rows 16 cw .. 16 cw + 15 of the CTA). Per tile: S = Q K^T
 /// (+ the folded correction), the K buffer released, masks, online softmax, O += P V, the
@@ -564,6 +710,11 @@ KVQ_DEVICE void consume(const AttentionParams<typename Tr::Layout>& p, const det
     store_fold_rows<Tr>(st, sm, cw, lane);
     kvq::sm90::fence_proxy_async();
     kvq::sm90::named_barrier_sync(5 + wg, 128);
+  }
+  if constexpr (Tr::kOverlap) {
+    consume_overlapped<Tr>(p, c, sm, st, wg, cw, lane);
+    detail::write_outputs<Tr>(p, c, st, cw, lane);
+    return;
   }
   const bool track_mass = p.mass != nullptr;
 #pragma unroll 1
