@@ -5,6 +5,11 @@
 //   kvq::AttentionArguments a;  // device pointers, shapes, strides
 //   kvq::Status s = kvq::attention<Layout, kvq::Correction::kTaylor2>(layout, a, stream);
 //
+// Two kernels implement it: the Hopper kernel (kernels/sm90/attention_sm90.cuh, wgmma,
+// warp-specialised) for PerToken keys on compute capability 9.0 when the caller is
+// compiled for sm_90a, and the mma.sync kernel (kernels/attention_kernel.cuh, sm_80+)
+// for everything else; attention_path() tells which one a call uses.
+//
 // Every entry point returns a Status and never throws, prints or exits. Bad arguments
 // and unsupported variants are refused before any launch; a failed launch returns
 // kErrorCudaRuntime (the error is read and cleared with cudaGetLastError).
