@@ -52,10 +52,7 @@ KVQ_DEVICE void compute_quantized_tile(const AttentionParams<typename Tr::Layout
   float rowsum[2];
   const bool track_mass = p.mass != nullptr;
   softmax_update<Tr>(st, p.scale_log2, track_mass, s, rowsum);
-  if (track_mass) {
-    st.seg[0][0] += rowsum[0];
-    st.seg[1][0] += rowsum[1];
-  }
+  if (track_mass) add_segment_mass<Tr>(st, true, 0, c.tlen, rowsum, s, lane);
   pv_accumulate<Tr>(st, k_tile + Tr::kTileBytes, lane, s);
 }
 
@@ -94,27 +91,7 @@ KVQ_DEVICE void compute_plain_tile(const AttentionParams<typename Tr::Layout>& p
   float rowsum[2];
   const bool track_mass = p.mass != nullptr;
   softmax_update<Tr>(st, p.scale_log2, track_mass, s, rowsum);
-  if (track_mass) {
-    if (u0 + Tr::kTileN <= c.tlen) {
-      st.seg[0][1] += rowsum[0];
-      st.seg[1][1] += rowsum[1];
-    } else if (u0 >= c.tlen) {
-      st.seg[0][2] += rowsum[0];
-      st.seg[1][2] += rowsum[1];
-    } else {
-      const int t2 = 2 * (lane & 3);
-#pragma unroll
-      for (int nt = 0; nt < Tr::kNTiles; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          // Selects, not a run-time index: st must stay in registers.
-          const bool tail = u0 + 8 * nt + t2 + (e & 1) < c.tlen;
-          st.seg[e >> 1][1] += tail ? s[nt][e] : 0.0f;
-          st.seg[e >> 1][2] += tail ? 0.0f : s[nt][e];
-        }
-      }
-    }
-  }
+  if (track_mass) add_segment_mass<Tr>(st, false, u0, c.tlen, rowsum, s, lane);
   pv_accumulate<Tr>(st, k_tile + Tr::kTileBytes, lane, s);
 }
 

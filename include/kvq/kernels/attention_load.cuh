@@ -253,20 +253,9 @@ KVQ_DEVICE void dequant_token_part(const CtaContext<Tr>& c, const std::uint32_t*
         if constexpr (Tr::kFoldPerToken) {
           // Columns (d_hi, d_hi, d_lo) with d = -step^2, and (e_hi, e_hi, e_lo) with e = step^4.
           unsigned char* row = c.smem + Tr::kOffFold + buf * Tr::kFoldTileBytes;
-          std::uint32_t hi, lo;
-          kvq::detail::split_bf16(-d2, d2 * d2, hi, lo);
-          const int c0 = gi * Tr::kFoldColsPerGroup;
-          auto put = [&](int col, std::uint32_t v) {
+          kvq::detail::fold_token_columns<Tr::kTaylor4>(d2, gi * Tr::kFoldColsPerGroup, [&](int col, std::uint32_t v) {
             *reinterpret_cast<std::uint16_t*>(row + kvq::detail::fold_offset(tok, col)) = static_cast<std::uint16_t>(v);
-          };
-          put(c0, hi & 0xffffu);
-          put(c0 + 1, hi & 0xffffu);
-          put(c0 + 2, lo & 0xffffu);
-          if constexpr (Tr::kTaylor4) {
-            put(c0 + 3, hi >> 16);
-            put(c0 + 4, hi >> 16);
-            put(c0 + 5, lo >> 16);
-          }
+          });
         } else {
           auto* kc2 = reinterpret_cast<float*>(c.smem + Tr::kOffKc2 + buf * Tr::kKcBytes);
           auto* kc4 = reinterpret_cast<float*>(c.smem + Tr::kOffKc4 + buf * Tr::kKcBytes);

@@ -160,6 +160,24 @@ KVQ_DEVICE void split_bf16(float a, float b, std::uint32_t& hi, std::uint32_t& l
   lo = B::pack(a - B::lo(hi), b - B::hi(hi));
 }
 
+/// The folded correction's columns of one token and key group, from d2 = step^2: columns
+/// c0.. c0+2 hold (d_hi, d_hi, d_lo) of d = -step^2 and, with kTaylor4, c0+3 .. c0+5 hold
+/// (e_hi, e_hi, e_lo) of e = step^4, as bf16 bits passed to put(col, bits); they meet the
+/// query rows' (r_hi, r_lo, r_hi), so the k16 step sums r d to ~16 bits.
+template <bool kTaylor4, class Put>
+KVQ_DEVICE void fold_token_columns(float d2, int c0, const Put& put) {
+  std::uint32_t hi, lo;
+  split_bf16(-d2, d2 * d2, hi, lo);
+  put(c0, hi & 0xffffu);
+  put(c0 + 1, hi & 0xffffu);
+  put(c0 + 2, lo & 0xffffu);
+  if constexpr (kTaylor4) {
+    put(c0 + 3, hi >> 16);
+    put(c0 + 4, hi >> 16);
+    put(c0 + 5, lo >> 16);
+  }
+}
+
 /// Byte offset of bf16 column `col` (0..15) of row `row` in a fold tile: 32-byte rows whose
 /// two 16-byte halves swap on rows with bit 2 set (conflict-free ldmatrix).
 KVQ_DEVICE std::uint32_t fold_offset(int row, int col) {

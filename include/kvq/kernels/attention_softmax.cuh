@@ -12,15 +12,17 @@ namespace kvq::kernels::detail {
 using kvq::detail::ex2;
 using kvq::detail::ldsm_x4_trans;
 
-/// Folds one tile of raw scores into the running max and sum of both rows of the lane and
-/// rescales the output accumulator; on return s holds the weights 2^((s - m) scale log2e)
-/// (0 for -inf scores) and rowsum their per-lane partial sums.
+/// Folds one tile of raw scores into the running max and sum of both rows of the lane; on
+/// return s holds the weights 2^((s - m) scale log2e) (0 for -inf scores), rowsum their
+/// per-lane partial sums and factor the rescale of the rows' earlier output (1 when the
+/// max did not move), which the caller applies with rescale_output.
 ///
 /// A row that has seen only -inf keeps max -inf and uses 0 as its exponent base, so no
 /// inf - inf appears; its weights and sum stay 0.
 template <class Tr>
-KVQ_DEVICE void softmax_update(WarpState<Tr>& st, float sl2, bool track_mass, float (&s)[Tr::kNTiles][4], float (&rowsum)[2]) {
-  float base[2], factor[2];
+KVQ_DEVICE void softmax_weights(WarpState<Tr>& st, float sl2, bool track_mass, float (&s)[Tr::kNTiles][4],
+                                float (&rowsum)[2], float (&factor)[2]) {
+  float base[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     float mx = neg_inf();
@@ -39,17 +41,6 @@ KVQ_DEVICE void softmax_update(WarpState<Tr>& st, float sl2, bool track_mass, fl
       st.seg[h][2] *= factor[h];
     }
   }
-  // The output rescale (2 * HeadDim / 8 multiplies per lane) only when some row of the
-  // warp got a new max.
-  if (__any_sync(0xffffffffu, factor[0] != 1.0f || factor[1] != 1.0f)) {
-#pragma unroll
-    for (int ot = 0; ot < Tr::kOTiles; ++ot) {
-      st.o[ot][0] *= factor[0];
-      st.o[ot][1] *= factor[0];
-      st.o[ot][2] *= factor[1];
-      st.o[ot][3] *= factor[1];
-    }
-  }
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     float sum = 0.0f;
@@ -61,6 +52,59 @@ KVQ_DEVICE void softmax_update(WarpState<Tr>& st, float sl2, bool track_mass, fl
     }
     rowsum[h] = sum;
     st.l[h] += sum;
+  }
+}
+
+/// Rescales the output accumulator by the rows' factors (2 * HeadDim / 8 multiplies per
+/// lane, only when some row of the warp got a new max).
+template <class Tr>
+KVQ_DEVICE void rescale_output(WarpState<Tr>& st, const float (&factor)[2]) {
+  if (__any_sync(0xffffffffu, factor[0] != 1.0f || factor[1] != 1.0f)) {
+#pragma unroll
+    for (int ot = 0; ot < Tr::kOTiles; ++ot) {
+      st.o[ot][0] *= factor[0];
+      st.o[ot][1] *= factor[0];
+      st.o[ot][2] *= factor[1];
+      st.o[ot][3] *= factor[1];
+    }
+  }
+}
+
+/// softmax_weights and rescale_output of one tile.
+template <class Tr>
+KVQ_DEVICE void softmax_update(WarpState<Tr>& st, float sl2, bool track_mass, float (&s)[Tr::kNTiles][4], float (&rowsum)[2]) {
+  float factor[2];
+  softmax_weights<Tr>(st, sl2, track_mass, s, rowsum, factor);
+  rescale_output<Tr>(st, factor);
+}
+
+/// Adds a tile's weights to the per-segment sums (mass output): a quantized tile to
+/// segment 0; a tile of [tail ; chunk] starting at index u0 to the tail (1) or the chunk
+/// (2), token by token where it straddles the tail's end `tlen`.
+template <class Tr>
+KVQ_DEVICE void add_segment_mass(WarpState<Tr>& st, bool quantized, std::int64_t u0, std::int64_t tlen,
+                                 const float (&rowsum)[2], const float (&s)[Tr::kNTiles][4], int lane) {
+  if (quantized) {
+    st.seg[0][0] += rowsum[0];
+    st.seg[1][0] += rowsum[1];
+  } else if (u0 + Tr::kTileN <= tlen) {
+    st.seg[0][1] += rowsum[0];
+    st.seg[1][1] += rowsum[1];
+  } else if (u0 >= tlen) {
+    st.seg[0][2] += rowsum[0];
+    st.seg[1][2] += rowsum[1];
+  } else {
+    const int t2 = 2 * (lane & 3);
+#pragma unroll
+    for (int nt = 0; nt < Tr::kNTiles; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        // Selects, not a run-time index: st must stay in registers.
+        const bool tail = u0 + 8 * nt + t2 + (e & 1) < tlen;
+        st.seg[e >> 1][1] += tail ? s[nt][e] : 0.0f;
+        st.seg[e >> 1][2] += tail ? 0.0f : s[nt][e];
+      }
+    }
   }
 }
 

@@ -275,20 +275,8 @@ KVQ_DEVICE void dequant_token(const std::uint32_t* codes, const math::GroupMeta<
     if constexpr (kCoefficients) {
       const float d2 = step[g] * step[g];
       if constexpr (Tr::kFold) {
-        // Columns (d_hi, d_hi, d_lo) of d = -step^2 and (Taylor4) (e_hi, e_hi, e_lo) of
-        // e = step^4, against the rows' (r_hi, r_lo, r_hi).
-        std::uint32_t hi, lo;
-        kvq::detail::split_bf16(-d2, d2 * d2, hi, lo);
-        const int c0 = g * Tr::kFoldColsPerGroup;
-        auto put = [&](int col, std::uint32_t v) { fold[col >> 1] |= v << (16 * (col & 1)); };
-        put(c0, hi & 0xffffu);
-        put(c0 + 1, hi & 0xffffu);
-        put(c0 + 2, lo & 0xffffu);
-        if constexpr (Tr::kTaylor4) {
-          put(c0 + 3, hi >> 16);
-          put(c0 + 4, hi >> 16);
-          put(c0 + 5, lo >> 16);
-        }
+        kvq::detail::fold_token_columns<Tr::kTaylor4>(
+            d2, g * Tr::kFoldColsPerGroup, [&](int col, std::uint32_t v) { fold[col >> 1] |= v << (16 * (col & 1)); });
       } else {
         kc2[g * Tr::kTileN + tok] = -d2;
         if constexpr (Tr::kTaylor4) kc4[g * Tr::kTileN + tok] = d2 * d2;
@@ -529,84 +517,6 @@ KVQ_DEVICE void issue_pv(float (&o)[Tr::kOTiles][4], const std::uint32_t (&a)[Tr
   }
 }
 
-/// Adds a tile's weights to the per-segment sums (mass output): quantized tiles go to
-/// segment 0, unquantized ones to the tail (1) or the chunk (2) by token.
-template <class Tr>
-KVQ_DEVICE void add_mass(detail::WarpState<Tr>& st, const detail::CtaContext<Tr>& c, bool quantized, std::int64_t u0,
-                         const float (&rowsum)[2], const float (&s)[Tr::kNTiles][4], int lane) {
-  if (quantized) {
-    st.seg[0][0] += rowsum[0];
-    st.seg[1][0] += rowsum[1];
-  } else if (u0 + Tr::kTileN <= c.tlen) {
-    st.seg[0][1] += rowsum[0];
-    st.seg[1][1] += rowsum[1];
-  } else if (u0 >= c.tlen) {
-    st.seg[0][2] += rowsum[0];
-    st.seg[1][2] += rowsum[1];
-  } else {
-    const int t2 = 2 * (lane & 3);
-#pragma unroll
-    for (int nt = 0; nt < Tr::kNTiles; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const bool tail = u0 + 8 * nt + t2 + (e & 1) < c.tlen;
-        st.seg[e >> 1][1] += tail ? s[nt][e] : 0.0f;
-        st.seg[e >> 1][2] += tail ? 0.0f : s[nt][e];
-      }
-    }
-  }
-}
-
-/// kvq::kernels::detail::softmax_update without the output rescale: returns the factors of
-/// the lane's two rows (the caller rescales O once the PV MMA in flight is done).
-template <class Tr>
-KVQ_DEVICE void softmax_deferred(detail::WarpState<Tr>& st, float sl2, bool track_mass, float (&s)[Tr::kNTiles][4],
-                                 float (&rowsum)[2], float (&factor)[2]) {
-  float base[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    float mx = kvq::detail::neg_inf();
-#pragma unroll
-    for (int nt = 0; nt < Tr::kNTiles; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * h], s[nt][2 * h + 1]));
-    mx = kvq::detail::quad_max(mx);
-    const float m_new = fmaxf(st.m[h], mx);
-    base[h] = m_new == kvq::detail::neg_inf() ? 0.0f : m_new * sl2;
-    factor[h] = m_new == st.m[h] ? 1.0f : kvq::detail::ex2(__fmaf_rn(st.m[h], sl2, -base[h]));
-    st.m[h] = m_new;
-    st.l[h] *= factor[h];
-    if (track_mass) {
-      st.seg[h][0] *= factor[h];
-      st.seg[h][1] *= factor[h];
-      st.seg[h][2] *= factor[h];
-    }
-  }
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    float sum = 0.0f;
-#pragma unroll
-    for (int nt = 0; nt < Tr::kNTiles; ++nt) {
-      s[nt][2 * h] = kvq::detail::ex2(__fmaf_rn(s[nt][2 * h], sl2, -base[h]));
-      s[nt][2 * h + 1] = kvq::detail::ex2(__fmaf_rn(s[nt][2 * h + 1], sl2, -base[h]));
-      sum += s[nt][2 * h] + s[nt][2 * h + 1];
-    }
-    rowsum[h] = sum;
-    st.l[h] += sum;
-  }
-}
-
-template <class Tr>
-KVQ_DEVICE void rescale_o(detail::WarpState<Tr>& st, const float (&factor)[2]) {
-  if (__any_sync(0xffffffffu, factor[0] != 1.0f || factor[1] != 1.0f)) {
-#pragma unroll
-    for (int ot = 0; ot < Tr::kOTiles; ++ot) {
-      st.o[ot][0] *= factor[0];
-      st.o[ot][1] *= factor[0];
-      st.o[ot][2] *= factor[1];
-      st.o[ot][3] *= factor[1];
-    }
-  }
-}
-
 template <int N>
 KVQ_DEVICE void fence_fragments(std::uint32_t (&a)[N][4]) {
 #pragma unroll
@@ -666,8 +576,10 @@ KVQ_DEVICE void consume_overlapped(const AttentionParams<typename Tr::Layout>& p
     if (lane == 0) kvq::sm90::mbarrier_arrive(sm.bar(kEmptyK, buf));
     mask_tile<Tr>(p, c, n, cw, lane, s);
     float rowsum[2], factor[2];
-    softmax_deferred<Tr>(st, p.scale_log2, track_mass, s, rowsum, factor);
-    if (track_mass) add_mass<Tr>(st, c, quantized, static_cast<std::int64_t>(n - c.n_qtiles) * Tr::kTileN, rowsum, s, lane);
+    detail::softmax_weights<Tr>(st, p.scale_log2, track_mass, s, rowsum, factor);
+    if (track_mass)
+      detail::add_segment_mass<Tr>(st, quantized, static_cast<std::int64_t>(n - c.n_qtiles) * Tr::kTileN, c.tlen, rowsum, s,
+                                   lane);
     if (n > 0) {
       kvq::sm90::wgmma_wait<0>();
       kvq::sm90::fence_operands(st.o);
@@ -675,7 +587,7 @@ KVQ_DEVICE void consume_overlapped(const AttentionParams<typename Tr::Layout>& p
       __syncwarp();
       if (lane == 0) kvq::sm90::mbarrier_arrive(sm.bar(kEmptyV, prev));
     }
-    rescale_o<Tr>(st, factor);
+    detail::rescale_output<Tr>(st, factor);
     pack_p<Tr>(s, pa);
   }
   if (c.n_tiles > 0) {
@@ -734,18 +646,10 @@ KVQ_DEVICE void consume(const AttentionParams<typename Tr::Layout>& p, const det
     __syncwarp();
     if (lane == 0) kvq::sm90::mbarrier_arrive(sm.bar(kEmptyK, buf));
     const std::int64_t u0 = static_cast<std::int64_t>(n - c.n_qtiles) * Tr::kTileN;
-    if (quantized) {
-      if (static_cast<std::int64_t>(n + 1) * Tr::kTileN > c.qlen)
-        detail::mask_columns<Tr>(static_cast<int>(c.qlen - static_cast<std::int64_t>(n) * Tr::kTileN), lane, s);
-    } else {
-      std::int64_t limit[2];
-      detail::plain_limits<Tr>(p, c, cw, lane, limit);
-      if (__any_sync(0xffffffffu, u0 + Tr::kTileN - 1 > limit[0] || u0 + Tr::kTileN - 1 > limit[1]))
-        detail::mask_limits<Tr>(u0, limit, lane, s);
-    }
+    mask_tile<Tr>(p, c, n, cw, lane, s);
     float rowsum[2];
     detail::softmax_update<Tr>(st, p.scale_log2, track_mass, s, rowsum);
-    if (track_mass) add_mass<Tr>(st, c, quantized, u0, rowsum, s, lane);
+    if (track_mass) detail::add_segment_mass<Tr>(st, quantized, u0, c.tlen, rowsum, s, lane);
     std::uint32_t pa[Tr::kPSteps][4];
     pack_p<Tr>(s, pa);
     kvq::sm90::mbarrier_wait(sm.bar(kFullV, buf), parity);
