@@ -129,7 +129,8 @@ struct Sm90Traits {
   static constexpr int kOffV = kOffK + kStages * kTileBytes;
   static constexpr int kOffRing = kOffV + kStages * kTileBytes;
   static constexpr int kKcBytes = (kCorrect && !kFold) ? kKGroupsPerToken * kTileN * 4 : 0;  ///< per buffer
-  static constexpr int kFoldBytes = kFold ? 32 * (kRows + kStages * kTileN) : 0;  ///< A rows, B rows per buffer
+  /// A rows, B rows per buffer, and a zero B tile (unquantized tiles: no correction)
+  static constexpr int kFoldBytes = kFold ? 32 * (kRows + (kStages + 1) * kTileN) : 0;
   static constexpr int kBarrierBytes = 4 * kStages * 8;
   static constexpr int kBudget = 227 * 1024 - 1024;  ///< minus the alignment slack
   static constexpr int kFixedBytes = kOffRing + kStages * kKcBytes * (kTaylor4 ? 2 : 1) + kFoldBytes + 1024 + kBarrierBytes;
@@ -140,6 +141,7 @@ struct Sm90Traits {
   // query rows, then B for the tokens of each K buffer.
   static constexpr int kOffFoldA = detail::align_up_int(kOffKc4 + (kTaylor4 ? kStages * kKcBytes : 0), 1024);
   static constexpr int kOffFoldB = kOffFoldA + 32 * kRows;
+  static constexpr int kOffFoldZero = kOffFoldB + 32 * kStages * kTileN;
   static constexpr int kOffBarriers = detail::align_up_int(kOffFoldA + kFoldBytes, 8);
   static constexpr int kSmemBytes = kOffBarriers + kBarrierBytes + 1024;
   static_assert(kSmemBytes <= 227 * 1024, "shared memory plan of the Hopper kernel exceeds 227 KB");
@@ -433,7 +435,8 @@ KVQ_DEVICE void row_coefficients(detail::WarpState<Tr>& st, const Smem<Tr>& sm, 
 }
 
 /// S = Q K^T for the warpgroup's 64 rows against K buffer s (issued, not waited for).
-/// With `fold`, one more k16 step (always bf16) adds the folded PerToken correction.
+/// With Tr::kFold, one more k16 step (always bf16) adds the folded PerToken correction
+/// (`fold`: a quantized tile; otherwise the step adds zeros).
 template <class Tr>
 KVQ_DEVICE void issue_qk(float (&s)[Tr::kNTiles][4], const Smem<Tr>& sm, int buf, int wg, bool fold) {
   using Mma = kvq::sm90::Wgmma<Tr::kElement, Tr::kTileN>;
@@ -447,11 +450,12 @@ KVQ_DEVICE void issue_qk(float (&s)[Tr::kNTiles][4], const Smem<Tr>& sm, int buf
     Mma::ss(s, da, db, ks > 0 ? 1 : 0);
   }
   if constexpr (Tr::kFold) {
-    if (fold) {
-      const std::uint64_t da = kvq::sm90::make_desc(smem_u32(sm.base + Tr::kOffFoldA) + wg * 64 * 32, 16, 256, 3);
-      const std::uint64_t db = kvq::sm90::make_desc(smem_u32(sm.base + Tr::kOffFoldB) + buf * Tr::kTileN * 32, 16, 256, 3);
-      kvq::sm90::Wgmma<DType::kBFloat16, Tr::kTileN>::ss(s, da, db, 1);
-    }
+    // Issued for every tile (a branch around a wgmma makes ptxas fence the accumulators):
+    // unquantized tiles read the zero B tile.
+    const std::uint32_t b = fold ? smem_u32(sm.base + Tr::kOffFoldB) + buf * Tr::kTileN * 32
+                                 : smem_u32(sm.base + Tr::kOffFoldZero);
+    const std::uint64_t da = kvq::sm90::make_desc(smem_u32(sm.base + Tr::kOffFoldA) + wg * 64 * 32, 16, 256, 3);
+    kvq::sm90::Wgmma<DType::kBFloat16, Tr::kTileN>::ss(s, da, kvq::sm90::make_desc(b, 16, 256, 3), 1);
   }
 }
 
@@ -695,7 +699,13 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_sm90_kernel(const _
     }
   }
   const int wg = warp / 4;
-  if (wg > 0) load_q<Tr>(p, c, sm, wg - 1, tid & 127);
+  if (wg > 0) {
+    load_q<Tr>(p, c, sm, wg - 1, tid & 127);
+    if constexpr (Tr::kFold) {  // the zero B tile of the fold (unquantized tiles)
+      for (int i = tid - 128; i < Tr::kTileN * 2; i += 256)
+        *reinterpret_cast<uint4*>(sm.base + Tr::kOffFoldZero + 16 * i) = make_uint4(0u, 0u, 0u, 0u);
+    }
+  }
   kvq::sm90::fence_proxy_async();
   __syncthreads();
   if (wg == 0) {
