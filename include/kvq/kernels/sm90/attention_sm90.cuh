@@ -509,9 +509,8 @@ KVQ_DEVICE void pack_p(const float (&s)[Tr::kNTiles][4], std::uint32_t (&a)[Tr::
 /// O += P V against V buffer `buf` (issued, not waited for). The fragments in `a` must be
 /// written before the wgmma fence that precedes this call.
 template <class Tr>
-KVQ_DEVICE void issue_pv(float (&o)[Tr::kOTiles][4], const std::uint32_t (&a)[Tr::kPSteps][4], const Smem<Tr>& sm, int buf) {
+KVQ_DEVICE void issue_pv_at(float (&o)[Tr::kOTiles][4], const std::uint32_t (&a)[Tr::kPSteps][4], std::uint32_t vb) {
   using Mma = kvq::sm90::Wgmma<Tr::kElement, Tr::kHeadDim>;
-  const std::uint32_t vb = smem_u32(sm.v(buf));
 #pragma unroll
   for (int kk = 0; kk < Tr::kPSteps; ++kk) {
     // B = V (tokens x head dim) stored token rows of 64-element blocks: N-major, the
@@ -519,6 +518,11 @@ KVQ_DEVICE void issue_pv(float (&o)[Tr::kOTiles][4], const std::uint32_t (&a)[Tr
     const std::uint64_t db = kvq::sm90::make_desc(vb + kk * 16 * 128, Tr::kTileN * 128, 1024);
     Mma::rs(o, a[kk], db, 1);
   }
+}
+
+template <class Tr>
+KVQ_DEVICE void issue_pv(float (&o)[Tr::kOTiles][4], const std::uint32_t (&a)[Tr::kPSteps][4], const Smem<Tr>& sm, int buf) {
+  issue_pv_at<Tr>(o, a, smem_u32(sm.v(buf)));
 }
 
 template <int N>
@@ -553,7 +557,13 @@ KVQ_DEVICE void consume_overlapped(const AttentionParams<typename Tr::Layout>& p
                                    const Smem<Tr>& sm, detail::WarpState<Tr>& st, int wg, int cw, int lane) {
   constexpr int kS = Tr::kStages;
   const bool track_mass = p.mass != nullptr;
+  // P(n-1) of tile -1 is zero, against the Q tile as a stand-in V (finite values, the same
+  // block layout): every iteration issues the same MMAs (a wgmma under a branch makes ptxas
+  // fence or serialize them).
   std::uint32_t pa[Tr::kPSteps][4];
+#pragma unroll
+  for (int kk = 0; kk < Tr::kPSteps; ++kk) pa[kk][0] = pa[kk][1] = pa[kk][2] = pa[kk][3] = 0u;
+  static_assert(Tr::kTileBytes <= Tr::kQBytes, "the Q tile stands in for a V tile");
 #pragma unroll 1
   for (int n = 0; n < c.n_tiles; ++n) {
     const int buf = n % kS;
@@ -567,13 +577,9 @@ KVQ_DEVICE void consume_overlapped(const AttentionParams<typename Tr::Layout>& p
     kvq::sm90::wgmma_fence();
     issue_qk<Tr>(s, sm, buf, wg, quantized);
     kvq::sm90::wgmma_commit();
-    if (n > 0) {
-      issue_pv<Tr>(st.o, pa, sm, prev);
-      kvq::sm90::wgmma_commit();
-      kvq::sm90::wgmma_wait<1>();  // S(n); the PV MMA may still run
-    } else {
-      kvq::sm90::wgmma_wait<0>();
-    }
+    issue_pv_at<Tr>(st.o, pa, n > 0 ? smem_u32(sm.v(prev)) : sm.q());
+    kvq::sm90::wgmma_commit();
+    kvq::sm90::wgmma_wait<1>();  // S(n); the PV MMA may still run
     kvq::sm90::fence_operands(s);
     if (quantized && !Tr::kFold) detail::correct_per_token<Tr>(st, c, buf, lane, s);
     __syncwarp();
@@ -584,10 +590,10 @@ KVQ_DEVICE void consume_overlapped(const AttentionParams<typename Tr::Layout>& p
     if (track_mass)
       detail::add_segment_mass<Tr>(st, quantized, static_cast<std::int64_t>(n - c.n_qtiles) * Tr::kTileN, c.tlen, rowsum, s,
                                    lane);
+    kvq::sm90::wgmma_wait<0>();
+    kvq::sm90::fence_operands(st.o);
+    fence_fragments(pa);  // P(n-1) stays in its registers until its MMA is done
     if (n > 0) {
-      kvq::sm90::wgmma_wait<0>();
-      kvq::sm90::fence_operands(st.o);
-      fence_fragments(pa);  // P(n-1) stays in its registers until its MMA is done
       __syncwarp();
       if (lane == 0) kvq::sm90::mbarrier_arrive(sm.bar(kEmptyV, prev));
     }
