@@ -495,6 +495,42 @@ void run_standard_attention_cases(DType dt, const char* name, std::uint64_t seed
   }
 }
 
+/// What kvq::detail::can_implement_with_config answers for a variant (with Config) when one
+/// argument of an otherwise valid call is bad. The pointers are never dereferenced: these
+/// refusals come before any CUDA call.
+struct RefusalStatuses {
+  Status null_q, misaligned_o, zero_scale, q_heads_not_multiple, batch_mismatch, odd_stride;
+};
+template <class Layout, Correction Mode, class Config = typename kernels::AttentionTileHeuristic<Layout::kHeadDim>::type>
+RefusalStatuses refusal_statuses() {
+  constexpr int D = Layout::kHeadDim;
+  Layout l;
+  if (Layout::make({1, 2, 256, DType::kBFloat16}, &l) != Status::kSuccess) return {};
+  auto fake = [](std::uintptr_t x) { return reinterpret_cast<void*>(x); };
+  auto tensor = [&](std::uintptr_t x, int heads) {
+    return Tensor4{fake(x), DType::kBFloat16, std::int64_t{16} * heads * D, std::int64_t{heads} * D, D};
+  };
+  AttentionArguments good;
+  good.batch = 1, good.q_heads = 2, good.num_q = 16, good.num_chunk = 16;
+  good.q = tensor(0x10000, 2), good.o = tensor(0x20000, 2);
+  good.k_chunk = tensor(0x30000, 2), good.v_chunk = tensor(0x40000, 2);
+  good.cache = fake(0x50000);
+  good.scale = 0.125f;
+  auto check = [&](auto change) {
+    AttentionArguments a = good;
+    change(a);
+    return kvq::detail::can_implement_with_config<Layout, Mode, Config>(l, a);
+  };
+  RefusalStatuses r;
+  r.null_q = check([](AttentionArguments& a) { a.q.data = nullptr; });
+  r.misaligned_o = check([&](AttentionArguments& a) { a.o.data = fake(0x20002); });
+  r.zero_scale = check([](AttentionArguments& a) { a.scale = 0.0f; });
+  r.q_heads_not_multiple = check([](AttentionArguments& a) { a.q_heads = 3; });
+  r.batch_mismatch = check([](AttentionArguments& a) { a.batch = 2; });
+  r.odd_stride = check([](AttentionArguments& a) { a.k_chunk.token_stride += 1; });
+  return r;
+}
+
 /// The small case the sanitizers run: B > 1 with unequal lengths, GQA, causal, mass.
 inline AttentionCase sanitizer_case(std::uint64_t seed) {
   AttentionCase c;
@@ -506,6 +542,17 @@ inline AttentionCase sanitizer_case(std::uint64_t seed) {
 }
 
 }  // namespace kvq::test
+
+/// The refusals every variant must give (used by each test TU with its own REQUIREs).
+#define KVQ_REQUIRE_REFUSALS(r)                                          \
+  do {                                                                   \
+    REQUIRE((r).null_q == kvq::Status::kErrorInvalidArgument);           \
+    REQUIRE((r).misaligned_o == kvq::Status::kErrorMisaligned);          \
+    REQUIRE((r).zero_scale == kvq::Status::kErrorInvalidArgument);       \
+    REQUIRE((r).q_heads_not_multiple == kvq::Status::kErrorInvalidArgument); \
+    REQUIRE((r).batch_mismatch == kvq::Status::kErrorInvalidArgument);   \
+    REQUIRE((r).odd_stride == kvq::Status::kErrorMisaligned);            \
+  } while (0)
 
 /// One variant's test cases (bf16 and fp16), given its instantiation in the same TU: the
 /// mma.sync kernel, and the Hopper kernel where it implements the variant (skipped with a

@@ -72,3 +72,17 @@ TEST_CASE("Hopper attention kernel, other schedules, small case for the sanitize
   kvq::test::run_attention_case<L, kvq::Correction::kTaylor2, kvq::kernels::Sm90ConfigT<true, 64, 4, true>>(
       kvq::test::sanitizer_case(844001), "sm90 n64 ov");
 }
+
+TEST_CASE("attention with non-default configurations refuses bad arguments", "[attention][gpu][config][api]") {
+  using L = kvq::variants::Int2Pt128D128;
+  const auto unfolded = kvq::test::refusal_statuses<L, kvq::Correction::kTaylor2, Unfolded>();
+  KVQ_REQUIRE_REFUSALS(unfolded);
+  const auto hopper_fma = kvq::test::refusal_statuses<L, kvq::Correction::kTaylor2, kvq::kernels::Sm90ConfigT<false>>();
+  KVQ_REQUIRE_REFUSALS(hopper_fma);
+  const auto hopper_ov = kvq::test::refusal_statuses<L, kvq::Correction::kTaylor2, kvq::kernels::Sm90ConfigT<true, 128, 2, true>>();
+  KVQ_REQUIRE_REFUSALS(hopper_ov);
+  // A variant the Hopper kernel does not implement is refused as such, whatever the arguments.
+  const auto pc = kvq::test::refusal_statuses<kvq::variants::Int2Pc32D128, kvq::Correction::kTaylor2, kvq::kernels::Sm90Config>();
+  REQUIRE(pc.null_q == kvq::Status::kErrorNotSupported);
+  REQUIRE(pc.zero_scale == kvq::Status::kErrorNotSupported);
+}

@@ -19,3 +19,10 @@ TEST_CASE("fused attention with 4 warps per CTA: int2_pt128 taylor2", "[attentio
 TEST_CASE("fused attention with 32-token tiles: int2_pc32 taylor2", "[attention][gpu][config]") {
   run_tile_cases<kvq::variants::Int2Pc32D128, kvq::Correction::kTaylor2, Tile32>("int2_pc32 t2 n32", 840001);
 }
+
+TEST_CASE("attention with other tile shapes refuses bad arguments", "[attention][gpu][config][api]") {
+  const auto w4 = kvq::test::refusal_statuses<kvq::variants::Int2Pt128D128, kvq::Correction::kTaylor2, Warps4>();
+  KVQ_REQUIRE_REFUSALS(w4);
+  const auto n32 = kvq::test::refusal_statuses<kvq::variants::Int2Pc32D128, kvq::Correction::kTaylor2, Tile32>();
+  KVQ_REQUIRE_REFUSALS(n32);
+}
