@@ -263,4 +263,41 @@ KVQ_DEVICE void dequant_word(std::uint32_t w, const SlotStep& sstep, const SlotZ
   for (int k = 0; k < kP / 2; ++k) out[k] = Ops::pack(x[2 * k], x[2 * k + 1]);
 }
 
+/// The four values of a 2-bit group, fma(step, c, zero) rounded once to T for c = 0..3
+/// (the reference's formula), as two byte planes for PRMT: byte c of `lo` is the low byte
+/// of value c, byte c of `hi` its high byte.
+struct Lut2 {
+  std::uint32_t lo, hi;
+};
+template <DType T>
+KVQ_DEVICE Lut2 make_lut2(float step, float zero) {
+  using Ops = ElementOps<T>;
+  const std::uint32_t v01 = Ops::pack(__fmaf_rn(step, 0.0f, zero), __fmaf_rn(step, 1.0f, zero));
+  const std::uint32_t v23 = Ops::pack(__fmaf_rn(step, 2.0f, zero), __fmaf_rn(step, 3.0f, zero));
+  return {__byte_perm(v01, v23, 0x6420), __byte_perm(v01, v23, 0x7531)};
+}
+
+/// Dequantizes a word of 16 two-bit codes (code i in bits 2i, 2i+1) by table lookups, with
+/// the tables of the groups of codes 0-7 (`t0`) and 8-15 (`t1`): out[k] holds the values of
+/// codes 2k and 2k+1. Per 16 codes: 4 masks, 4 selector IMADs, 16 PRMTs and 7 shifts (the
+/// arithmetic form takes 16 LOP3, 16 FFMA, 8 conversions and the window shifts).
+KVQ_DEVICE void dequant_word_lut2(std::uint32_t w, Lut2 t0, Lut2 t1, std::uint32_t (&out)[8]) {
+  std::uint32_t a[4], b[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const std::uint32_t t = (w >> (2 * i)) & 0x03030303u;  // codes i, i + 4, i + 8, i + 12: one per byte
+    const std::uint32_t sel = t * 0x11u + 0x40404040u;       // per code the byte pair (c, c + 4)
+    a[i] = __byte_perm(t0.lo, t0.hi, sel);                  // values of codes i, i + 4
+    b[i] = __byte_perm(t1.lo, t1.hi, sel >> 16);            // codes i + 8, i + 12
+  }
+  out[0] = __byte_perm(a[0], a[1], 0x5410);  // codes 0, 1
+  out[1] = __byte_perm(a[2], a[3], 0x5410);  // 2, 3
+  out[2] = __byte_perm(a[0], a[1], 0x7632);  // 4, 5
+  out[3] = __byte_perm(a[2], a[3], 0x7632);  // 6, 7
+  out[4] = __byte_perm(b[0], b[1], 0x5410);
+  out[5] = __byte_perm(b[2], b[3], 0x5410);
+  out[6] = __byte_perm(b[0], b[1], 0x7632);
+  out[7] = __byte_perm(b[2], b[3], 0x7632);
+}
+
 }  // namespace kvq::detail

@@ -250,6 +250,8 @@ KVQ_DEVICE void issue_plain(const AttentionParams<typename Tr::Layout>& p, const
 /// Dequantizes token `tok` of a PerToken tensor (codes and metadata in a ring slot) into a
 /// 16-bit tile buffer. With kCoefficients (keys with a correction) it also writes the
 /// token's correction coefficients kc2[g][tok] = -step^2 (kc4 = step^4) of each group.
+/// 2-bit codes are table lookups of the group's four values (dequant_word_lut2); wider
+/// codes use the arithmetic form (dequant_word).
 template <class Tr, class Spec, int kWords, bool kCoefficients>
 KVQ_DEVICE void dequant_token(const std::uint32_t* codes, const math::GroupMeta<Spec::kScaleType>* meta, unsigned char* tile,
                               float* kc2, float* kc4, int tok) {
@@ -290,6 +292,22 @@ KVQ_DEVICE void dequant_token(const std::uint32_t* codes, const math::GroupMeta<
     auto* row = reinterpret_cast<unsigned char*>(kc2);
     *reinterpret_cast<uint4*>(row + kvq::detail::fold_offset(tok, 0)) = make_uint4(fold[0], fold[1], fold[2], fold[3]);
     *reinterpret_cast<uint4*>(row + kvq::detail::fold_offset(tok, 8)) = make_uint4(fold[4], fold[5], fold[6], fold[7]);
+  }
+  if constexpr (kB == 2) {
+    // Table lookups (PRMT) per group: two 16-byte chunks of output per word.
+    kvq::detail::Lut2 lut[kGroups];
+#pragma unroll
+    for (int g = 0; g < kGroups; ++g) lut[g] = kvq::detail::make_lut2<Tr::kElement>(step[g], zero[g]);
+#pragma unroll
+    for (int i = 0; i < kWords; ++i) {
+      std::uint32_t out[8];
+      kvq::detail::dequant_word_lut2(src[i], lut[(16 * i) / kG], lut[(16 * i + 8) / kG], out);
+#pragma unroll
+      for (int q = 0; q < 2; ++q)
+        *reinterpret_cast<uint4*>(tile + sw128_offset<Tr::kTileN>(tok, 2 * i + q)) =
+            make_uint4(out[4 * q], out[4 * q + 1], out[4 * q + 2], out[4 * q + 3]);
+    }
+    return;
   }
   // Words in batches of 16 bytes of 16-bit output: kP codes -> kP/8 chunks (kP = 4: half).
   constexpr int kWordsPerBatch = kP >= 8 ? 1 : 2;
@@ -434,28 +452,54 @@ KVQ_DEVICE void row_coefficients(detail::WarpState<Tr>& st, const Smem<Tr>& sm, 
   }
 }
 
+/// The warpgroup's matrix descriptors at offset 0 of each operand, computed once: in the
+/// loop a descriptor is one of these plus a byte offset / 16 in its address field.
+struct Descriptors {
+  std::uint64_t q;       ///< the warpgroup's 64 Q rows
+  std::uint64_t k;       ///< K buffer 0
+  std::uint64_t v;       ///< V buffer 0
+  std::uint64_t fold_a;  ///< the warpgroup's rows of the fold's A tile
+  std::uint64_t fold_b;  ///< the fold's B rows of K buffer 0
+  std::uint64_t fold_zero;
+
+  template <class Tr>
+  KVQ_DEVICE static Descriptors make(const Smem<Tr>& sm, int wg) {
+    using kvq::sm90::make_desc;
+    Descriptors d;
+    d.q = make_desc(sm.q() + wg * 64 * 128, 16, 1024);
+    d.k = make_desc(smem_u32(sm.k(0)), 16, 1024);
+    // B = V (tokens x head dim) stored token rows of 64-element blocks: N-major, the blocks
+    // of the head dim Tr::kTileN * 128 bytes apart, 8-token groups 1024 bytes apart.
+    d.v = make_desc(smem_u32(sm.v(0)), Tr::kTileN * 128, 1024);
+    d.fold_a = make_desc(smem_u32(sm.base + Tr::kOffFoldA) + wg * 64 * 32, 16, 256, 3);
+    d.fold_b = make_desc(smem_u32(sm.base + Tr::kOffFoldB), 16, 256, 3);
+    d.fold_zero = make_desc(smem_u32(sm.base + Tr::kOffFoldZero), 16, 256, 3);
+    return d;
+  }
+};
+
+/// A descriptor `bytes` further (shared memory is below 2^18 bytes: the 14-bit address
+/// field does not overflow into the next one).
+KVQ_DEVICE std::uint64_t desc_at(std::uint64_t d, std::uint32_t bytes) { return d + (bytes >> 4); }
+
 /// S = Q K^T for the warpgroup's 64 rows against K buffer s (issued, not waited for).
 /// With Tr::kFold, one more k16 step (always bf16) adds the folded PerToken correction
 /// (`fold`: a quantized tile; otherwise the step adds zeros).
 template <class Tr>
-KVQ_DEVICE void issue_qk(float (&s)[Tr::kNTiles][4], const Smem<Tr>& sm, int buf, int wg, bool fold) {
+KVQ_DEVICE void issue_qk(float (&s)[Tr::kNTiles][4], const Descriptors& d, int buf, bool fold) {
   using Mma = kvq::sm90::Wgmma<Tr::kElement, Tr::kTileN>;
-  const std::uint32_t qa = sm.q() + wg * 64 * 128;
-  const std::uint32_t kb = smem_u32(sm.k(buf));
+  const std::uint64_t kb = desc_at(d.k, static_cast<std::uint32_t>(buf * Tr::kTileBytes));
 #pragma unroll
   for (int ks = 0; ks < Tr::kKSteps; ++ks) {
     const std::uint32_t koff = (ks & 3) * 32;  // k16 step inside a 64-element block
-    const std::uint64_t da = kvq::sm90::make_desc(qa + (ks >> 2) * (Tr::kRows * 128) + koff, 16, 1024);
-    const std::uint64_t db = kvq::sm90::make_desc(kb + (ks >> 2) * (Tr::kTileN * 128) + koff, 16, 1024);
-    Mma::ss(s, da, db, ks > 0 ? 1 : 0);
+    Mma::ss(s, desc_at(d.q, (ks >> 2) * (Tr::kRows * 128) + koff), desc_at(kb, (ks >> 2) * (Tr::kTileN * 128) + koff),
+            ks > 0 ? 1 : 0);
   }
   if constexpr (Tr::kFold) {
     // Issued for every tile (a branch around a wgmma makes ptxas fence the accumulators):
     // unquantized tiles read the zero B tile.
-    const std::uint32_t b = fold ? smem_u32(sm.base + Tr::kOffFoldB) + buf * Tr::kTileN * 32
-                                 : smem_u32(sm.base + Tr::kOffFoldZero);
-    const std::uint64_t da = kvq::sm90::make_desc(smem_u32(sm.base + Tr::kOffFoldA) + wg * 64 * 32, 16, 256, 3);
-    kvq::sm90::Wgmma<DType::kBFloat16, Tr::kTileN>::ss(s, da, kvq::sm90::make_desc(b, 16, 256, 3), 1);
+    const std::uint64_t b = fold ? desc_at(d.fold_b, static_cast<std::uint32_t>(buf * Tr::kTileN * 32)) : d.fold_zero;
+    kvq::sm90::Wgmma<DType::kBFloat16, Tr::kTileN>::ss(s, d.fold_a, b, 1);
   }
 }
 
@@ -506,23 +550,18 @@ KVQ_DEVICE void pack_p(const float (&s)[Tr::kNTiles][4], std::uint32_t (&a)[Tr::
   }
 }
 
-/// O += P V against V buffer `buf` (issued, not waited for). The fragments in `a` must be
-/// written before the wgmma fence that precedes this call.
+/// O += P V against the V tile of descriptor `vb` (issued, not waited for). The fragments in
+/// `a` must be written before the wgmma fence that precedes this call.
 template <class Tr>
-KVQ_DEVICE void issue_pv_at(float (&o)[Tr::kOTiles][4], const std::uint32_t (&a)[Tr::kPSteps][4], std::uint32_t vb) {
+KVQ_DEVICE void issue_pv_at(float (&o)[Tr::kOTiles][4], const std::uint32_t (&a)[Tr::kPSteps][4], std::uint64_t vb) {
   using Mma = kvq::sm90::Wgmma<Tr::kElement, Tr::kHeadDim>;
 #pragma unroll
-  for (int kk = 0; kk < Tr::kPSteps; ++kk) {
-    // B = V (tokens x head dim) stored token rows of 64-element blocks: N-major, the
-    // blocks of the head dim Tr::kTileN * 128 bytes apart, 8-token groups 1024 bytes apart.
-    const std::uint64_t db = kvq::sm90::make_desc(vb + kk * 16 * 128, Tr::kTileN * 128, 1024);
-    Mma::rs(o, a[kk], db, 1);
-  }
+  for (int kk = 0; kk < Tr::kPSteps; ++kk) Mma::rs(o, a[kk], desc_at(vb, kk * 16 * 128), 1);
 }
 
 template <class Tr>
-KVQ_DEVICE void issue_pv(float (&o)[Tr::kOTiles][4], const std::uint32_t (&a)[Tr::kPSteps][4], const Smem<Tr>& sm, int buf) {
-  issue_pv_at<Tr>(o, a, smem_u32(sm.v(buf)));
+KVQ_DEVICE void issue_pv(float (&o)[Tr::kOTiles][4], const std::uint32_t (&a)[Tr::kPSteps][4], const Descriptors& d, int buf) {
+  issue_pv_at<Tr>(o, a, desc_at(d.v, static_cast<std::uint32_t>(buf * Tr::kTileBytes)));
 }
 
 template <int N>
@@ -564,6 +603,8 @@ KVQ_DEVICE void consume_overlapped(const AttentionParams<typename Tr::Layout>& p
 #pragma unroll
   for (int kk = 0; kk < Tr::kPSteps; ++kk) pa[kk][0] = pa[kk][1] = pa[kk][2] = pa[kk][3] = 0u;
   static_assert(Tr::kTileBytes <= Tr::kQBytes, "the Q tile stands in for a V tile");
+  const Descriptors d = Descriptors::make<Tr>(sm, wg);
+  const std::uint64_t q_as_v = kvq::sm90::make_desc(sm.q(), Tr::kTileN * 128, 1024);
 #pragma unroll 1
   for (int n = 0; n < c.n_tiles; ++n) {
     const int buf = n % kS;
@@ -575,9 +616,9 @@ KVQ_DEVICE void consume_overlapped(const AttentionParams<typename Tr::Layout>& p
     if (n > 0) kvq::sm90::mbarrier_wait(sm.bar(kFullV, prev), ((n - 1) / kS) & 1);
     kvq::sm90::fence_operands(st.o);
     kvq::sm90::wgmma_fence();
-    issue_qk<Tr>(s, sm, buf, wg, quantized);
+    issue_qk<Tr>(s, d, buf, quantized);
     kvq::sm90::wgmma_commit();
-    issue_pv_at<Tr>(st.o, pa, n > 0 ? smem_u32(sm.v(prev)) : sm.q());
+    issue_pv_at<Tr>(st.o, pa, n > 0 ? desc_at(d.v, static_cast<std::uint32_t>(prev * Tr::kTileBytes)) : q_as_v);
     kvq::sm90::wgmma_commit();
     kvq::sm90::wgmma_wait<1>();  // S(n); the PV MMA may still run
     kvq::sm90::fence_operands(s);
@@ -605,7 +646,7 @@ KVQ_DEVICE void consume_overlapped(const AttentionParams<typename Tr::Layout>& p
     kvq::sm90::mbarrier_wait(sm.bar(kFullV, last), ((c.n_tiles - 1) / kS) & 1);
     kvq::sm90::fence_operands(st.o);
     kvq::sm90::wgmma_fence();
-    issue_pv<Tr>(st.o, pa, sm, last);
+    issue_pv<Tr>(st.o, pa, d, last);
     kvq::sm90::wgmma_commit();
     kvq::sm90::wgmma_wait<0>();
     kvq::sm90::fence_operands(st.o);
@@ -639,6 +680,7 @@ KVQ_DEVICE void consume(const AttentionParams<typename Tr::Layout>& p, const det
     return;
   }
   const bool track_mass = p.mass != nullptr;
+  const Descriptors d = Descriptors::make<Tr>(sm, wg);
 #pragma unroll 1
   for (int n = 0; n < c.n_tiles; ++n) {
     const int buf = n % kS;
@@ -647,7 +689,7 @@ KVQ_DEVICE void consume(const AttentionParams<typename Tr::Layout>& p, const det
     float s[Tr::kNTiles][4];
     kvq::sm90::mbarrier_wait(sm.bar(kFullK, buf), parity);
     kvq::sm90::wgmma_fence();
-    issue_qk<Tr>(s, sm, buf, wg, quantized);
+    issue_qk<Tr>(s, d, buf, quantized);
     kvq::sm90::wgmma_commit();
     kvq::sm90::wgmma_wait<0>();
     kvq::sm90::fence_operands(s);
@@ -665,7 +707,7 @@ KVQ_DEVICE void consume(const AttentionParams<typename Tr::Layout>& p, const det
     kvq::sm90::mbarrier_wait(sm.bar(kFullV, buf), parity);
     kvq::sm90::fence_operands(st.o);
     kvq::sm90::wgmma_fence();
-    issue_pv<Tr>(st.o, pa, sm, buf);
+    issue_pv<Tr>(st.o, pa, d, buf);
     kvq::sm90::wgmma_commit();
     kvq::sm90::wgmma_wait<0>();
     kvq::sm90::fence_operands(st.o);
