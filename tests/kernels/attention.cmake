@@ -28,7 +28,7 @@ _kvq_attention_test(test_attention_int4_pc32
   test_attention_int4_pc32_exact.cu)
 _kvq_attention_test(test_attention_d64
   test_attention_int2_pt64_d64_none.cu test_attention_int2_pt64_d64_taylor2.cu test_attention_int4_pc32_d64_taylor2.cu)
-_kvq_attention_test(test_attention_config test_attention_config.cu test_attention_config_tiles.cu)
+_kvq_attention_test(test_attention_config test_attention_config.cu test_attention_config_tiles.cu test_attention_groups.cu)
 
 if(KVQ_HAS_CUDA)
   # Not a test: writes .npy files for torch_check.py (see that script).

@@ -67,14 +67,19 @@ struct AttentionVariant {
   static constexpr Correction kMode = Mode_;
 };
 
-/// Whether the fused kernel implements a (layout, correction) pair at all (compile time).
+/// Whether the mma.sync kernel (every architecture) implements a (layout, correction)
+/// pair (compile time): head dim 64 or 128, groups of at least 8, code words of a multiple
+/// of 4 codes (2, 4 and 8 bits), and Exact only with PerChannel keys.
+/// kernels::sm90_variant_supported says the same of the Hopper kernel; attention<> refuses
+/// a pair that no kernel implements with Status::kErrorNotSupported.
 template <class Layout, Correction Mode>
 constexpr bool attention_variant_supported() {
   constexpr int kD = Layout::kHeadDim;
   using K = typename Layout::KSpec;
   using V = typename Layout::VSpec;
-  return (kD == 64 || kD == 128) && K::kGroupSize >= 8 && V::kGroupSize >= 8 && (kD * K::kBits) % 128 == 0 &&
-         (kD * V::kBits) % 128 == 0 && !(K::kPerToken && Mode == Correction::kExact);
+  return (kD == 64 || kD == 128) && K::kGroupSize >= 8 && V::kGroupSize >= 8 && (32 / K::kBits) % 4 == 0 &&
+         (32 / V::kBits) % 4 == 0 && (kD * K::kBits) % 128 == 0 && (kD * V::kBits) % 128 == 0 &&
+         !(K::kPerToken && Mode == Correction::kExact);
 }
 
 namespace detail {

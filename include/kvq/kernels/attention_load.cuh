@@ -188,15 +188,20 @@ KVQ_DEVICE void issue_plain(const AttentionParams<typename Tr::Layout>& p, const
 
 // ---- dequantization (shared packed -> shared 16-bit) ----------------------------------------
 
-/// Stores the 16-bit channels [w*P, w*P + P) of one token (out[k]: channels 2k, 2k+1).
+/// Stores the 16-bit channels [w*P, w*P + P) of one token (out[k]: channels 2k, 2k+1):
+/// whole 16-byte chunks, or (P = 4, 8-bit codes) half of one.
 template <class Tr, int P>
 KVQ_DEVICE void store_word(unsigned char* tile, int tok, int w, const std::uint32_t (&out)[P / 2]) {
-  static_assert(P % 8 == 0, "a packed word holds a multiple of 8 channels");
+  static_assert(P % 8 == 0 || P == 4, "a packed word holds 4 or a multiple of 8 channels");
+  if constexpr (P == 4) {
+    *reinterpret_cast<uint2*>(tile + swizzle<Tr::kChunksPerRow>(tok, w / 2) + 8 * (w & 1)) = make_uint2(out[0], out[1]);
+  } else {
 #pragma unroll
-  for (int i = 0; i < P / 8; ++i) {
-    const int chunk = w * (P / 8) + i;
-    *reinterpret_cast<uint4*>(tile + swizzle<Tr::kChunksPerRow>(tok, chunk)) =
-        make_uint4(out[4 * i], out[4 * i + 1], out[4 * i + 2], out[4 * i + 3]);
+    for (int i = 0; i < P / 8; ++i) {
+      const int chunk = w * (P / 8) + i;
+      *reinterpret_cast<uint4*>(tile + swizzle<Tr::kChunksPerRow>(tok, chunk)) =
+          make_uint4(out[4 * i], out[4 * i + 1], out[4 * i + 2], out[4 * i + 3]);
+    }
   }
 }
 

@@ -57,21 +57,11 @@ struct IsSm90Config : std::false_type {};
 template <bool F, int N, int S, bool O>
 struct IsSm90Config<Sm90ConfigT<F, N, S, O>> : std::true_type {};
 
-/// Whether the Hopper kernel implements a (layout, correction) pair.
-template <class Layout, Correction Mode>
-constexpr bool sm90_variant_supported() {
-  using K = typename Layout::KSpec;
-  using V = typename Layout::VSpec;
-  constexpr int kD = Layout::kHeadDim;
-  return K::kPerToken && Mode != Correction::kExact && (kD == 64 || kD == 128) && K::kGroupSize >= 8 &&
-         V::kGroupSize >= 8 && (32 / K::kBits) % 4 == 0 && (32 / V::kBits) % 4 == 0 && (kD * K::kBits) % 128 == 0 &&
-         (kD * V::kBits) % 128 == 0;
-}
-
-/// Compile-time shape of the Hopper kernel. Names shared with AttentionTraits are what the
-/// common device functions (CtaContext, WarpState, softmax, masks, epilogue) read.
-template <class Layout_, Correction Mode_, DType Element_, class Config_ = Sm90Config>
-struct Sm90Traits {
+/// Tiles, threads and the shared-memory plan of the Hopper kernel for a (layout,
+/// correction, configuration): the part of Sm90Traits that does not depend on the element
+/// type, so that sm90_variant_supported can ask whether the plan fits.
+template <class Layout_, Correction Mode_, class Config_>
+struct Sm90Plan {
   using Layout = Layout_;
   using KSpec = typename Layout::KSpec;
   using VSpec = typename Layout::VSpec;
@@ -79,7 +69,6 @@ struct Sm90Traits {
   using VMeta = typename Layout::VMeta;
 
   static constexpr Correction kMode = Mode_;
-  static constexpr DType kElement = Element_;
   static constexpr int kHeadDim = Layout::kHeadDim;
   static constexpr bool kKeyPerToken = KSpec::kPerToken;
   static constexpr bool kCorrect = kMode != Correction::kNone;
@@ -88,7 +77,6 @@ struct Sm90Traits {
   static constexpr int kFoldColsPerGroup = kTaylor4 ? 6 : 3;
   static constexpr bool kFold = Config_::kFold && kCorrect && kKeyPerToken &&
                                 (Layout::kHeadDim / KSpec::kGroupSize) * kFoldColsPerGroup <= 16;
-  static_assert(sm90_variant_supported<Layout, Mode_>(), "variant not implemented by the Hopper attention kernel");
 
   // ---- tiles and threads ----------------------------------------------------------------
   static constexpr int kConsumerGroups = 2;
@@ -144,7 +132,35 @@ struct Sm90Traits {
   static constexpr int kOffFoldZero = kOffFoldB + 32 * kStages * kTileN;
   static constexpr int kOffBarriers = detail::align_up_int(kOffFoldA + kFoldBytes, 8);
   static constexpr int kSmemBytes = kOffBarriers + kBarrierBytes + 1024;
-  static_assert(kSmemBytes <= 227 * 1024, "shared memory plan of the Hopper kernel exceeds 227 KB");
+  static constexpr bool kFits = kSmemBytes <= 227 * 1024;
+};
+
+/// Whether the Hopper kernel implements a (layout, correction) pair: PerToken keys, not
+/// Exact, head dim 64 or 128, code words of a multiple of 4 codes, and a shared-memory plan
+/// of the default configuration within 227 KB (many small key groups with an unfolded
+/// correction do not fit: those run on the mma.sync kernel).
+template <class Layout, Correction Mode>
+constexpr bool sm90_variant_supported() {
+  using K = typename Layout::KSpec;
+  using V = typename Layout::VSpec;
+  constexpr int kD = Layout::kHeadDim;
+  constexpr bool kShape = K::kPerToken && Mode != Correction::kExact && (kD == 64 || kD == 128) && K::kGroupSize >= 8 &&
+                          V::kGroupSize >= 8 && (32 / K::kBits) % 4 == 0 && (32 / V::kBits) % 4 == 0 &&
+                          (kD * K::kBits) % 128 == 0 && (kD * V::kBits) % 128 == 0;
+  if constexpr (kShape) {
+    return Sm90Plan<Layout, Mode, Sm90Config>::kFits;
+  } else {
+    return false;
+  }
+}
+
+/// Compile-time shape of the Hopper kernel. Names shared with AttentionTraits are what the
+/// common device functions (CtaContext, WarpState, softmax, masks, epilogue) read.
+template <class Layout_, Correction Mode_, DType Element_, class Config_ = Sm90Config>
+struct Sm90Traits : Sm90Plan<Layout_, Mode_, Config_> {
+  static constexpr DType kElement = Element_;
+  static_assert(sm90_variant_supported<Layout_, Mode_>(), "variant not implemented by the Hopper attention kernel");
+  static_assert(Sm90Plan<Layout_, Mode_, Config_>::kFits, "shared memory plan of the Hopper kernel exceeds 227 KB");
 };
 
 namespace sm90_detail {
