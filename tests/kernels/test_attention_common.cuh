@@ -489,8 +489,11 @@ void run_standard_attention_cases(DType dt, const char* name, std::uint64_t seed
     c.seed = seed0 + 1000;
     DYNAMIC_SECTION("correction is visible: " << c.describe()) {
       const AttentionErrors e = run_attention_case<Layout, Mode, Config>(c, name, true);
-      // The kernel is measurably closer to the corrected reference than to the uncorrected one.
-      if (dt == DType::kFloat16) CHECK(e.mean_vs_none > 2.0 * e.mean_abs);
+      // The kernel is measurably closer to the corrected reference than to the uncorrected
+      // one. With 8-bit codes the correction (proportional to step^2, 255 levels) moves the
+      // output less than fp16 rounding does (measured: 0.00018 against 0.00017 mean), so the
+      // check applies to 2- and 4-bit keys.
+      if (dt == DType::kFloat16 && Layout::KSpec::kBits <= 4) CHECK(e.mean_vs_none > 2.0 * e.mean_abs);
     }
   }
 }
