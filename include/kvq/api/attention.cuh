@@ -20,10 +20,13 @@
 // KVQ_DECLARE_ATTENTION(Layout, Mode) (Layout must be a type alias: no commas).
 #pragma once
 
+#include <cuda.h>  // CUtensorMap and its enums (types only: the encoder comes through the runtime)
+#include <cudaTypedefs.h>
 #include <cuda_runtime.h>
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "kvq/kernels/attention_kernel.cuh"
@@ -131,11 +134,69 @@ kernels::AttentionParams<Layout> make_params(const Layout& layout, const Attenti
   return p;
 }
 
+/// cuTensorMapEncodeTiled from the driver, looked up once through the runtime (no link
+/// against libcuda); null where the driver does not provide it.
+inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess) {
+      (void)cudaGetLastError();
+      return static_cast<PFN_cuTensorMapEncodeTiled_v12000>(nullptr);
+    }
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
+  }();
+  return fn;
+}
+
+/// A TMA descriptor of chunk tensor t (16-bit elements, [batch][num_chunk][kv heads][D]
+/// with its strides) read in boxes of 64 channels x `box_tokens` tokens with the 128-byte
+/// swizzle; false (nothing written) where the driver refuses it.
+inline bool encode_chunk_map(unsigned char (&out)[128], const Tensor4& t, int head_dim, std::int64_t tokens, int heads,
+                             int batch, int box_tokens) {
+  const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
+  if (encode == nullptr || tokens <= 0 || heads <= 0 || batch <= 0) return false;
+  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(head_dim), static_cast<cuuint64_t>(tokens),
+                              static_cast<cuuint64_t>(heads), static_cast<cuuint64_t>(batch)};
+  const cuuint64_t strides[3] = {static_cast<cuuint64_t>(t.token_stride) * 2, static_cast<cuuint64_t>(t.head_stride) * 2,
+                                 static_cast<cuuint64_t>(t.batch_stride) * 2};
+  const cuuint32_t box[4] = {64, static_cast<cuuint32_t>(box_tokens), 1, 1};
+  const cuuint32_t element_strides[4] = {1, 1, 1, 1};
+  CUtensorMap map;
+  static_assert(sizeof(map) == sizeof(out), "a CUtensorMap is 128 bytes");
+  if (encode(&map, CU_TENSOR_MAP_DATA_TYPE_UINT16, 4, t.data, dims, strides, box, element_strides,
+             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS)
+    return false;
+  std::memcpy(out, &map, sizeof(map));
+  return true;
+}
+
+/// Tr::kChunkMapTokens where the kernel reads the chunk through TMA descriptors (0: not).
+template <class Tr, class = void>
+struct ChunkMapTokens {
+  static constexpr int value = 0;
+};
+template <class Tr>
+struct ChunkMapTokens<Tr, std::void_t<decltype(Tr::kChunkMapTokens)>> {
+  static constexpr int value = Tr::kChunkMapTokens;
+};
+
 /// Launches `kernel` (either kernel) with Tr's threads and shared memory over the grid
 /// (ceil(num_q / Tr::kRows), q_heads, batch).
 template <class Tr, class Kernel>
 Status launch_kernel(Kernel kernel, const typename Tr::Layout& layout, const AttentionArguments& a, cudaStream_t stream) {
-  const kernels::AttentionParams<typename Tr::Layout> p = make_params(layout, a);
+  kernels::AttentionParams<typename Tr::Layout> p = make_params(layout, a);
+  if constexpr (ChunkMapTokens<Tr>::value > 0) {
+    // Both or neither: the kernel copies the chunk with cp.async where chunk_maps is 0.
+    constexpr int kBox = ChunkMapTokens<Tr>::value;
+    const int heads = layout.shape.heads;
+    p.chunk_maps = encode_chunk_map(p.k_chunk_map, a.k_chunk, Tr::kHeadDim, a.num_chunk, heads, a.batch, kBox) &&
+                           encode_chunk_map(p.v_chunk_map, a.v_chunk, Tr::kHeadDim, a.num_chunk, heads, a.batch, kBox)
+                       ? 1
+                       : 0;
+  }
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes) != cudaSuccess) {
     (void)cudaGetLastError();
     return Status::kErrorCudaRuntime;

@@ -7,8 +7,10 @@
 //                            slots with cp.async, kRingStages tiles ahead, and dequantizes
 //                            them into 16-bit tiles (kStages buffers, the 128-byte swizzled
 //                            layout wgmma reads); the unquantized tiles [cache tail ; chunk]
-//                            are copied into the same buffers. Keys never wait for the
-//                            consumers' use of values or the other way round.
+//                            go into the same buffers: whole tiles of chunk rows by TMA
+//                            (one thread, the copy engine swizzles; AttentionParams'
+//                            k/v_chunk_map), the rest with cp.async. Keys never wait for
+//                            the consumers' use of values or the other way round.
 //   consumers  (warps 4-11)  two warpgroups of 64 query rows: S = Q K^T (wgmma, A and B
 //                            from shared memory), the Jensen correction (one FMA per score
 //                            and key group), masks, online softmax in registers, O += P V
@@ -20,8 +22,9 @@
 // QK MMA (rows of per-query and per-token coefficients, split hi/lo).
 //
 // Supported here: PerToken keys (any bits whose packed words hold a multiple of 4 codes,
-// group size >= 8) with corrections None, Taylor2, Taylor4; head dim 64 or 128; bf16 or
-// fp16. kvq::attention falls back to the mma.sync kernel for the other variants.
+// group size >= 8, a shared-memory plan within 227 KB) with corrections None, Taylor2,
+// Taylor4; head dim 64 or 128; bf16 or fp16. kvq::attention falls back to the mma.sync
+// kernel for the other variants.
 #pragma once
 
 #include <cstdint>
@@ -133,6 +136,9 @@ struct Sm90Plan {
   static constexpr int kOffBarriers = detail::align_up_int(kOffFoldA + kFoldBytes, 8);
   static constexpr int kSmemBytes = kOffBarriers + kBarrierBytes + 1024;
   static constexpr bool kFits = kSmemBytes <= 227 * 1024;
+  /// The host encodes TMA descriptors of the chunk (AttentionParams::k_chunk_map) with
+  /// boxes of this many tokens.
+  static constexpr int kChunkMapTokens = kTileN;
 };
 
 /// Whether the Hopper kernel implements a (layout, correction) pair: PerToken keys, not
@@ -398,11 +404,27 @@ KVQ_DEVICE void produce(const AttentionParams<typename Tr::Layout>& p, const det
       kvq::detail::cp_async_commit();
     } else {
       kvq::sm90::mbarrier_wait(sm.bar(H::kEmpty, s), parity);
-      issue_plain<Tr, kKey>(p, c, sm, n, s, lt);
-      kvq::detail::cp_async_commit();
-      kvq::detail::cp_async_wait<0>();
-      kvq::sm90::fence_proxy_async();
-      kvq::sm90::mbarrier_arrive(sm.bar(H::kFull, s));
+      const std::int64_t u0 = static_cast<std::int64_t>(n - c.n_qtiles) * Tr::kTileN;
+      if (p.chunk_maps && u0 >= c.tlen && u0 + Tr::kTileN <= c.u_needed) {
+        // A whole tile of chunk rows: TMA (one thread; the copy engine swizzles).
+        if (lt == 0) {
+          kvq::sm90::mbarrier_arrive_expect_tx(sm.bar(H::kFull, s), Tr::kTileBytes);
+          const std::uint32_t dst = smem_u32(kKey ? sm.k(s) : sm.v(s));
+#pragma unroll
+          for (int blk = 0; blk < Tr::kHeadDim / 64; ++blk)
+            kvq::sm90::tma_load_4d(dst + blk * (Tr::kTileN * 128), kKey ? p.k_chunk_map : p.v_chunk_map, sm.bar(H::kFull, s),
+                                   64 * blk, static_cast<int>(u0 - c.tlen), c.h, c.b);
+        } else {
+          kvq::sm90::mbarrier_arrive(sm.bar(H::kFull, s));
+        }
+      } else {
+        // Rows of the cache tail, or a tile that ends past the rows the CTA needs (zero-filled).
+        issue_plain<Tr, kKey>(p, c, sm, n, s, lt);
+        kvq::detail::cp_async_commit();
+        kvq::detail::cp_async_wait<0>();
+        kvq::sm90::fence_proxy_async();
+        kvq::sm90::mbarrier_arrive(sm.bar(H::kFull, s));
+      }
     }
   }
   kvq::detail::cp_async_wait<0>();

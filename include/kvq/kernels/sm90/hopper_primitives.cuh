@@ -159,6 +159,21 @@ KVQ_DEVICE void mbarrier_wait(std::uint32_t bar, std::uint32_t parity) {
   } while (!done);
 }
 
+/// Arrives on the barrier and adds `bytes` to the transaction count of its current phase.
+KVQ_DEVICE void mbarrier_arrive_expect_tx(std::uint32_t bar, std::uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+
+/// TMA load of one box of a 4-d tensor map (`map`: the generic address of a CUtensorMap in
+/// kernel parameter space) at coordinates (c0..c3) into shared memory at `dst`; the bytes
+/// complete as transactions on barrier `bar`.
+KVQ_DEVICE void tma_load_4d(std::uint32_t dst, const void* map, std::uint32_t bar, int c0, int c1, int c2, int c3) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(dst),
+      "l"(reinterpret_cast<std::uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
+      : "memory");
+}
+
 /// Barrier `id` (1..15) among `threads` threads (a multiple of 32).
 KVQ_DEVICE void named_barrier_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
