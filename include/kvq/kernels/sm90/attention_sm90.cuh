@@ -521,10 +521,9 @@ struct Descriptors {
 KVQ_DEVICE std::uint64_t desc_at(std::uint64_t d, std::uint32_t bytes) { return d + (bytes >> 4); }
 
 /// S = Q K^T for the warpgroup's 64 rows against K buffer s (issued, not waited for).
-/// With Tr::kFold and kFoldStep, one more k16 step (always bf16) adds the folded PerToken
-/// correction (`fold`: a quantized tile; otherwise the step adds zeros). Callers that
-/// know the tile kind at compile time leave the step out for unquantized tiles.
-template <class Tr, bool kFoldStep = true>
+/// With Tr::kFold, one more k16 step (always bf16) adds the folded PerToken correction
+/// (`fold`: a quantized tile; otherwise the step adds zeros).
+template <class Tr>
 KVQ_DEVICE void issue_qk(float (&s)[Tr::kNTiles][4], const Descriptors& d, int buf, bool fold) {
   using Mma = kvq::sm90::Wgmma<Tr::kElement, Tr::kTileN>;
   const std::uint64_t kb = desc_at(d.k, static_cast<std::uint32_t>(buf * Tr::kTileBytes));
@@ -534,9 +533,9 @@ KVQ_DEVICE void issue_qk(float (&s)[Tr::kNTiles][4], const Descriptors& d, int b
     Mma::ss(s, desc_at(d.q, (ks >> 2) * (Tr::kRows * 128) + koff), desc_at(kb, (ks >> 2) * (Tr::kTileN * 128) + koff),
             ks > 0 ? 1 : 0);
   }
-  if constexpr (Tr::kFold && kFoldStep) {
-    // Issued for every tile of a loop (a branch around a wgmma makes ptxas fence the
-    // accumulators): unquantized tiles read the zero B tile.
+  if constexpr (Tr::kFold) {
+    // Issued for every tile (a branch around a wgmma makes ptxas fence the accumulators):
+    // unquantized tiles read the zero B tile.
     const std::uint64_t b = fold ? desc_at(d.fold_b, static_cast<std::uint32_t>(buf * Tr::kTileN * 32)) : d.fold_zero;
     kvq::sm90::Wgmma<DType::kBFloat16, Tr::kTileN>::ss(s, d.fold_a, b, 1);
   }
@@ -695,44 +694,6 @@ KVQ_DEVICE void consume_overlapped(const AttentionParams<typename Tr::Layout>& p
   }
 }
 
-/// Tile n of the default schedule for one consumer warpgroup: S = Q K^T (+ the folded
-/// correction for a quantized tile), the K buffer released, masks, online softmax,
-/// O += P V, the V buffer released.
-template <class Tr, bool kQuantized>
-KVQ_DEVICE void consume_tile(const AttentionParams<typename Tr::Layout>& p, const detail::CtaContext<Tr>& c, const Smem<Tr>& sm,
-                             const Descriptors& d, detail::WarpState<Tr>& st, int n, int cw, int lane, bool track_mass) {
-  constexpr int kS = Tr::kStages;
-  const int buf = n % kS;
-  const std::uint32_t parity = (n / kS) & 1;
-  float s[Tr::kNTiles][4];
-  kvq::sm90::mbarrier_wait(sm.bar(kFullK, buf), parity);
-  kvq::sm90::wgmma_fence();
-  issue_qk<Tr, kQuantized>(s, d, buf, kQuantized);
-  kvq::sm90::wgmma_commit();
-  kvq::sm90::wgmma_wait<0>();
-  kvq::sm90::fence_operands(s);
-  // Unfolded correction: the coefficients live with the K buffer, read before releasing it.
-  if constexpr (kQuantized && !Tr::kFold) detail::correct_per_token<Tr>(st, c, buf, lane, s);
-  __syncwarp();
-  if (lane == 0) kvq::sm90::mbarrier_arrive(sm.bar(kEmptyK, buf));
-  const std::int64_t u0 = static_cast<std::int64_t>(n - c.n_qtiles) * Tr::kTileN;
-  mask_tile<Tr>(p, c, n, cw, lane, s);
-  float rowsum[2];
-  detail::softmax_update<Tr>(st, p.scale_log2, track_mass, s, rowsum);
-  if (track_mass) detail::add_segment_mass<Tr>(st, kQuantized, u0, c.tlen, rowsum, s, lane);
-  std::uint32_t pa[Tr::kPSteps][4];
-  pack_p<Tr>(s, pa);
-  kvq::sm90::mbarrier_wait(sm.bar(kFullV, buf), parity);
-  kvq::sm90::fence_operands(st.o);
-  kvq::sm90::wgmma_fence();
-  issue_pv<Tr>(st.o, pa, d, buf);
-  kvq::sm90::wgmma_commit();
-  kvq::sm90::wgmma_wait<0>();
-  kvq::sm90::fence_operands(st.o);
-  __syncwarp();
-  if (lane == 0) kvq::sm90::mbarrier_arrive(sm.bar(kEmptyV, buf));
-}
-
 /// One consumer warpgroup's loop over the CTA's tiles (wg: 0 or 1, cw: warp among the
 /// consumer warps 0..7, i.e. rows 16 cw .. 16 cw + 15 of the CTA). Per tile: S = Q K^T
 /// (+ the folded correction), the K buffer released, masks, online softmax, O += P V, the
@@ -742,6 +703,7 @@ KVQ_DEVICE void consume_tile(const AttentionParams<typename Tr::Layout>& p, cons
 template <class Tr>
 KVQ_DEVICE void consume(const AttentionParams<typename Tr::Layout>& p, const detail::CtaContext<Tr>& c, const Smem<Tr>& sm,
                         int wg, int cw, int lane) {
+  constexpr int kS = Tr::kStages;
   detail::WarpState<Tr> st;
   st.init();
   row_coefficients<Tr>(st, sm, p.scale, cw, lane);
@@ -757,12 +719,39 @@ KVQ_DEVICE void consume(const AttentionParams<typename Tr::Layout>& p, const det
   }
   const bool track_mass = p.mass != nullptr;
   const Descriptors d = Descriptors::make<Tr>(sm, wg);
-  // Quantized tiles, then [tail ; chunk] tiles: two loops, so that each issues a fixed
-  // sequence of MMAs and only the first has the folded correction's k16 step.
 #pragma unroll 1
-  for (int n = 0; n < c.n_qtiles; ++n) consume_tile<Tr, true>(p, c, sm, d, st, n, cw, lane, track_mass);
-#pragma unroll 1
-  for (int n = c.n_qtiles; n < c.n_tiles; ++n) consume_tile<Tr, false>(p, c, sm, d, st, n, cw, lane, track_mass);
+  for (int n = 0; n < c.n_tiles; ++n) {
+    const int buf = n % kS;
+    const std::uint32_t parity = (n / kS) & 1;
+    const bool quantized = n < c.n_qtiles;
+    float s[Tr::kNTiles][4];
+    kvq::sm90::mbarrier_wait(sm.bar(kFullK, buf), parity);
+    kvq::sm90::wgmma_fence();
+    issue_qk<Tr>(s, d, buf, quantized);
+    kvq::sm90::wgmma_commit();
+    kvq::sm90::wgmma_wait<0>();
+    kvq::sm90::fence_operands(s);
+    // Unfolded correction: the coefficients live with the K buffer, read before releasing it.
+    if (quantized && !Tr::kFold) detail::correct_per_token<Tr>(st, c, buf, lane, s);
+    __syncwarp();
+    if (lane == 0) kvq::sm90::mbarrier_arrive(sm.bar(kEmptyK, buf));
+    const std::int64_t u0 = static_cast<std::int64_t>(n - c.n_qtiles) * Tr::kTileN;
+    mask_tile<Tr>(p, c, n, cw, lane, s);
+    float rowsum[2];
+    detail::softmax_update<Tr>(st, p.scale_log2, track_mass, s, rowsum);
+    if (track_mass) detail::add_segment_mass<Tr>(st, quantized, u0, c.tlen, rowsum, s, lane);
+    std::uint32_t pa[Tr::kPSteps][4];
+    pack_p<Tr>(s, pa);
+    kvq::sm90::mbarrier_wait(sm.bar(kFullV, buf), parity);
+    kvq::sm90::fence_operands(st.o);
+    kvq::sm90::wgmma_fence();
+    issue_pv<Tr>(st.o, pa, d, buf);
+    kvq::sm90::wgmma_commit();
+    kvq::sm90::wgmma_wait<0>();
+    kvq::sm90::fence_operands(st.o);
+    __syncwarp();
+    if (lane == 0) kvq::sm90::mbarrier_arrive(sm.bar(kEmptyV, buf));
+  }
   detail::write_outputs<Tr>(p, c, st, cw, lane);
 }
 
