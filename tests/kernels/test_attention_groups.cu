@@ -3,8 +3,8 @@
 // kernel folds their Taylor2 coefficients into its k16 correction step), 16-channel
 // groups (eight per token: there the correction is one FMA per score and group), 8-channel
 // groups (each 2-bit code word spans two groups: two lookup tables per word), and INT8
-// codes (four codes per word: half a 16-byte chunk per word in the mma.sync kernel; the
-// Hopper kernel's plan for them needs 64 bytes more than 227 KB, so they run on mma.sync).
+// codes (four codes per word: half a 16-byte chunk per word in the mma.sync kernel, which
+// runs 8-bit caches on every GPU).
 #include "kernels/test_attention_common.cuh"
 
 namespace kvq::test {

@@ -21,8 +21,8 @@
 // other's MMAs run. The PerToken Taylor corrections are one extra bf16 k16 step of the
 // QK MMA (rows of per-query and per-token coefficients, split hi/lo).
 //
-// Supported here: PerToken keys (any bits whose packed words hold a multiple of 4 codes,
-// group size >= 8, a shared-memory plan within 227 KB) with corrections None, Taylor2,
+// Supported here: PerToken keys (2- or 4-bit codes, group size >= 8, a shared-memory plan
+// within 227 KB) with corrections None, Taylor2,
 // Taylor4; head dim 64 or 128; bf16 or fp16. kvq::attention falls back to the mma.sync
 // kernel for the other variants.
 #pragma once
@@ -142,16 +142,16 @@ struct Sm90Plan {
 };
 
 /// Whether the Hopper kernel implements a (layout, correction) pair: PerToken keys, not
-/// Exact, head dim 64 or 128, code words of a multiple of 4 codes, and a shared-memory plan
-/// of the default configuration within 227 KB (many small key groups with an unfolded
-/// correction do not fit: those run on the mma.sync kernel).
+/// Exact, head dim 64 or 128, 2- or 4-bit codes (8-bit caches run on the mma.sync
+/// kernel: at D 128 their plan does not fit, and that path is not tested on the Hopper
+/// kernel), and a shared-memory plan of the default configuration within 227 KB.
 template <class Layout, Correction Mode>
 constexpr bool sm90_variant_supported() {
   using K = typename Layout::KSpec;
   using V = typename Layout::VSpec;
   constexpr int kD = Layout::kHeadDim;
   constexpr bool kShape = K::kPerToken && Mode != Correction::kExact && (kD == 64 || kD == 128) && K::kGroupSize >= 8 &&
-                          V::kGroupSize >= 8 && (32 / K::kBits) % 4 == 0 && (32 / V::kBits) % 4 == 0 &&
+                          V::kGroupSize >= 8 && (32 / K::kBits) % 8 == 0 && (32 / V::kBits) % 8 == 0 &&
                           (kD * K::kBits) % 128 == 0 && (kD * V::kBits) % 128 == 0;
   if constexpr (kShape) {
     return Sm90Plan<Layout, Mode, Sm90Config>::kFits;
