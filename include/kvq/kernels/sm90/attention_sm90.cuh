@@ -331,8 +331,9 @@ KVQ_DEVICE void dequant_token(const std::uint32_t* codes, const math::GroupMeta<
     }
     return;
   }
-  // Words in batches of 16 bytes of 16-bit output: kP codes -> kP/8 chunks (kP = 4: half).
-  constexpr int kWordsPerBatch = kP >= 8 ? 1 : 2;
+  // Words in batches of 16 bytes of 16-bit output: kP codes -> kP/8 chunks.
+  static_assert(kP >= 8, "2- and 4-bit codes (sm90_variant_supported)");
+  constexpr int kWordsPerBatch = 1;
 #pragma unroll
   for (int i0 = 0; i0 < kWords; i0 += kWordsPerBatch) {
     std::uint32_t out[kWordsPerBatch * kP / 2];
@@ -610,6 +611,24 @@ KVQ_DEVICE void fence_fragments(std::uint32_t (&a)[N][4]) {
     for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(a[i][j])::"memory");
 }
 
+/// O += P V against V buffer `buf` once its phase `parity` is full, waited for; then the
+/// warp releases the buffer. kKeepP: P's registers are fenced until the MMA is done (the
+/// overlapped schedule reuses them right after).
+template <class Tr, bool kKeepP>
+KVQ_DEVICE void pv_and_release(float (&o)[Tr::kOTiles][4], std::uint32_t (&pa)[Tr::kPSteps][4], const Smem<Tr>& sm,
+                               const Descriptors& d, int buf, std::uint32_t parity, int lane) {
+  kvq::sm90::mbarrier_wait(sm.bar(kFullV, buf), parity);
+  kvq::sm90::fence_operands(o);
+  kvq::sm90::wgmma_fence();
+  issue_pv<Tr>(o, pa, d, buf);
+  kvq::sm90::wgmma_commit();
+  kvq::sm90::wgmma_wait<0>();
+  kvq::sm90::fence_operands(o);
+  if constexpr (kKeepP) fence_fragments(pa);
+  __syncwarp();
+  if (lane == 0) kvq::sm90::mbarrier_arrive(sm.bar(kEmptyV, buf));
+}
+
 /// Masks of tile n (past the quantized length; past a row's limit in [tail ; chunk]).
 template <class Tr>
 KVQ_DEVICE void mask_tile(const AttentionParams<typename Tr::Layout>& p, const detail::CtaContext<Tr>& c, int n, int cw,
@@ -679,19 +698,8 @@ KVQ_DEVICE void consume_overlapped(const AttentionParams<typename Tr::Layout>& p
     detail::rescale_output<Tr>(st, factor);
     pack_p<Tr>(s, pa);
   }
-  if (c.n_tiles > 0) {
-    const int last = (c.n_tiles - 1) % kS;
-    kvq::sm90::mbarrier_wait(sm.bar(kFullV, last), ((c.n_tiles - 1) / kS) & 1);
-    kvq::sm90::fence_operands(st.o);
-    kvq::sm90::wgmma_fence();
-    issue_pv<Tr>(st.o, pa, d, last);
-    kvq::sm90::wgmma_commit();
-    kvq::sm90::wgmma_wait<0>();
-    kvq::sm90::fence_operands(st.o);
-    fence_fragments(pa);
-    __syncwarp();
-    if (lane == 0) kvq::sm90::mbarrier_arrive(sm.bar(kEmptyV, last));
-  }
+  if (c.n_tiles > 0)
+    pv_and_release<Tr, true>(st.o, pa, sm, d, (c.n_tiles - 1) % kS, ((c.n_tiles - 1) / kS) & 1, lane);
 }
 
 /// One consumer warpgroup's loop over the CTA's tiles (wg: 0 or 1, cw: warp among the
@@ -742,15 +750,7 @@ KVQ_DEVICE void consume(const AttentionParams<typename Tr::Layout>& p, const det
     if (track_mass) detail::add_segment_mass<Tr>(st, quantized, u0, c.tlen, rowsum, s, lane);
     std::uint32_t pa[Tr::kPSteps][4];
     pack_p<Tr>(s, pa);
-    kvq::sm90::mbarrier_wait(sm.bar(kFullV, buf), parity);
-    kvq::sm90::fence_operands(st.o);
-    kvq::sm90::wgmma_fence();
-    issue_pv<Tr>(st.o, pa, d, buf);
-    kvq::sm90::wgmma_commit();
-    kvq::sm90::wgmma_wait<0>();
-    kvq::sm90::fence_operands(st.o);
-    __syncwarp();
-    if (lane == 0) kvq::sm90::mbarrier_arrive(sm.bar(kEmptyV, buf));
+    pv_and_release<Tr, false>(st.o, pa, sm, d, buf, parity, lane);
   }
   detail::write_outputs<Tr>(p, c, st, cw, lane);
 }
