@@ -4,7 +4,8 @@
 //   producer   (warps 0-3)   two independent halves, keys (warps 0-1) and values (warps
 //                            2-3): each copies its packed tiles of the quantized cache
 //                            (codes and per-token metadata) into a ring of shared-memory
-//                            slots with cp.async, kRingStages tiles ahead, and dequantizes
+//                            slots by bulk copies (one thread, completion on the slot's
+//                            mbarrier), kRingStages - 1 tiles ahead, and dequantizes
 //                            them into 16-bit tiles (kStages buffers, the 128-byte swizzled
 //                            layout wgmma reads); the unquantized tiles [cache tail ; chunk]
 //                            go into the same buffers: whole tiles of chunk rows by TMA
@@ -107,11 +108,16 @@ struct Sm90Plan {
   static constexpr int kVGroupsPerToken = kHeadDim / VSpec::kGroupSize;
   static constexpr int kKMetaBytesPerToken = kKGroupsPerToken * static_cast<int>(sizeof(KMeta));
   static constexpr int kVMetaBytesPerToken = kVGroupsPerToken * static_cast<int>(sizeof(VMeta));
+  // A ring slot: the tile's key codes, value codes, key metadata, value metadata. The codes
+  // arrive 16-byte aligned; a head's metadata rows start at any multiple of 4 bytes, so
+  // each metadata area has 16 bytes of slack for the aligned window the bulk copy moves.
+  static_assert((kTileN * kKMetaBytesPerToken) % 16 == 0 && (kTileN * kVMetaBytesPerToken) % 16 == 0,
+                "a tile's metadata keeps the 16-byte phase of its head's rows");
   static constexpr int kSlotKCodes = 0;
   static constexpr int kSlotVCodes = kSlotKCodes + kTileN * kKWords * 4;
   static constexpr int kSlotKMeta = kSlotVCodes + kTileN * kVWords * 4;
-  static constexpr int kSlotVMeta = detail::align_up_int(kSlotKMeta + kTileN * kKMetaBytesPerToken, 16);
-  static constexpr int kSlotBytes = detail::align_up_int(kSlotVMeta + kTileN * kVMetaBytesPerToken, 128);
+  static constexpr int kSlotVMeta = detail::align_up_int(kSlotKMeta + kTileN * kKMetaBytesPerToken + 16, 16);
+  static constexpr int kSlotBytes = detail::align_up_int(kSlotVMeta + kTileN * kVMetaBytesPerToken + 16, 128);
 
   // ---- shared memory plan (offsets from a 1024-aligned base) ---------------------------------
   static constexpr int kStages = Config_::kStages;  ///< 16-bit K (and V) tile buffers
@@ -122,7 +128,8 @@ struct Sm90Plan {
   static constexpr int kKcBytes = (kCorrect && !kFold) ? kKGroupsPerToken * kTileN * 4 : 0;  ///< per buffer
   /// A rows, B rows per buffer, and a zero B tile (unquantized tiles: no correction)
   static constexpr int kFoldBytes = kFold ? 32 * (kRows + (kStages + 1) * kTileN) : 0;
-  static constexpr int kBarrierBytes = 4 * kStages * 8;
+  /// full/empty K and V per buffer, then one per ring slot and half (at most 4 slots)
+  static constexpr int kBarrierBytes = (4 * kStages + 2 * 4) * 8;
   static constexpr int kBudget = 227 * 1024 - 1024;  ///< minus the alignment slack
   static constexpr int kFixedBytes = kOffRing + kStages * kKcBytes * (kTaylor4 ? 2 : 1) + kFoldBytes + 1024 + kBarrierBytes;
   static constexpr int kRingStages = detail::clamp_int((kBudget - kFixedBytes) / kSlotBytes, 2, 4);
@@ -185,27 +192,15 @@ struct Smem {
   KVQ_DEVICE unsigned char* slot(int tile) const { return base + Tr::kOffRing + (tile % Tr::kRingStages) * Tr::kSlotBytes; }
   /// Barriers: full K, full V, empty K, empty V (kStages each).
   KVQ_DEVICE std::uint32_t bar(int kind, int s) const { return smem_u32(base + Tr::kOffBarriers + (kind * Tr::kStages + s) * 8); }
+  /// The packed tile of ring slot tile % kRingStages has landed (half 0: keys, 1: values).
+  KVQ_DEVICE std::uint32_t ring_bar(int half, int tile) const {
+    return smem_u32(base + Tr::kOffBarriers + (4 * Tr::kStages + 4 * half + tile % Tr::kRingStages) * 8);
+  }
 };
 
 enum : int { kFullK = 0, kFullV = 1, kEmptyK = 2, kEmptyV = 3 };
 
 // ---- producer ------------------------------------------------------------------------------
-
-/// cp.async of kTileN tokens x Bytes per token (contiguous in global memory) into shared
-/// memory by Threads threads (pt: 0..Threads-1); tokens >= valid are zero-filled.
-template <class Tr, int Bytes, int Threads>
-KVQ_DEVICE void copy_rows(std::uint32_t dst, const unsigned char* src, const void* safe, int valid, int pt) {
-  if constexpr (Bytes > 0) {
-    constexpr int kCopy = Bytes >= 16 ? 16 : Bytes;
-    static_assert(Bytes % kCopy == 0 && (kCopy == 4 || kCopy == 8 || kCopy == 16), "per-token bytes");
-    constexpr int kPer = Bytes / kCopy;
-#pragma unroll 1
-    for (int i = pt; i < Tr::kTileN * kPer; i += Threads) {
-      const bool ok = i / kPer < valid;
-      cp_async<kCopy>(dst + i * kCopy, ok ? static_cast<const void*>(src + i * kCopy) : safe, ok ? kCopy : 0);
-    }
-  }
-}
 
 /// The tensor (K or V) one half of the producer warpgroup works on.
 template <class Tr, bool kKey>
@@ -223,22 +218,48 @@ struct Half {
   static_assert(Tr::kTileN % kThreads == 0, "tokens per producer thread");
 };
 
-/// The half's part of packed tile m (codes and per-token metadata) into its ring slot.
+/// Global addresses of the half's packed codes and metadata of quantized token t.
+template <class Tr, bool kKey>
+KVQ_DEVICE const unsigned char* packed_codes(const AttentionParams<typename Tr::Layout>& p, const detail::CtaContext<Tr>& c,
+                                             std::int64_t t) {
+  const auto& l = p.layout;
+  return reinterpret_cast<const unsigned char*>(kKey ? p.k_codes + l.k_code_word(c.b, c.h, t)
+                                                     : p.v_codes + l.v_code_word(c.b, c.h, t));
+}
+template <class Tr, bool kKey>
+KVQ_DEVICE const unsigned char* packed_meta(const AttentionParams<typename Tr::Layout>& p, const detail::CtaContext<Tr>& c,
+                                            std::int64_t t) {
+  const auto& l = p.layout;
+  return kKey ? reinterpret_cast<const unsigned char*>(p.k_meta + l.k_meta_index(c.b, c.h, t, 0))
+              : reinterpret_cast<const unsigned char*>(p.v_meta + l.v_meta_index(c.b, c.h, t, 0));
+}
+
+/// Tokens of quantized tile m that exist (the last tile may be partial).
+template <class Tr>
+KVQ_DEVICE int valid_tokens(const detail::CtaContext<Tr>& c, int m) {
+  const std::int64_t rest = c.qlen - static_cast<std::int64_t>(m) * Tr::kTileN;
+  return rest < Tr::kTileN ? static_cast<int>(rest) : Tr::kTileN;
+}
+
+/// One thread: the half's part of packed tile m (the codes and per-token metadata of its
+/// valid tokens) into its ring slot by two bulk copies, completing on the slot's barrier.
+/// The codes are 16-byte aligned (cache base and regions); the metadata copy moves the
+/// 16-byte-aligned window around the rows, which starts `skew` bytes before them (the same
+/// for every tile of the head) and stays inside the cache allocation (regions are 256-byte
+/// aligned).
 template <class Tr, bool kKey>
 KVQ_DEVICE void issue_packed(const AttentionParams<typename Tr::Layout>& p, const detail::CtaContext<Tr>& c,
-                             const Smem<Tr>& sm, int m, int lt) {
+                             const Smem<Tr>& sm, int m, int skew) {
   using H = Half<Tr, kKey>;
-  const auto& l = p.layout;
   const std::uint32_t slot = smem_u32(sm.slot(m));
+  const std::uint32_t bar = sm.ring_bar(kKey ? 0 : 1, m);
   const std::int64_t t0 = static_cast<std::int64_t>(m) * Tr::kTileN;
-  const std::int64_t rest = c.qlen - t0;
-  const int valid = rest < Tr::kTileN ? static_cast<int>(rest) : Tr::kTileN;
-  const std::uint32_t* codes = kKey ? p.k_codes + l.k_code_word(c.b, c.h, t0) : p.v_codes + l.v_code_word(c.b, c.h, t0);
-  const void* meta = kKey ? static_cast<const void*>(p.k_meta + l.k_meta_index(c.b, c.h, t0, 0))
-                          : static_cast<const void*>(p.v_meta + l.v_meta_index(c.b, c.h, t0, 0));
-  copy_rows<Tr, H::kWords * 4, H::kThreads>(slot + H::kSlotCodes, reinterpret_cast<const unsigned char*>(codes), p.q, valid,
-                                            lt);
-  copy_rows<Tr, H::kMetaBytes, H::kThreads>(slot + H::kSlotMeta, static_cast<const unsigned char*>(meta), p.q, valid, lt);
+  const int valid = valid_tokens(c, m);
+  const std::uint32_t code_bytes = static_cast<std::uint32_t>(valid * H::kWords * 4);
+  const std::uint32_t meta_bytes = static_cast<std::uint32_t>((skew + valid * H::kMetaBytes + 15) & ~15);
+  kvq::sm90::mbarrier_arrive_expect_tx(bar, code_bytes + meta_bytes);
+  kvq::sm90::bulk_load(slot + H::kSlotCodes, packed_codes<Tr, kKey>(p, c, t0), code_bytes, bar);
+  kvq::sm90::bulk_load(slot + H::kSlotMeta, packed_meta<Tr, kKey>(p, c, t0) - skew, meta_bytes, bar);
 }
 
 /// The half's rows of unquantized tile m ([tail ; chunk] tokens [i TileN, (i+1) TileN),
@@ -361,6 +382,29 @@ KVQ_DEVICE void dequant_token(const std::uint32_t* codes, const math::GroupMeta<
   }
 }
 
+/// Token `tok` past the quantized length (last tile): a zero row, and zero correction
+/// coefficients for keys (the ring holds no data for it; the masks drop its scores, and a
+/// zero row keeps P V finite).
+template <class Tr, bool kCoefficients>
+KVQ_DEVICE void zero_token(unsigned char* tile, float* kc2, float* kc4, int tok) {
+#pragma unroll
+  for (int ch = 0; ch < Tr::kChunksPerRow; ++ch)
+    *reinterpret_cast<uint4*>(tile + sw128_offset<Tr::kTileN>(tok, ch)) = make_uint4(0u, 0u, 0u, 0u);
+  if constexpr (kCoefficients && Tr::kFold) {
+    auto* row = reinterpret_cast<unsigned char*>(kc2);
+    *reinterpret_cast<uint4*>(row + kvq::detail::fold_offset(tok, 0)) = make_uint4(0u, 0u, 0u, 0u);
+    *reinterpret_cast<uint4*>(row + kvq::detail::fold_offset(tok, 8)) = make_uint4(0u, 0u, 0u, 0u);
+  } else if constexpr (kCoefficients) {
+#pragma unroll
+    for (int g = 0; g < Tr::kKGroupsPerToken; ++g) {
+      kc2[g * Tr::kTileN + tok] = 0.0f;
+      if constexpr (Tr::kTaylor4) kc4[g * Tr::kTileN + tok] = 0.0f;
+    }
+  } else {
+    (void)kc2, (void)kc4;
+  }
+}
+
 /// One half of the producer warpgroup (lt: 0..63): keys or values of every tile, with its
 /// own ring refills, barriers and named barrier, so that neither tensor waits for the
 /// other's consumers.
@@ -371,21 +415,24 @@ KVQ_DEVICE void produce(const AttentionParams<typename Tr::Layout>& p, const det
   constexpr int kR = Tr::kRingStages;
   constexpr int kS = Tr::kStages;
   constexpr bool kCoefficients = kKey && Tr::kCorrect;
+  // The 16-byte phase of the head's metadata rows (every tile's rows share it).
+  const int skew = c.n_qtiles > 0 ? static_cast<int>(reinterpret_cast<std::uintptr_t>(packed_meta<Tr, kKey>(p, c, 0)) & 15u) : 0;
+  if (lt == 0) {
 #pragma unroll 1
-  for (int m = 0; m < kR - 1; ++m) {
-    if (m < c.n_qtiles) issue_packed<Tr, kKey>(p, c, sm, m, lt);
-    kvq::detail::cp_async_commit();
+    for (int m = 0; m < kR - 1 && m < c.n_qtiles; ++m) issue_packed<Tr, kKey>(p, c, sm, m, skew);
   }
 #pragma unroll 1
   for (int n = 0; n < c.n_tiles; ++n) {
     const int s = n % kS;
     const std::uint32_t parity = ((n / kS) & 1) ^ 1;
     if (n < c.n_qtiles) {
-      // Tile n landed (this thread's copies; the barrier: everybody's), and every thread of
-      // the half is done reading slot (n-1) % kR, refilled below.
-      kvq::detail::cp_async_wait<kR - 2>();
+      // Every thread of the half is done reading slot (n-1) % kR: one refills it. Then
+      // tile n's packed data has landed.
       kvq::sm90::named_barrier_sync(H::kBarrierId, H::kThreads);
+      if (lt == 0 && n + kR - 1 < c.n_qtiles) issue_packed<Tr, kKey>(p, c, sm, n + kR - 1, skew);
+      kvq::sm90::mbarrier_wait(sm.ring_bar(kKey ? 0 : 1, n), static_cast<std::uint32_t>(n / kR) & 1u);
       const unsigned char* slot = sm.slot(n);
+      const int valid = valid_tokens(c, n);
       auto* kc2 = reinterpret_cast<float*>(Tr::kFold ? sm.base + Tr::kOffFoldB + s * 32 * Tr::kTileN
                                                      : sm.base + Tr::kOffKc2 + s * Tr::kKcBytes);
       auto* kc4 = reinterpret_cast<float*>(sm.base + Tr::kOffKc4 + s * Tr::kKcBytes);
@@ -393,16 +440,16 @@ KVQ_DEVICE void produce(const AttentionParams<typename Tr::Layout>& p, const det
       unsigned char* tile = kKey ? sm.k(s) : sm.v(s);
 #pragma unroll 1
       for (int tok = lt; tok < Tr::kTileN; tok += H::kThreads) {
-        dequant_token<Tr, typename H::Spec, H::kWords, kCoefficients>(
-            reinterpret_cast<const std::uint32_t*>(slot + H::kSlotCodes),
-            reinterpret_cast<const typename H::Meta*>(slot + H::kSlotMeta), tile, kc2, kc4, tok);
+        if (tok < valid) {
+          dequant_token<Tr, typename H::Spec, H::kWords, kCoefficients>(
+              reinterpret_cast<const std::uint32_t*>(slot + H::kSlotCodes),
+              reinterpret_cast<const typename H::Meta*>(slot + H::kSlotMeta + skew), tile, kc2, kc4, tok);
+        } else {
+          zero_token<Tr, kCoefficients>(tile, kc2, kc4, tok);
+        }
       }
       kvq::sm90::fence_proxy_async();
       kvq::sm90::mbarrier_arrive(sm.bar(H::kFull, s));
-      // The refill is issued after the arrival: its release fence then finds no copy of this
-      // iteration in flight (those of earlier iterations have had a tile to land).
-      if (n + kR - 1 < c.n_qtiles) issue_packed<Tr, kKey>(p, c, sm, n + kR - 1, lt);
-      kvq::detail::cp_async_commit();
     } else {
       kvq::sm90::mbarrier_wait(sm.bar(H::kEmpty, s), parity);
       const std::int64_t u0 = static_cast<std::int64_t>(n - c.n_qtiles) * Tr::kTileN;
@@ -782,6 +829,11 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_sm90_kernel(const _
       kvq::sm90::mbarrier_init(sm.bar(kFullV, s), Tr::kProducerThreads / 2);
       kvq::sm90::mbarrier_init(sm.bar(kEmptyK, s), 4 * Tr::kConsumerGroups);
       kvq::sm90::mbarrier_init(sm.bar(kEmptyV, s), 4 * Tr::kConsumerGroups);
+    }
+#pragma unroll
+    for (int r = 0; r < Tr::kRingStages; ++r) {
+      kvq::sm90::mbarrier_init(sm.ring_bar(0, r), 1);
+      kvq::sm90::mbarrier_init(sm.ring_bar(1, r), 1);
     }
   }
   const int wg = warp / 4;

@@ -174,6 +174,14 @@ KVQ_DEVICE void tma_load_4d(std::uint32_t dst, const void* map, std::uint32_t ba
       : "memory");
 }
 
+/// Bulk copy of `bytes` (a multiple of 16) from global memory at `src` into shared memory
+/// at `dst` (both 16-byte aligned); the bytes complete as transactions on barrier `bar`.
+KVQ_DEVICE void bulk_load(std::uint32_t dst, const void* src, std::uint32_t bytes, std::uint32_t bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+               "l"(reinterpret_cast<std::uint64_t>(src)), "r"(bytes), "r"(bar)
+               : "memory");
+}
+
 /// Barrier `id` (1..15) among `threads` threads (a multiple of 32).
 KVQ_DEVICE void named_barrier_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
