@@ -266,6 +266,15 @@ KVQ_DEVICE void dequant_word(std::uint32_t w, const SlotStep& sstep, const SlotZ
 /// The four values of a 2-bit group, fma(step, c, zero) rounded once to T for c = 0..3
 /// (the reference's formula), as two byte planes for PRMT: byte c of `lo` is the low byte
 /// of value c, byte c of `hi` its high byte.
+/// PRMT with a selector whose nibbles are known to be below 8 (the default mode, no sign
+/// replication): __byte_perm would mask every selector with 0x7777 first, one more
+/// instruction per lookup.
+KVQ_DEVICE std::uint32_t prmt(std::uint32_t a, std::uint32_t b, std::uint32_t sel) {
+  std::uint32_t r;
+  asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
+  return r;
+}
+
 struct Lut2 {
   std::uint32_t lo, hi;
 };
@@ -287,8 +296,8 @@ KVQ_DEVICE void dequant_word_lut2(std::uint32_t w, Lut2 t0, Lut2 t1, std::uint32
   for (int i = 0; i < 4; ++i) {
     const std::uint32_t t = (w >> (2 * i)) & 0x03030303u;  // codes i, i + 4, i + 8, i + 12: one per byte
     const std::uint32_t sel = t * 0x11u + 0x40404040u;       // per code the byte pair (c, c + 4)
-    a[i] = __byte_perm(t0.lo, t0.hi, sel);                  // values of codes i, i + 4
-    b[i] = __byte_perm(t1.lo, t1.hi, sel >> 16);            // codes i + 8, i + 12
+    a[i] = prmt(t0.lo, t0.hi, sel);                         // values of codes i, i + 4
+    b[i] = prmt(t1.lo, t1.hi, sel >> 16);                   // codes i + 8, i + 12
   }
   out[0] = __byte_perm(a[0], a[1], 0x5410);  // codes 0, 1
   out[1] = __byte_perm(a[2], a[3], 0x5410);  // 2, 3

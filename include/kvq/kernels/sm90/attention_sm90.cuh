@@ -45,21 +45,25 @@ namespace kvq::kernels {
 /// \tparam Stages   16-bit K (and V) tile buffers
 /// \tparam Overlap  the softmax of tile n runs while the PV MMA of tile n-1 does (that MMA is
 ///                  issued with the QK MMA of tile n; the output rescale waits for it)
-template <bool Fold = true, int TileN = 128, int Stages = 2, bool Overlap = false>
+/// \tparam ConsumerGroups  consumer warpgroups of 64 query rows each (2 or 3): a CTA covers
+///                  64 x ConsumerGroups query rows, and each dequantized tile serves them all
+template <bool Fold = true, int TileN = 128, int Stages = 2, bool Overlap = false, int ConsumerGroups = 2>
 struct Sm90ConfigT {
   static_assert(TileN == 64 || TileN == 128, "TileN must be 64 or 128");
   static_assert(Stages >= 2 && Stages <= 4, "Stages must be in [2, 4]");
+  static_assert(ConsumerGroups == 2 || ConsumerGroups == 3, "ConsumerGroups must be 2 or 3");
   static constexpr bool kFold = Fold;
   static constexpr int kTileN = TileN;
   static constexpr int kStages = Stages;
   static constexpr bool kOverlap = Overlap;
+  static constexpr int kConsumerGroups = ConsumerGroups;
 };
 using Sm90Config = Sm90ConfigT<>;
 
 template <class T>
 struct IsSm90Config : std::false_type {};
-template <bool F, int N, int S, bool O>
-struct IsSm90Config<Sm90ConfigT<F, N, S, O>> : std::true_type {};
+template <bool F, int N, int S, bool O, int G>
+struct IsSm90Config<Sm90ConfigT<F, N, S, O, G>> : std::true_type {};
 
 /// Tiles, threads and the shared-memory plan of the Hopper kernel for a (layout,
 /// correction, configuration): the part of Sm90Traits that does not depend on the element
@@ -83,7 +87,7 @@ struct Sm90Plan {
                                 (Layout::kHeadDim / KSpec::kGroupSize) * kFoldColsPerGroup <= 16;
 
   // ---- tiles and threads ----------------------------------------------------------------
-  static constexpr int kConsumerGroups = 2;
+  static constexpr int kConsumerGroups = Config_::kConsumerGroups;
   static constexpr int kRows = 64 * kConsumerGroups;  ///< query rows per CTA
   static constexpr int kThreads = 128 * (1 + kConsumerGroups);
   static constexpr int kProducerThreads = 128;
@@ -96,10 +100,12 @@ struct Sm90Plan {
   static constexpr int kChunksPerRow = kHeadDim / 8;  ///< 16-byte chunks of a 16-bit row
   static constexpr int kTileBytes = kTileN * kHeadDim * 2;
   static constexpr int kQBytes = kRows * kHeadDim * 2;
-  static constexpr int kProducerRegs = 88;
-  static constexpr int kConsumerRegs = 208;
-  // The pool is what the CTA got at launch: kThreads x 168 (the launch bound).
-  static_assert(kProducerRegs * 128 + kConsumerRegs * 128 * kConsumerGroups <= 168 * kThreads, "register pool");
+  /// Registers per thread at launch (the launch bound: 65536 over the threads, in 8s), then
+  /// moved by setmaxnreg from the producer to the consumers.
+  static constexpr int kLaunchRegs = (65536 / kThreads) / 8 * 8;
+  static constexpr int kProducerRegs = kConsumerGroups == 2 ? 88 : 72;
+  static constexpr int kConsumerRegs = kConsumerGroups == 2 ? 208 : 144;
+  static_assert(kProducerRegs * 128 + kConsumerRegs * 128 * kConsumerGroups <= kLaunchRegs * kThreads, "register pool");
 
   // ---- packed tiles ------------------------------------------------------------------------
   static constexpr int kKWords = Layout::kKeyWordsPerToken;
@@ -749,8 +755,8 @@ KVQ_DEVICE void consume_overlapped(const AttentionParams<typename Tr::Layout>& p
     pv_and_release<Tr, true>(st.o, pa, sm, d, (c.n_tiles - 1) % kS, ((c.n_tiles - 1) / kS) & 1, lane);
 }
 
-/// One consumer warpgroup's loop over the CTA's tiles (wg: 0 or 1, cw: warp among the
-/// consumer warps 0..7, i.e. rows 16 cw .. 16 cw + 15 of the CTA). Per tile: S = Q K^T
+/// One consumer warpgroup's loop over the CTA's tiles (wg: 0 .. kConsumerGroups - 1, cw: warp
+/// among the consumer warps, i.e. rows 16 cw .. 16 cw + 15 of the CTA). Per tile: S = Q K^T
 /// (+ the folded correction), the K buffer released, masks, online softmax, O += P V, the
 /// V buffer released. The two warpgroups are not synchronised with each other: one's MMAs
 /// run while the other computes its softmax. (Measured slower: FA3-style turns between the
@@ -840,7 +846,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_sm90_kernel(const _
   if (wg > 0) {
     load_q<Tr>(p, c, sm, wg - 1, tid & 127);
     if constexpr (Tr::kFold) {  // the zero B tile of the fold (unquantized tiles)
-      for (int i = tid - 128; i < Tr::kTileN * 2; i += 256)
+      for (int i = tid - 128; i < Tr::kTileN * 2; i += Tr::kThreads - 128)
         *reinterpret_cast<uint4*>(sm.base + Tr::kOffFoldZero + 16 * i) = make_uint4(0u, 0u, 0u, 0u);
     }
   }
