@@ -1,6 +1,7 @@
 // Tests of kvq/math/pack.hpp: B-bit codes in 32-bit words. The expected layout is
-// checked bit by bit from its definition: code i of a word occupies bits
-// [i·B, (i+1)·B), least significant bit first.
+// checked bit by bit from its definition: for B = 4 and 8, code i of a word occupies bits
+// [i·B, (i+1)·B); for B = 2, bit p = 16 h + 8 j + 2 k + b (half h, byte j of the half,
+// pair k of the byte, bit b) is bit b of code 8 h + 2 k + j. Least significant bit first.
 #include <catch2/catch.hpp>
 
 #include <cstdint>
@@ -16,11 +17,18 @@ struct BitsTag {
   static constexpr int kSlots = 32 / Bits_;
 };
 
-/// Bit p of `word` must be bit (p mod B) of code (p div B).
+/// The code whose bit (p mod B) is bit p of a word.
+template <int B>
+int code_of_bit(int p) {
+  if (B == 2) return 8 * (p / 16) + 2 * ((p % 8) / 2) + (p % 16) / 8;
+  return p / B;
+}
+
+/// Bit p of `word` must be bit (p mod B) of code code_of_bit(p).
 template <int B>
 bool word_holds(std::uint32_t word, const std::uint32_t* codes) {
   for (int p = 0; p < 32; ++p) {
-    const std::uint32_t want = (codes[p / B] >> (p % B)) & 1u;
+    const std::uint32_t want = (codes[code_of_bit<B>(p)] >> (p % B)) & 1u;
     if (((word >> p) & 1u) != want) return false;
   }
   return true;
@@ -79,7 +87,7 @@ TEMPLATE_TEST_CASE("insert_code writes one slot and leaves the others alone", "[
         std::uint32_t codes[S];
         for (auto& c : codes) c = static_cast<std::uint32_t>(rng()) & ((1u << B) - 1u);
         std::uint32_t word = 0;
-        for (int s = 0; s < S; ++s) word |= codes[s] << (s * B);  // hand-packed
+        for (int p = 0; p < 32; ++p) word |= ((codes[code_of_bit<B>(p)] >> (p % B)) & 1u) << p;  // hand-packed
         // The inserted code may carry garbage above its width: it must be masked.
         const std::uint32_t garbage = static_cast<std::uint32_t>(rng()) << B;
         const std::uint32_t w = kvq::math::insert_code<B>(word, slot, code | (rep == 3 ? garbage : 0u));
@@ -120,13 +128,16 @@ TEST_CASE("pack<2> and pack<4> round-trip every 16-bit half word exhaustively", 
 }
 
 TEST_CASE("packed codes follow the documented bit positions", "[quant][cpu]") {
-  const std::uint32_t c2[16] = {1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3};
-  CHECK(kvq::math::pack_word<2>(c2) == 0xc0000039u);  // 01 | 10<<2 | 11<<4 | 11<<30
+  // 2-bit: slot 0 at bit 0, slot 1 at bit 8, slot 2 at bit 2, slot 9 at bit 24, slot 15 at bit 30.
+  const std::uint32_t c2[16] = {1, 2, 3, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 3};
+  CHECK(kvq::math::pack_word<2>(c2) == 0xc100020du);  // 01 | 10<<8 | 11<<2 | 01<<24 | 11<<30
   const std::uint32_t c4[8] = {0x1, 0x2, 0x3, 0x4, 0x5, 0x6, 0x7, 0xf};
   CHECK(kvq::math::pack_word<4>(c4) == 0xf7654321u);
   const std::uint32_t c8[4] = {0x01, 0xab, 0x00, 0xff};
   CHECK(kvq::math::pack_word<8>(c8) == 0xff00ab01u);
   CHECK(kvq::math::unpack_code<4>(0xf7654321u, 7) == 0xfu);
-  CHECK(kvq::math::unpack_code<2>(0xc0000039u, 15) == 3u);
+  CHECK(kvq::math::unpack_code<2>(0xc100020du, 15) == 3u);
+  CHECK(kvq::math::unpack_code<2>(0xc100020du, 9) == 1u);
+  CHECK(kvq::math::unpack_code<2>(0xc100020du, 1) == 2u);
   CHECK(kvq::math::insert_code<8>(0xff00ab01u, 2, 0x5au) == 0xff5aab01u);
 }

@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "kvq/detail/macros.hpp"
+#include "kvq/math/pack.hpp"
 #include "kvq/math/scale_traits.hpp"
 #include "kvq/spec/types.hpp"
 
@@ -202,18 +203,22 @@ KVQ_DEVICE float scale_to_float(typename math::ScaleTraits<S>::Storage s) {
 
 /// Code extraction without a shift per code. A code masked in place at mantissa bit p of a
 /// float with exponent bits 0x4B000000 reads 2^23 + c 2^p exactly. Codes are taken in
-/// windows of mantissa bits [12, 23): one shift of the word per window, then one LOP3 per
-/// code. With p >= 12, x = (step 2^-p) f + (zero - 2^(23-p) step) is the reference's
-/// zero + step c up to 2^(-1-p) step <= 2^-13 step (the float rounding of the folded zero),
-/// far below one ulp of the 16-bit result.
+/// windows of the word's bits (kWindowBits wide, moved to mantissa bits [12, 23)): one
+/// shift of the word per window, then one LOP3 per code. With p >= 12,
+/// x = (step 2^-p) f + (zero - 2^(23-p) step) is the reference's zero + step c up to
+/// 2^(-1-p) step <= 2^-13 step (the float rounding of the folded zero), far below one ulp
+/// of the 16-bit result.
 template <int Bits>
 struct CodeWindows {
   static constexpr int kSlots = 32 / Bits;
   static constexpr int kPerWindow = (11 - Bits) / Bits + 1;  ///< codes per window of 11 mantissa bits
-  /// Mantissa bit of code i after its window's shift.
-  static constexpr int position(int i) { return 12 + Bits * (i % kPerWindow); }
+  static constexpr int kWindowBits = Bits * kPerWindow;
+  static_assert(kWindowBits % Bits == 0, "codes never straddle a window");
+  /// Mantissa bit of code i after its window's shift (the code's bit in the word:
+  /// math::slot_shift, a multiple of Bits).
+  static constexpr int position(int i) { return 12 + math::slot_shift<Bits>(i) % kWindowBits; }
   /// Left shift (negative: right) that moves code i's window to bit 12.
-  static constexpr int shift(int i) { return 12 - Bits * kPerWindow * (i / kPerWindow); }
+  static constexpr int shift(int i) { return 12 - kWindowBits * (math::slot_shift<Bits>(i) / kWindowBits); }
   /// 2^-p and 2^(23-p) for code i.
   static constexpr float step_scale(int i) { return 1.0f / static_cast<float>(1u << position(i)); }
   static constexpr float zero_scale(int i) { return static_cast<float>(1u << (23 - position(i))); }
@@ -286,27 +291,22 @@ KVQ_DEVICE Lut2 make_lut2(float step, float zero) {
   return {__byte_perm(v01, v23, 0x6420), __byte_perm(v01, v23, 0x7531)};
 }
 
-/// Dequantizes a word of 16 two-bit codes (code i in bits 2i, 2i+1) by table lookups, with
-/// the tables of the groups of codes 0-7 (`t0`) and 8-15 (`t1`): out[k] holds the values of
-/// codes 2k and 2k+1. Per 16 codes: 4 masks, 4 selector IMADs, 16 PRMTs and 7 shifts (the
-/// arithmetic form takes 16 LOP3, 16 FFMA, 8 conversions and the window shifts).
+/// Dequantizes a word of 16 two-bit codes (math::slot_shift<2>: one mask per i gives the
+/// codes of slots 2i, 2i + 1, 8 + 2i, 9 + 2i, one per byte) by table lookups, with the
+/// tables of the groups of slots 0-7 (`t0`) and 8-15 (`t1`): out[k] holds the values of
+/// slots 2k and 2k+1. Per 16 codes: 4 masks, 3 shifts of the word, 4 selector IMADs, 4
+/// selector shifts and 8 PRMTs (the arithmetic form takes 16 LOP3, 16 FFMA, 8 conversions
+/// and the window shifts).
 KVQ_DEVICE void dequant_word_lut2(std::uint32_t w, Lut2 t0, Lut2 t1, std::uint32_t (&out)[8]) {
-  std::uint32_t a[4], b[4];
+  static_assert(math::slot_shift<2>(1) == 8 && math::slot_shift<2>(2) == 2 && math::slot_shift<2>(8) == 16,
+                "the 2-bit slot layout this lookup reads");
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    const std::uint32_t t = (w >> (2 * i)) & 0x03030303u;  // codes i, i + 4, i + 8, i + 12: one per byte
+    const std::uint32_t t = (w >> (2 * i)) & 0x03030303u;  // slots 2i, 2i + 1, 8 + 2i, 9 + 2i
     const std::uint32_t sel = t * 0x11u + 0x40404040u;       // per code the byte pair (c, c + 4)
-    a[i] = prmt(t0.lo, t0.hi, sel);                         // values of codes i, i + 4
-    b[i] = prmt(t1.lo, t1.hi, sel >> 16);                   // codes i + 8, i + 12
+    out[i] = prmt(t0.lo, t0.hi, sel);                       // values of slots 2i, 2i + 1
+    out[4 + i] = prmt(t1.lo, t1.hi, sel >> 16);             // slots 8 + 2i, 9 + 2i
   }
-  out[0] = __byte_perm(a[0], a[1], 0x5410);  // codes 0, 1
-  out[1] = __byte_perm(a[2], a[3], 0x5410);  // 2, 3
-  out[2] = __byte_perm(a[0], a[1], 0x7632);  // 4, 5
-  out[3] = __byte_perm(a[2], a[3], 0x7632);  // 6, 7
-  out[4] = __byte_perm(b[0], b[1], 0x5410);
-  out[5] = __byte_perm(b[2], b[3], 0x5410);
-  out[6] = __byte_perm(b[0], b[1], 0x7632);
-  out[7] = __byte_perm(b[2], b[3], 0x7632);
 }
 
 }  // namespace kvq::detail

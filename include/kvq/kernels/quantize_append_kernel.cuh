@@ -73,6 +73,7 @@
 #include "kvq/layout/cache_layout.hpp"
 #include "kvq/math/float_bits.hpp"
 #include "kvq/math/pack.hpp"
+#include "kvq/math/pack.hpp"
 #include "kvq/math/quantize.hpp"
 #include "kvq/math/scale_traits.hpp"
 #include "kvq/spec/tensor.hpp"
@@ -390,12 +391,12 @@ KVQ_HOST_DEVICE std::uint32_t fast_code_bits(float x, float zero, float inv) {
 #endif
 }
 
-/// Sum over the codes i < n of a word of kMagicBits << (Bits·i) (mod 2^32): subtracted once
-/// from the sum of fast_code_bits << (Bits·i).
+/// Sum over the codes i < n of a word of kMagicBits << slot_shift(i) (mod 2^32): subtracted
+/// once from the sum of fast_code_bits << slot_shift(i).
 template <int Bits>
 constexpr std::uint32_t magic_bias(int n) {
   std::uint32_t s = 0;
-  for (int i = 0; i < n; ++i) s += kMagicBits << (Bits * i);
+  for (int i = 0; i < n; ++i) s += kMagicBits << math::slot_shift<Bits>(i);
   return s;
 }
 template <int Bits, int N>
@@ -419,7 +420,7 @@ KVQ_HOST_DEVICE void encode_chunk(const std::uint32_t* w, bool fast, const Zr& z
     KVQ_PRAGMA_UNROLL
     for (int i = 0; i < 8; ++i) {
       const math::GroupEncoder e = zr(i);
-      out[(i * Bits) / 32] += fast_code_bits(element<kIn>(w, i), e.zero, e.inv) << ((i * Bits) % 32);
+      out[(i * Bits) / 32] += fast_code_bits(element<kIn>(w, i), e.zero, e.inv) << math::slot_shift<Bits>(i % (32 / Bits));
     }
     KVQ_PRAGMA_UNROLL
     for (int o = 0; o < kChunkOut<Bits>; ++o) out[o] -= kMagicBias<Bits, (32 / Bits < 8 ? 32 / Bits : 8)>;
@@ -428,7 +429,7 @@ KVQ_HOST_DEVICE void encode_chunk(const std::uint32_t* w, bool fast, const Zr& z
     for (int i = 0; i < 8; ++i) {
       math::GroupEncoder e = zr(i);
       e.step = step(i);
-      out[(i * Bits) / 32] |= math::encode<kLevels>(element<kIn>(w, i), e) << ((i * Bits) % 32);
+      out[(i * Bits) / 32] |= math::encode<kLevels>(element<kIn>(w, i), e) << math::slot_shift<Bits>(i % (32 / Bits));
     }
   }
 }
