@@ -4,7 +4,8 @@
 // bf16 K/V of the same shapes), measured in the same session.
 //
 //   BM_attention/<variant>/nq:<Nq>/cache:<tokens>/h:<Hq>[/hkv:<Hkv>]
-//   <variant> = <bits>_<pt|pc><group>_<correction>_d128[_sm90]  (_sm90: the Hopper kernel)
+//   <variant> = <bits>_<pt|pc><group>_<correction>_d128[_sm90r128|_sm90r192|_sm90fma]
+//   (_sm90...: the Hopper kernel with 128- or 192-row CTAs, or the correction unfolded)
 // Timing: CUDA events around one launch (UseManualTime), behind a short spin kernel.
 // Counters: TFLOP/s = 4 * B * Hq * Nq * Nkv * D / time, ms per call, cache_GB (size of the
 // packed cache, metadata included).
@@ -163,28 +164,24 @@ KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int4Pc32D128, kvq::Correction::kTaylor2
 
 int main(int argc, char** argv) {
   using namespace kvq::variants;
-  using Hopper = kvq::kernels::Sm90Config;
   // DESIGN.md section 6 shapes and one GQA shape.
   const std::vector<Shape> all = {{8192, 65536, 24, 24}, {4096, 16384, 24, 24}, {8192, 65536, 48, 8}};
-  // Hopper kernel (sm_90a; PerToken keys): what kvq::attention runs on an H100/H200.
-  add<Int2Pt128D128, Correction::kNone, Hopper>("int2_pt128_none_d128_sm90", all);
-  add<Int2Pt128D128, Correction::kTaylor2, Hopper>("int2_pt128_taylor2_d128_sm90", all);
-  add<Int4Pt128D128, Correction::kNone, Hopper>("int4_pt128_none_d128_sm90", all);
-  add<Int4Pt128D128, Correction::kTaylor2, Hopper>("int4_pt128_taylor2_d128_sm90", all);
-  // The Hopper kernel with the PerToken correction as one FMA per score (not folded).
+  // Hopper kernel (sm_90a; PerToken keys) with 128-row CTAs (kernels::Sm90Config) and
+  // 192-row CTAs (kernels::Sm90Config192); kvq::attention runs the one of
+  // kernels::Sm90DefaultConfig: r128 for 2-bit keys with a correction, r192 otherwise.
+  using C128 = kvq::kernels::Sm90Config;
+  using C192 = kvq::kernels::Sm90Config192;
+  add<Int2Pt128D128, Correction::kNone, C128>("int2_pt128_none_d128_sm90r128", all);
+  add<Int2Pt128D128, Correction::kTaylor2, C128>("int2_pt128_taylor2_d128_sm90r128", all);
+  add<Int2Pt128D128, Correction::kNone, C192>("int2_pt128_none_d128_sm90r192", all);
+  add<Int2Pt128D128, Correction::kTaylor2, C192>("int2_pt128_taylor2_d128_sm90r192", all);
+  add<Int4Pt128D128, Correction::kNone, C128>("int4_pt128_none_d128_sm90r128", all);
+  add<Int4Pt128D128, Correction::kTaylor2, C128>("int4_pt128_taylor2_d128_sm90r128", all);
+  add<Int4Pt128D128, Correction::kNone, C192>("int4_pt128_none_d128_sm90r192", all);
+  add<Int4Pt128D128, Correction::kTaylor2, C192>("int4_pt128_taylor2_d128_sm90r192", all);
+  // The PerToken correction as one FMA per score (not folded).
   const std::vector<Shape> main_shape = {{8192, 65536, 24, 24}};
   add<Int2Pt128D128, Correction::kTaylor2, kvq::kernels::Sm90ConfigT<false>>("int2_pt128_taylor2_d128_sm90fma", main_shape);
-  // Other schedules of the Hopper kernel: overlapped softmax/PV, 64-token tiles with 4 buffers.
-  const std::vector<Shape> two = {{8192, 65536, 24, 24}, {4096, 16384, 24, 24}};
-  using Ov = kvq::kernels::Sm90ConfigT<true, 128, 2, true>;
-  using N64 = kvq::kernels::Sm90ConfigT<true, 64, 4, false>;
-  using N64Ov = kvq::kernels::Sm90ConfigT<true, 64, 4, true>;
-  add<Int2Pt128D128, Correction::kNone, Ov>("int2_pt128_none_d128_sm90ov", two);
-  add<Int2Pt128D128, Correction::kTaylor2, Ov>("int2_pt128_taylor2_d128_sm90ov", two);
-  add<Int2Pt128D128, Correction::kNone, N64>("int2_pt128_none_d128_sm90n64", two);
-  add<Int2Pt128D128, Correction::kTaylor2, N64>("int2_pt128_taylor2_d128_sm90n64", two);
-  add<Int2Pt128D128, Correction::kNone, N64Ov>("int2_pt128_none_d128_sm90n64ov", two);
-  add<Int2Pt128D128, Correction::kTaylor2, N64Ov>("int2_pt128_taylor2_d128_sm90n64ov", two);
   // mma.sync kernel (every architecture; PerChannel keys run on it on Hopper too).
   add<Int2Pt128D128, Correction::kNone>("int2_pt128_none_d128", all);
   add<Int2Pt128D128, Correction::kTaylor2>("int2_pt128_taylor2_d128", all);

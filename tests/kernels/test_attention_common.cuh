@@ -175,8 +175,9 @@ bool hopper_kernel_runs_here() {
   if constexpr (!kernels::sm90_variant_supported<Layout, Mode>()) {
     return false;
   } else {
-    return kvq::detail::sm90_kernel_usable<kernels::Sm90Traits<Layout, Mode, DType::kBFloat16>>() &&
-           kvq::detail::sm90_kernel_usable<kernels::Sm90Traits<Layout, Mode, DType::kFloat16>>();
+    using C = kernels::Sm90DefaultConfig<Layout, Mode>;
+    return kvq::detail::sm90_kernel_usable<kernels::Sm90Traits<Layout, Mode, DType::kBFloat16, C>>() &&
+           kvq::detail::sm90_kernel_usable<kernels::Sm90Traits<Layout, Mode, DType::kFloat16, C>>();
   }
 }
 
@@ -196,7 +197,7 @@ void require_hopper_kernel_unless_other_device() {
 }
 
 /// Runs one case on the device (kvq::attention with tile configuration Config, or the
-/// Hopper kernel with kernels::Sm90Config) and checks it against the reference. Returns
+/// Hopper kernel with an Sm90ConfigT) and checks it against the reference. Returns
 /// the errors (also printed).
 template <class Layout, Correction Mode, class Config = typename kernels::AttentionTileHeuristic<Layout::kHeadDim>::type>
 AttentionErrors run_attention_case(const AttentionCase& tc, const char* variant_name, bool check_visible_correction = false) {
@@ -575,16 +576,15 @@ inline AttentionCase sanitizer_case(std::uint64_t seed) {
       kvq::test::require_hopper_kernel_unless_other_device<Layout, Mode>();                                           \
       return;                                                                                                         \
     }                                                                                                                 \
-    kvq::test::run_standard_attention_cases<Layout, Mode, kvq::kernels::Sm90Config>(kvq::DType::kBFloat16, Name,     \
-                                                                                    (Seed) + 3000);                  \
-    kvq::test::run_standard_attention_cases<Layout, Mode, kvq::kernels::Sm90Config>(kvq::DType::kFloat16, Name,      \
-                                                                                    (Seed) + 3500);                  \
+    using HopperConfig = kvq::kernels::Sm90DefaultConfig<Layout, Mode>;                                              \
+    kvq::test::run_standard_attention_cases<Layout, Mode, HopperConfig>(kvq::DType::kBFloat16, Name, (Seed) + 3000);  \
+    kvq::test::run_standard_attention_cases<Layout, Mode, HopperConfig>(kvq::DType::kFloat16, Name, (Seed) + 3500);   \
   }                                                                                                                   \
   TEST_CASE("Hopper attention kernel, small case for the sanitizers: " Name, "[attention][gpu][sm90][sanitize]") {   \
     if (!kvq::test::hopper_kernel_runs_here<Layout, Mode>()) {                                                        \
       kvq::test::require_hopper_kernel_unless_other_device<Layout, Mode>();                                           \
       return;                                                                                                         \
     }                                                                                                                 \
-    kvq::test::run_attention_case<Layout, Mode, kvq::kernels::Sm90Config>(kvq::test::sanitizer_case((Seed) + 50),    \
-                                                                           Name);                                     \
+    kvq::test::run_attention_case<Layout, Mode, kvq::kernels::Sm90DefaultConfig<Layout, Mode>>(                       \
+        kvq::test::sanitizer_case((Seed) + 50), Name);                                                                \
   }

@@ -376,13 +376,14 @@ template <class Layout, Correction Mode>
 }
 
 /// Which kernel attention<Layout, Mode> runs for these arguments on the current device:
-/// the Hopper kernel (kernels::Sm90Config) when it implements the variant and can run
-/// here, else the mma.sync kernel.
+/// the Hopper kernel (in its configuration kernels::Sm90DefaultConfig<Layout, Mode>) when
+/// it implements the variant and can run here, else the mma.sync kernel.
 enum class AttentionPath { kMmaSync, kSm90 };
 template <class Layout, Correction Mode>
 [[nodiscard]] AttentionPath attention_path(const Layout& layout, const AttentionArguments& a) {
   if constexpr (kernels::sm90_variant_supported<Layout, Mode>()) {
-    if (detail::can_implement_with_config<Layout, Mode, kernels::Sm90Config>(layout, a) == Status::kSuccess)
+    if (detail::can_implement_with_config<Layout, Mode, kernels::Sm90DefaultConfig<Layout, Mode>>(layout, a) ==
+        Status::kSuccess)
       return AttentionPath::kSm90;
   }
   (void)layout, (void)a;
@@ -397,7 +398,7 @@ template <class Layout, Correction Mode>
 template <class Layout, Correction Mode>
 [[nodiscard]] Status attention(const Layout& layout, const AttentionArguments& a, cudaStream_t stream) {
   if (attention_path<Layout, Mode>(layout, a) == AttentionPath::kSm90)
-    return detail::attention_with_config<Layout, Mode, kernels::Sm90Config>(layout, a, stream);
+    return detail::attention_with_config<Layout, Mode, kernels::Sm90DefaultConfig<Layout, Mode>>(layout, a, stream);
   return detail::attention_with_config<Layout, Mode, typename kernels::AttentionTileHeuristic<Layout::kHeadDim>::type>(
       layout, a, stream);
 }

@@ -1,6 +1,7 @@
 // The Hopper (sm_90a) path of the fused chunk attention: warp-specialised, warpgroup MMA.
 //
-// One CTA per (128 query rows, q head, batch entry), three warpgroups:
+// One CTA per (64 x G query rows, q head, batch entry), 1 + G warpgroups (G = 2 or 3,
+// Sm90ConfigT::kConsumerGroups):
 //   producer   (warps 0-3)   two independent halves, keys (warps 0-1) and values (warps
 //                            2-3): each copies its packed tiles of the quantized cache
 //                            (codes and per-token metadata) into a ring of shared-memory
@@ -12,20 +13,23 @@
 //                            (one thread, the copy engine swizzles; AttentionParams'
 //                            k/v_chunk_map), the rest with cp.async. Keys never wait for
 //                            the consumers' use of values or the other way round.
-//   consumers  (warps 4-11)  two warpgroups of 64 query rows: S = Q K^T (wgmma, A and B
+//   consumers  (warps 4-)    G warpgroups of 64 query rows: S = Q K^T (wgmma, A and B
 //                            from shared memory), the Jensen correction (one FMA per score
 //                            and key group), masks, online softmax in registers, O += P V
 //                            (wgmma, P from registers, V from shared memory).
 // Full/empty mbarriers per K and V buffer hand tiles from the producer to the consumers
 // and back; setmaxnreg gives the consumers the registers the producer does not need.
-// The two consumer warpgroups share the tensor cores: one computes its softmax while the
-// other's MMAs run. The PerToken Taylor corrections are one extra bf16 k16 step of the
+// The consumer warpgroups share the tensor cores: one computes its softmax while the
+// others' MMAs run. The PerToken Taylor corrections are one extra bf16 k16 step of the
 // QK MMA (rows of per-query and per-token coefficients, split hi/lo).
+// Two CTA shapes: 128 rows with 128-token tiles (Sm90Config) and 192 rows with 64-token
+// tiles (Sm90Config192: each dequantized tile serves 1.5x the rows; the registers of three
+// consumer warpgroups leave room for 64-token score tiles only). kvq::attention runs the
+// one of Sm90DefaultConfig.
 //
-// Supported here: PerToken keys (2- or 4-bit codes, group size >= 8, a shared-memory plan
-// within 227 KB) with corrections None, Taylor2,
-// Taylor4; head dim 64 or 128; bf16 or fp16. kvq::attention falls back to the mma.sync
-// kernel for the other variants.
+// Supported here: PerToken keys (2- or 4-bit codes, group size >= 8, shared-memory plans
+// within 227 KB) with corrections None, Taylor2, Taylor4; head dim 64 or 128; bf16 or
+// fp16. kvq::attention falls back to the mma.sync kernel for the other variants.
 #pragma once
 
 #include <cstdint>
@@ -59,6 +63,18 @@ struct Sm90ConfigT {
   static constexpr int kConsumerGroups = ConsumerGroups;
 };
 using Sm90Config = Sm90ConfigT<>;
+/// CTAs of 192 query rows (three consumer warpgroups) with 64-token tiles and 4 buffers.
+using Sm90Config192 = Sm90ConfigT<true, 64, 4, false, 3>;
+
+/// The configuration kvq::attention runs on the Hopper kernel for a variant, chosen by
+/// measurement on the H200 (benchmarks/RESULTS.md): 192-row CTAs dequantize each tile
+/// once for 1.5x the query rows, which pays where the dequantization or nothing else
+/// limits (None: +3 %; 4-bit keys and values with Taylor2: +5 %); with 2-bit keys and a
+/// correction both run at the same speed and 128-row CTAs keep the folded correction's
+/// overhead lower (1.8 % against 4.3 % over None).
+template <class Layout, Correction Mode>
+using Sm90DefaultConfig =
+    std::conditional_t<Layout::KSpec::kBits == 2 && Mode != Correction::kNone, Sm90Config, Sm90Config192>;
 
 template <class T>
 struct IsSm90Config : std::false_type {};
@@ -157,7 +173,8 @@ struct Sm90Plan {
 /// Whether the Hopper kernel implements a (layout, correction) pair: PerToken keys, not
 /// Exact, head dim 64 or 128, 2- or 4-bit codes (8-bit caches run on the mma.sync
 /// kernel: at D 128 their plan does not fit, and that path is not tested on the Hopper
-/// kernel), and a shared-memory plan of the default configuration within 227 KB.
+/// kernel), and shared-memory plans of both CTA shapes (Sm90Config, Sm90Config192)
+/// within 227 KB.
 template <class Layout, Correction Mode>
 constexpr bool sm90_variant_supported() {
   using K = typename Layout::KSpec;
@@ -167,7 +184,7 @@ constexpr bool sm90_variant_supported() {
                           V::kGroupSize >= 8 && (32 / K::kBits) % 8 == 0 && (32 / V::kBits) % 8 == 0 &&
                           (kD * K::kBits) % 128 == 0 && (kD * V::kBits) % 128 == 0;
   if constexpr (kShape) {
-    return Sm90Plan<Layout, Mode, Sm90Config>::kFits;
+    return Sm90Plan<Layout, Mode, Sm90Config>::kFits && Sm90Plan<Layout, Mode, Sm90Config192>::kFits;
   } else {
     return false;
   }
