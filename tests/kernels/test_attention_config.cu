@@ -64,7 +64,8 @@ TEST_CASE("Hopper attention kernel, other schedules", "[attention][gpu][config][
   }
 }
 
-// Both CTA shapes for variants whose default is the other one (kernels::Sm90DefaultConfig).
+// The 128-row CTA shape (the variants' tests run the default, kernels::Sm90DefaultConfig:
+// 192 rows).
 TEST_CASE("Hopper attention kernel, 128- and 192-row CTAs", "[attention][gpu][config][sm90]") {
   using L2 = kvq::variants::Int2Pt128D128;
   using L4 = kvq::variants::Int4Pt128D128;
@@ -72,14 +73,13 @@ TEST_CASE("Hopper attention kernel, 128- and 192-row CTAs", "[attention][gpu][co
     kvq::test::require_hopper_kernel_unless_other_device<L2, kvq::Correction::kTaylor2>();
     return;
   }
-  STATIC_REQUIRE(std::is_same_v<kvq::kernels::Sm90DefaultConfig<L2, kvq::Correction::kTaylor2>, kvq::kernels::Sm90Config>);
-  STATIC_REQUIRE(std::is_same_v<kvq::kernels::Sm90DefaultConfig<L2, kvq::Correction::kNone>, kvq::kernels::Sm90Config192>);
+  STATIC_REQUIRE(std::is_same_v<kvq::kernels::Sm90DefaultConfig<L2, kvq::Correction::kTaylor2>, kvq::kernels::Sm90Config192>);
   STATIC_REQUIRE(std::is_same_v<kvq::kernels::Sm90DefaultConfig<L4, kvq::Correction::kTaylor2>, kvq::kernels::Sm90Config192>);
-  SECTION("192 rows: int2 taylor2") {
-    run_config_cases<L2, kvq::Correction::kTaylor2, kvq::kernels::Sm90Config192>("sm90 192 int2 t2", 845001);
+  SECTION("128 rows: int2 taylor2") {
+    run_config_cases<L2, kvq::Correction::kTaylor2, kvq::kernels::Sm90Config>("sm90 128 int2 t2", 845001);
   }
-  SECTION("192 rows: int2 taylor4") {
-    run_config_cases<L2, kvq::Correction::kTaylor4, kvq::kernels::Sm90Config192>("sm90 192 int2 t4", 846001);
+  SECTION("128 rows: int2 taylor4") {
+    run_config_cases<L2, kvq::Correction::kTaylor4, kvq::kernels::Sm90Config>("sm90 128 int2 t4", 846001);
   }
   SECTION("128 rows: int2 none") {
     run_config_cases<L2, kvq::Correction::kNone, kvq::kernels::Sm90Config>("sm90 128 int2 none", 847001);
@@ -98,8 +98,8 @@ TEST_CASE("Hopper attention kernel, other schedules, small case for the sanitize
       kvq::test::sanitizer_case(843001), "sm90 ov");
   kvq::test::run_attention_case<L, kvq::Correction::kTaylor2, kvq::kernels::Sm90ConfigT<true, 64, 4, true>>(
       kvq::test::sanitizer_case(844001), "sm90 n64 ov");
-  kvq::test::run_attention_case<L, kvq::Correction::kTaylor2, kvq::kernels::Sm90Config192>(kvq::test::sanitizer_case(849001),
-                                                                                          "sm90 192 int2 t2");
+  kvq::test::run_attention_case<L, kvq::Correction::kTaylor2, kvq::kernels::Sm90Config>(kvq::test::sanitizer_case(849001),
+                                                                                       "sm90 128 int2 t2");
 }
 
 TEST_CASE("attention with non-default configurations refuses bad arguments", "[attention][gpu][config][api]") {
@@ -110,8 +110,8 @@ TEST_CASE("attention with non-default configurations refuses bad arguments", "[a
   KVQ_REQUIRE_REFUSALS(hopper_fma);
   const auto hopper_ov = kvq::test::refusal_statuses<L, kvq::Correction::kTaylor2, kvq::kernels::Sm90ConfigT<true, 128, 2, true>>();
   KVQ_REQUIRE_REFUSALS(hopper_ov);
-  const auto hopper_192 = kvq::test::refusal_statuses<L, kvq::Correction::kTaylor2, kvq::kernels::Sm90Config192>();
-  KVQ_REQUIRE_REFUSALS(hopper_192);
+  const auto hopper_128 = kvq::test::refusal_statuses<L, kvq::Correction::kTaylor2, kvq::kernels::Sm90Config>();
+  KVQ_REQUIRE_REFUSALS(hopper_128);
   // A variant the Hopper kernel does not implement is refused as such, whatever the arguments.
   const auto pc = kvq::test::refusal_statuses<kvq::variants::Int2Pc32D128, kvq::Correction::kTaylor2, kvq::kernels::Sm90Config>();
   REQUIRE(pc.null_q == kvq::Status::kErrorNotSupported);

@@ -67,14 +67,12 @@ using Sm90Config = Sm90ConfigT<>;
 using Sm90Config192 = Sm90ConfigT<true, 64, 4, false, 3>;
 
 /// The configuration kvq::attention runs on the Hopper kernel for a variant, chosen by
-/// measurement on the H200 (benchmarks/RESULTS.md): 192-row CTAs dequantize each tile
-/// once for 1.5x the query rows, which pays where the dequantization or nothing else
-/// limits (None: +3 %; 4-bit keys and values with Taylor2: +5 %); with 2-bit keys and a
-/// correction both run at the same speed and 128-row CTAs keep the folded correction's
-/// overhead lower (1.8 % against 4.3 % over None).
+/// measurement on the H200 (benchmarks/RESULTS.md): 192-row CTAs, which dequantize each
+/// tile once for 1.5x the query rows, ran every benchmarked variant faster (INT2
+/// PerToken None / Taylor2 +3 % / +1 %, INT4 +2 % / +5 % at 8192/65536). A per-variant
+/// choice stays possible here.
 template <class Layout, Correction Mode>
-using Sm90DefaultConfig =
-    std::conditional_t<Layout::KSpec::kBits == 2 && Mode != Correction::kNone, Sm90Config, Sm90Config192>;
+using Sm90DefaultConfig = Sm90Config192;
 
 template <class T>
 struct IsSm90Config : std::false_type {};
@@ -119,8 +117,10 @@ struct Sm90Plan {
   /// Registers per thread at launch (the launch bound: 65536 over the threads, in 8s), then
   /// moved by setmaxnreg from the producer to the consumers.
   static constexpr int kLaunchRegs = (65536 / kThreads) / 8 * 8;
-  static constexpr int kProducerRegs = kConsumerGroups == 2 ? 88 : 72;
-  static constexpr int kConsumerRegs = kConsumerGroups == 2 ? 208 : 144;
+  static constexpr int kProducerRegs = 88;
+  // 192-row CTAs: 88/136 leaves every instantiation without spills (72/144 spilled 8
+  // bytes in INT4 None, 80/144 in INT4 Taylor2) and measured faster with corrections.
+  static constexpr int kConsumerRegs = kConsumerGroups == 2 ? 208 : 136;
   static_assert(kProducerRegs * 128 + kConsumerRegs * 128 * kConsumerGroups <= kLaunchRegs * kThreads, "register pool");
 
   // ---- packed tiles ------------------------------------------------------------------------
