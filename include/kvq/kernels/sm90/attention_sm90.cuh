@@ -56,6 +56,8 @@ struct Sm90ConfigT {
   static_assert(TileN == 64 || TileN == 128, "TileN must be 64 or 128");
   static_assert(Stages >= 2 && Stages <= 4, "Stages must be in [2, 4]");
   static_assert(ConsumerGroups == 2 || ConsumerGroups == 3, "ConsumerGroups must be 2 or 3");
+  static_assert(ConsumerGroups == 2 || (TileN == 64 && !Overlap),
+                "192-row CTAs take 64-token tiles (the consumers' 136 registers) and the default schedule");
   static constexpr bool kFold = Fold;
   static constexpr int kTileN = TileN;
   static constexpr int kStages = Stages;
