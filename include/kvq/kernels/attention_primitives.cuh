@@ -213,7 +213,14 @@ struct CodeWindows {
   static constexpr int kSlots = 32 / Bits;
   static constexpr int kPerWindow = (11 - Bits) / Bits + 1;  ///< codes per window of 11 mantissa bits
   static constexpr int kWindowBits = Bits * kPerWindow;
-  static_assert(kWindowBits % Bits == 0, "codes never straddle a window");
+  /// Every code's bit offset is a multiple of Bits (as the window width is): no code
+  /// straddles two windows.
+  static constexpr bool codes_aligned() {
+    for (int i = 0; i < kSlots; ++i)
+      if (math::slot_shift<Bits>(i) % Bits != 0) return false;
+    return true;
+  }
+  static_assert(codes_aligned(), "codes never straddle a window");
   /// Mantissa bit of code i after its window's shift (the code's bit in the word:
   /// math::slot_shift, a multiple of Bits).
   static constexpr int position(int i) { return 12 + math::slot_shift<Bits>(i) % kWindowBits; }
@@ -268,9 +275,6 @@ KVQ_DEVICE void dequant_word(std::uint32_t w, const SlotStep& sstep, const SlotZ
   for (int k = 0; k < kP / 2; ++k) out[k] = Ops::pack(x[2 * k], x[2 * k + 1]);
 }
 
-/// The four values of a 2-bit group, fma(step, c, zero) rounded once to T for c = 0..3
-/// (the reference's formula), as two byte planes for PRMT: byte c of `lo` is the low byte
-/// of value c, byte c of `hi` its high byte.
 /// PRMT with a selector whose nibbles are known to be below 8 (the default mode, no sign
 /// replication): __byte_perm would mask every selector with 0x7777 first, one more
 /// instruction per lookup.
@@ -280,6 +284,9 @@ KVQ_DEVICE std::uint32_t prmt(std::uint32_t a, std::uint32_t b, std::uint32_t se
   return r;
 }
 
+/// The four values of a 2-bit group, fma(step, c, zero) rounded once to T for c = 0..3
+/// (the reference's formula), as two byte planes for PRMT: byte c of `lo` is the low byte
+/// of value c, byte c of `hi` its high byte.
 struct Lut2 {
   std::uint32_t lo, hi;
 };

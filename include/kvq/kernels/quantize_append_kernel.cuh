@@ -73,7 +73,6 @@
 #include "kvq/layout/cache_layout.hpp"
 #include "kvq/math/float_bits.hpp"
 #include "kvq/math/pack.hpp"
-#include "kvq/math/pack.hpp"
 #include "kvq/math/quantize.hpp"
 #include "kvq/math/scale_traits.hpp"
 #include "kvq/spec/tensor.hpp"

@@ -315,6 +315,20 @@ KVQ_DEVICE void issue_plain(const AttentionParams<typename Tr::Layout>& p, const
   }
 }
 
+/// 16 bytes (chunk `chunk`: 8 channels) of token `tok`'s row of a swizzled 16-bit tile.
+template <class Tr>
+KVQ_DEVICE void store_chunk(unsigned char* tile, int tok, int chunk, const std::uint32_t* v) {
+  *reinterpret_cast<uint4*>(tile + sw128_offset<Tr::kTileN>(tok, chunk)) = make_uint4(v[0], v[1], v[2], v[3]);
+}
+
+/// Token `tok`'s B row of the folded correction (`rows`: the K buffer's fold rows; fold[i]
+/// holds bf16 columns 2i, 2i + 1).
+KVQ_DEVICE void store_fold_row(float* rows, int tok, const std::uint32_t (&fold)[8]) {
+  auto* row = reinterpret_cast<unsigned char*>(rows);
+  *reinterpret_cast<uint4*>(row + kvq::detail::fold_offset(tok, 0)) = make_uint4(fold[0], fold[1], fold[2], fold[3]);
+  *reinterpret_cast<uint4*>(row + kvq::detail::fold_offset(tok, 8)) = make_uint4(fold[4], fold[5], fold[6], fold[7]);
+}
+
 /// Dequantizes token `tok` of a PerToken tensor (codes and metadata in a ring slot) into a
 /// 16-bit tile buffer. With kCoefficients (keys with a correction) it also writes the
 /// token's correction coefficients kc2[g][tok] = -step^2 (kc4 = step^4) of each group.
@@ -355,12 +369,7 @@ KVQ_DEVICE void dequant_token(const std::uint32_t* codes, const math::GroupMeta<
       }
     }
   }
-  if constexpr (kCoefficients && Tr::kFold) {
-    // kc2 points at the buffer's B rows of the fold.
-    auto* row = reinterpret_cast<unsigned char*>(kc2);
-    *reinterpret_cast<uint4*>(row + kvq::detail::fold_offset(tok, 0)) = make_uint4(fold[0], fold[1], fold[2], fold[3]);
-    *reinterpret_cast<uint4*>(row + kvq::detail::fold_offset(tok, 8)) = make_uint4(fold[4], fold[5], fold[6], fold[7]);
-  }
+  if constexpr (kCoefficients && Tr::kFold) store_fold_row(kc2, tok, fold);  // kc2: the buffer's fold rows
   if constexpr (kB == 2) {
     // Table lookups (PRMT) per group: two 16-byte chunks of output per word.
     kvq::detail::Lut2 lut[kGroups];
@@ -371,38 +380,23 @@ KVQ_DEVICE void dequant_token(const std::uint32_t* codes, const math::GroupMeta<
       std::uint32_t out[8];
       kvq::detail::dequant_word_lut2(src[i], lut[(16 * i) / kG], lut[(16 * i + 8) / kG], out);
 #pragma unroll
-      for (int q = 0; q < 2; ++q)
-        *reinterpret_cast<uint4*>(tile + sw128_offset<Tr::kTileN>(tok, 2 * i + q)) =
-            make_uint4(out[4 * q], out[4 * q + 1], out[4 * q + 2], out[4 * q + 3]);
+      for (int q = 0; q < 2; ++q) store_chunk<Tr>(tile, tok, 2 * i + q, out + 4 * q);
     }
-    return;
-  }
-  // Words in batches of 16 bytes of 16-bit output: kP codes -> kP/8 chunks.
-  static_assert(kP >= 8, "2- and 4-bit codes (sm90_variant_supported)");
-  constexpr int kWordsPerBatch = 1;
+  } else {
+    // Arithmetic form, one word (kP codes: kP/8 chunks of output) at a time.
+    static_assert(kP >= 8, "2- and 4-bit codes (sm90_variant_supported)");
 #pragma unroll
-  for (int i0 = 0; i0 < kWords; i0 += kWordsPerBatch) {
-    std::uint32_t out[kWordsPerBatch * kP / 2];
-#pragma unroll
-    for (int j = 0; j < kWordsPerBatch; ++j) {
-      const int i = i0 + j;
-      std::uint32_t part[kP / 2];
+    for (int i = 0; i < kWords; ++i) {
+      std::uint32_t out[kP / 2];
       kvq::detail::dequant_word<kB, Tr::kElement>(
           src[i], [&](int k) { return kvq::detail::slot_step<kB>(k, step[(i * kP + k) / kG]); },
           [&](int k) {
             const int g = (i * kP + k) / kG;
             return kvq::detail::slot_zero<kB>(k, step[g], zero[g]);
           },
-          part);
+          out);
 #pragma unroll
-      for (int k = 0; k < kP / 2; ++k) out[j * (kP / 2) + k] = part[k];
-    }
-    constexpr int kChunks = kWordsPerBatch * kP / 8;
-#pragma unroll
-    for (int q = 0; q < kChunks; ++q) {
-      const int chunk = (i0 * kP) / 8 + q;
-      *reinterpret_cast<uint4*>(tile + sw128_offset<Tr::kTileN>(tok, chunk)) =
-          make_uint4(out[4 * q], out[4 * q + 1], out[4 * q + 2], out[4 * q + 3]);
+      for (int q = 0; q < kP / 8; ++q) store_chunk<Tr>(tile, tok, i * (kP / 8) + q, out + 4 * q);
     }
   }
 }
@@ -412,13 +406,11 @@ KVQ_DEVICE void dequant_token(const std::uint32_t* codes, const math::GroupMeta<
 /// zero row keeps P V finite).
 template <class Tr, bool kCoefficients>
 KVQ_DEVICE void zero_token(unsigned char* tile, float* kc2, float* kc4, int tok) {
+  const std::uint32_t zeros[8] = {0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};
 #pragma unroll
-  for (int ch = 0; ch < Tr::kChunksPerRow; ++ch)
-    *reinterpret_cast<uint4*>(tile + sw128_offset<Tr::kTileN>(tok, ch)) = make_uint4(0u, 0u, 0u, 0u);
+  for (int ch = 0; ch < Tr::kChunksPerRow; ++ch) store_chunk<Tr>(tile, tok, ch, zeros);
   if constexpr (kCoefficients && Tr::kFold) {
-    auto* row = reinterpret_cast<unsigned char*>(kc2);
-    *reinterpret_cast<uint4*>(row + kvq::detail::fold_offset(tok, 0)) = make_uint4(0u, 0u, 0u, 0u);
-    *reinterpret_cast<uint4*>(row + kvq::detail::fold_offset(tok, 8)) = make_uint4(0u, 0u, 0u, 0u);
+    store_fold_row(kc2, tok, zeros);
   } else if constexpr (kCoefficients) {
 #pragma unroll
     for (int g = 0; g < Tr::kKGroupsPerToken; ++g) {
@@ -777,8 +769,8 @@ KVQ_DEVICE void consume_overlapped(const AttentionParams<typename Tr::Layout>& p
 /// One consumer warpgroup's loop over the CTA's tiles (wg: 0 .. kConsumerGroups - 1, cw: warp
 /// among the consumer warps, i.e. rows 16 cw .. 16 cw + 15 of the CTA). Per tile: S = Q K^T
 /// (+ the folded correction), the K buffer released, masks, online softmax, O += P V, the
-/// V buffer released. The two warpgroups are not synchronised with each other: one's MMAs
-/// run while the other computes its softmax. (Measured slower: FA3-style turns between the
+/// V buffer released. The warpgroups are not synchronised with each other: one's MMAs run
+/// while another computes its softmax. (Measured slower: FA3-style turns between the
 /// warpgroups, and issuing the PV MMA of tile n-1 with the QK MMA of tile n.)
 template <class Tr>
 KVQ_DEVICE void consume(const AttentionParams<typename Tr::Layout>& p, const detail::CtaContext<Tr>& c, const Smem<Tr>& sm,
