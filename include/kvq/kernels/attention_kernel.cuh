@@ -27,31 +27,28 @@ template <class Tr, bool kMasked>
 KVQ_DEVICE void compute_quantized_tile(const AttentionParams<typename Tr::Layout>& p, const CtaContext<Tr>& c,
                                        WarpState<Tr>& st, int n, int buf, int warp, int lane) {
   if constexpr (Tr::kCorrectionMma) {
-    if (n % Tr::kSubTiles == 0) {
-      stage_correction_mma<Tr>(st, c, n / Tr::kSubTiles, lane);
-      fold_stage_fragment<Tr>(st);
-    }
+    if (n % Tr::kSubTiles == 0) stage_correction_mma<Tr>(st, c, n / Tr::kSubTiles, lane);
   } else if constexpr (Tr::kCorrectionExact) {
-    if (n % Tr::kSubTiles == 0) {
-      stage_correction_exact<Tr>(st, p, c, n / Tr::kSubTiles, warp, lane);
-      fold_stage_fragment<Tr>(st);
-    }
+    if (n % Tr::kSubTiles == 0) stage_correction_exact<Tr>(st, p, c, n / Tr::kSubTiles, warp, lane);
   }
   const std::uint32_t k_tile = smem_u32(c.kv_buffer(buf));
   float s[Tr::kNTiles][4];
   qk_scores<Tr>(st, k_tile, lane, s);
   if constexpr (Tr::kFoldPerToken) {
     fold_correction<Tr>(st, smem_u32(c.smem + Tr::kOffFold + buf * Tr::kFoldTileBytes), lane, s);
-  } else if constexpr (Tr::kFoldPerChannel) {
-    fold_correction<Tr>(st, smem_u32(c.smem + Tr::kOffFold + (n % Tr::kSubTiles) * Tr::kFoldTileBytes), lane, s);
   } else {
     correct_per_token<Tr>(st, c, buf, lane, s);
-    correct_per_channel<Tr>(st, n, lane, s);
   }
   if constexpr (kMasked) mask_columns<Tr>(static_cast<int>(c.qlen - static_cast<std::int64_t>(n) * Tr::kTileN), lane, s);
   float rowsum[2];
   const bool track_mass = p.mass != nullptr;
-  softmax_update<Tr>(st, p.scale_log2, track_mass, s, rowsum);
+  if constexpr (!Tr::kKeyPerToken && Tr::kCorrect) {
+    // PerChannel keys: the correction is constant over each key group's columns, a bias of
+    // the softmax (one FADD and one FFMA per row and group, none per score).
+    softmax_update<Tr>(st, p.scale_log2, track_mass, s, rowsum, channel_bias<Tr>(st, n, lane));
+  } else {
+    softmax_update<Tr>(st, p.scale_log2, track_mass, s, rowsum);
+  }
   if (track_mass) add_segment_mass<Tr>(st, true, 0, c.tlen, rowsum, s, lane);
   pv_accumulate<Tr>(st, k_tile + Tr::kTileBytes, lane, s);
 }

@@ -363,10 +363,8 @@ KVQ_DEVICE void dequant_tile(const CtaContext<Tr>& c, int m, int buf, int tid) {
   }
 }
 
-/// Initialises the fold tiles before the first barrier: PerToken keys, zeros (columns past
-/// the used ones stay 0); PerChannel keys, the group indicators of each sub-tile of a stage
-/// (token t of sub-tile u is in stage group gamma = (u TileN + t) / G: columns gamma (hi)
-/// and 8 + gamma (lo) are 1).
+/// Zeroes the fold tiles (PerToken keys) before the first barrier: the columns past the
+/// used ones stay 0.
 template <class Tr>
 KVQ_DEVICE void init_fold_tiles(const CtaContext<Tr>& c, int tid) {
   if constexpr (Tr::kFold) {
@@ -375,21 +373,8 @@ KVQ_DEVICE void init_fold_tiles(const CtaContext<Tr>& c, int tid) {
     for (int r = tid; r < kRows; r += Tr::kThreads) {
       unsigned char* tile = c.smem + Tr::kOffFold + (r / Tr::kTileN) * Tr::kFoldTileBytes;
       const int row = r % Tr::kTileN;
-      std::uint32_t w[8] = {0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};  // columns 2i, 2i+1 in w[i]
-      if constexpr (Tr::kFoldPerChannel) {
-        const int gamma = ((r / Tr::kTileN) * Tr::kTileN + row) / Tr::kKeyGroup;
-        constexpr std::uint32_t kOne = 0x3F80u;  // bf16 1.0
 #pragma unroll
-        for (int i = 0; i < 8; ++i) {
-          const int c0 = 2 * i;
-          const std::uint32_t lo = (c0 % 8 == gamma) ? kOne : 0u;
-          const std::uint32_t hi = ((c0 + 1) % 8 == gamma) ? kOne : 0u;
-          w[i] = lo | (hi << 16);
-        }
-      }
-#pragma unroll
-      for (int h = 0; h < 2; ++h)
-        *reinterpret_cast<uint4*>(tile + kvq::detail::fold_offset(row, 8 * h)) = make_uint4(w[4 * h], w[4 * h + 1], w[4 * h + 2], w[4 * h + 3]);
+      for (int h = 0; h < 2; ++h) *reinterpret_cast<uint4*>(tile + kvq::detail::fold_offset(row, 8 * h)) = make_uint4(0u, 0u, 0u, 0u);
     }
   } else {
     (void)c, (void)tid;

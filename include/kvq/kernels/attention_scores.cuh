@@ -21,6 +21,18 @@ using kvq::detail::ldsm_x4;
 using kvq::detail::neg_inf;
 using kvq::detail::quad_sum;
 
+/// A per-row bias of the scores constant over blocks of columns: PerChannel keys subtract
+/// the correction of each key group from the scores of its tokens, and a tile's columns
+/// split into kBlocks equal runs of n8 tiles, one group each. NoBias: none.
+template <int kBlocks_>
+struct ColumnBias {
+  static constexpr int kBlocks = kBlocks_;
+  float sub[2][kBlocks_];  ///< subtracted from the scores of rows (g, g + 8), block b
+};
+struct NoBias {
+  static constexpr int kBlocks = 0;
+};
+
 /// Registers of one warp: Q fragments, the output accumulator, the online-softmax state
 /// of its two rows per lane, per-segment mass, and the correction coefficients.
 template <class Tr>
@@ -33,7 +45,7 @@ struct WarpState {
   float r2[2][Tr::kKGroupsPerToken];  ///< PerToken: scale/24 * sum q^2 over each key group
   float r4[2][Tr::kKGroupsPerToken];  ///< PerToken Taylor4: scale^3/2880 * sum q^4
   float corr[4];    ///< PerChannel: raw correction of rows (g, g+8) x stage groups (2t, 2t+1)
-  std::uint32_t fa[4];  ///< folded correction: the A fragment (bf16) of the extra k16 step
+  std::uint32_t fa[4];  ///< PerToken folded correction: the A fragment (bf16) of the extra k16 step
 
   KVQ_DEVICE void init() {
 #pragma unroll
@@ -148,19 +160,6 @@ KVQ_DEVICE void fold_correction(const WarpState<Tr>& st, std::uint32_t fold_tile
     ldsm_x4(fold_tile + off + np * 16 * 32, b);
     B::mma(s[2 * np], st.fa, b[0], b[1]);
     B::mma(s[2 * np + 1], st.fa, b[2], b[3]);
-  }
-}
-
-/// PerChannel keys, fold: the A fragment from the stage's corrections (column gamma: hi,
-/// 8 + gamma: lo of -corr); the lane's own C-fragment columns (2t, 2t+1) are exactly the A
-/// columns it holds.
-template <class Tr>
-KVQ_DEVICE void fold_stage_fragment(WarpState<Tr>& st) {
-  if constexpr (Tr::kFoldPerChannel) {
-    kvq::detail::split_bf16(-st.corr[0], -st.corr[1], st.fa[0], st.fa[2]);
-    kvq::detail::split_bf16(-st.corr[2], -st.corr[3], st.fa[1], st.fa[3]);
-  } else {
-    (void)st;
   }
 }
 
@@ -326,31 +325,23 @@ KVQ_DEVICE void stage_correction_exact(WarpState<Tr>& st, const AttentionParams<
   }
 }
 
-/// PerChannel keys: s -= corr of the stage group of each score's token.
+/// PerChannel keys: the corrections of tile `tile`'s key groups for the lane's two rows,
+/// as a softmax bias (one block of columns per group; each lane holds groups (2t, 2t+1) of
+/// the stage, so each value comes from the quad lane of its group).
 template <class Tr>
-KVQ_DEVICE void correct_per_channel(const WarpState<Tr>& st, int tile, int lane, float (&s)[Tr::kNTiles][4]) {
-  if constexpr (!Tr::kKeyPerToken && Tr::kCorrect) {
-    constexpr int kG = Tr::KSpec::kGroupSize;
-    const int u = tile % Tr::kSubTiles;
+KVQ_DEVICE ColumnBias<Tr::kGroupsPerTile> channel_bias(const WarpState<Tr>& st, int tile, int lane) {
+  constexpr int kG = Tr::KSpec::kGroupSize;
+  const int u = tile % Tr::kSubTiles;
+  ColumnBias<Tr::kGroupsPerTile> bias;
 #pragma unroll
-    for (int gs = 0; gs < Tr::kGroupsPerTile; ++gs) {
-      const int gamma = Tr::kTileN >= kG ? u * Tr::kGroupsPerTile + gs : (u * Tr::kTileN) / kG;
-      const int src = (lane & ~3) | (gamma >> 1);
-      const bool odd = gamma & 1;
-      const float c0 = __shfl_sync(0xffffffffu, odd ? st.corr[1] : st.corr[0], src);
-      const float c1 = __shfl_sync(0xffffffffu, odd ? st.corr[3] : st.corr[2], src);
-      constexpr int kTilesPerGroup = Tr::kTileN >= kG ? kG / 8 : Tr::kNTiles;
-#pragma unroll
-      for (int nt = gs * kTilesPerGroup; nt < (gs + 1) * kTilesPerGroup; ++nt) {
-        s[nt][0] -= c0;
-        s[nt][1] -= c0;
-        s[nt][2] -= c1;
-        s[nt][3] -= c1;
-      }
-    }
-  } else {
-    (void)st, (void)tile, (void)lane, (void)s;
+  for (int gs = 0; gs < Tr::kGroupsPerTile; ++gs) {
+    const int gamma = Tr::kTileN >= kG ? u * Tr::kGroupsPerTile + gs : (u * Tr::kTileN) / kG;
+    const int src = (lane & ~3) | (gamma >> 1);
+    const bool odd = gamma & 1;
+    bias.sub[0][gs] = __shfl_sync(0xffffffffu, odd ? st.corr[1] : st.corr[0], src);
+    bias.sub[1][gs] = __shfl_sync(0xffffffffu, odd ? st.corr[3] : st.corr[2], src);
   }
+  return bias;
 }
 
 /// Masks the scores of tile columns at or past `valid` (quantized tiles: past the

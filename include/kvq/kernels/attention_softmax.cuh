@@ -12,22 +12,33 @@ namespace kvq::kernels::detail {
 using kvq::detail::ex2;
 using kvq::detail::ldsm_x4_trans;
 
-/// Folds one tile of raw scores into the running max and sum of both rows of the lane; on
-/// return s holds the weights 2^((s - m) scale log2e) (0 for -inf scores), rowsum their
-/// per-lane partial sums and factor the rescale of the rows' earlier output (1 when the
-/// max did not move), which the caller applies with rescale_output.
+/// Folds one tile of raw scores (minus `bias`) into the running max and sum of both rows
+/// of the lane; on return s holds the weights 2^((s - bias - m) scale log2e) (0 for -inf
+/// scores), rowsum their per-lane partial sums and factor the rescale of the rows' earlier
+/// output (1 when the max did not move), which the caller applies with rescale_output. The
+/// bias costs one FADD and one FFMA per row and block: the max is taken per block first,
+/// and the bias enters each block's exponent base.
 ///
 /// A row that has seen only -inf keeps max -inf and uses 0 as its exponent base, so no
 /// inf - inf appears; its weights and sum stay 0.
-template <class Tr>
+template <class Tr, class Bias = NoBias>
 KVQ_DEVICE void softmax_weights(WarpState<Tr>& st, float sl2, bool track_mass, float (&s)[Tr::kNTiles][4],
-                                float (&rowsum)[2], float (&factor)[2]) {
+                                float (&rowsum)[2], float (&factor)[2], const Bias& bias = Bias{}) {
+  constexpr int kBlocks = Bias::kBlocks > 0 ? Bias::kBlocks : 1;
+  constexpr int kPerBlock = Tr::kNTiles / kBlocks;
+  static_assert(Tr::kNTiles % kBlocks == 0, "bias blocks of whole n8 tiles");
   float base[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     float mx = neg_inf();
 #pragma unroll
-    for (int nt = 0; nt < Tr::kNTiles; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * h], s[nt][2 * h + 1]));
+    for (int b = 0; b < kBlocks; ++b) {
+      float mb = neg_inf();
+#pragma unroll
+      for (int nt = b * kPerBlock; nt < (b + 1) * kPerBlock; ++nt) mb = fmaxf(mb, fmaxf(s[nt][2 * h], s[nt][2 * h + 1]));
+      if constexpr (Bias::kBlocks > 0) mb -= bias.sub[h][b];
+      mx = b == 0 ? mb : fmaxf(mx, mb);
+    }
     mx = kvq::detail::quad_max(mx);
     const float m_new = fmaxf(st.m[h], mx);
     base[h] = m_new == neg_inf() ? 0.0f : m_new * sl2;
@@ -45,10 +56,15 @@ KVQ_DEVICE void softmax_weights(WarpState<Tr>& st, float sl2, bool track_mass, f
   for (int h = 0; h < 2; ++h) {
     float sum = 0.0f;
 #pragma unroll
-    for (int nt = 0; nt < Tr::kNTiles; ++nt) {
-      s[nt][2 * h] = ex2(__fmaf_rn(s[nt][2 * h], sl2, -base[h]));
-      s[nt][2 * h + 1] = ex2(__fmaf_rn(s[nt][2 * h + 1], sl2, -base[h]));
-      sum += s[nt][2 * h] + s[nt][2 * h + 1];
+    for (int b = 0; b < kBlocks; ++b) {
+      float nb = -base[h];
+      if constexpr (Bias::kBlocks > 0) nb = __fmaf_rn(-bias.sub[h][b], sl2, nb);
+#pragma unroll
+      for (int nt = b * kPerBlock; nt < (b + 1) * kPerBlock; ++nt) {
+        s[nt][2 * h] = ex2(__fmaf_rn(s[nt][2 * h], sl2, nb));
+        s[nt][2 * h + 1] = ex2(__fmaf_rn(s[nt][2 * h + 1], sl2, nb));
+        sum += s[nt][2 * h] + s[nt][2 * h + 1];
+      }
     }
     rowsum[h] = sum;
     st.l[h] += sum;
@@ -71,10 +87,11 @@ KVQ_DEVICE void rescale_output(WarpState<Tr>& st, const float (&factor)[2]) {
 }
 
 /// softmax_weights and rescale_output of one tile.
-template <class Tr>
-KVQ_DEVICE void softmax_update(WarpState<Tr>& st, float sl2, bool track_mass, float (&s)[Tr::kNTiles][4], float (&rowsum)[2]) {
+template <class Tr, class Bias = NoBias>
+KVQ_DEVICE void softmax_update(WarpState<Tr>& st, float sl2, bool track_mass, float (&s)[Tr::kNTiles][4], float (&rowsum)[2],
+                               const Bias& bias = Bias{}) {
   float factor[2];
-  softmax_weights<Tr>(st, sl2, track_mass, s, rowsum, factor);
+  softmax_weights<Tr>(st, sl2, track_mass, s, rowsum, factor, bias);
   rescale_output<Tr>(st, factor);
 }
 

@@ -14,9 +14,10 @@ namespace kvq::kernels {
 /// \tparam Warps   warps per CTA; each owns 16 query rows (CTA = 16*Warps rows)
 /// \tparam TileN   key/value tokens per tile (a multiple of 16)
 /// \tparam Stages  depth of the ring of packed (quantized) tiles in shared memory (>= 3)
-/// \tparam FoldCorrection  apply the Taylor corrections as one extra k16 step of the S = Q K^T
-///                         MMA (per-row coefficients x per-token coefficients, split hi/lo in
-///                         bf16: relative error ~2^-16) instead of one FMA/FADD per score
+/// \tparam FoldCorrection  apply the PerToken Taylor corrections as one extra k16 step of the
+///                         S = Q K^T MMA (per-row coefficients x per-token coefficients, split
+///                         hi/lo in bf16: relative error ~2^-16) instead of one FMA per score
+///                         and group (PerChannel corrections are a softmax bias either way)
 template <int Warps, int TileN, int Stages, bool FoldCorrection = true>
 struct AttentionTileConfig {
   static_assert(Warps == 4 || Warps == 8, "Warps must be 4 or 8");
@@ -129,16 +130,14 @@ struct AttentionTraits {
   static constexpr int kGroupsPerTile = kKeyPerToken ? 1 : (kTileN >= kKeyGroup ? kTileN / kKeyGroup : 1);
   static constexpr bool kCorrectionMma = !kKeyPerToken && (kMode == Correction::kTaylor2 || kMode == Correction::kTaylor4);
   static constexpr bool kCorrectionExact = !kKeyPerToken && kMode == Correction::kExact;
-  // Correction folded into the QK MMA: 16 extra bf16 columns. PerToken keys: per group,
-  // columns (r_hi, r_lo, r_hi) x (d_hi, d_hi, d_lo) with r the row's coefficient and d the
-  // token's (-step^2; Taylor4 adds three for step^4). PerChannel keys: column gamma (hi) and
-  // 8 + gamma (lo) hold -corr(row, stage group gamma), and the B tile is the indicator of
-  // the tokens' groups (constant per sub-tile of a stage).
+  // PerToken correction folded into the QK MMA: 16 extra bf16 columns, per group columns
+  // (r_hi, r_lo, r_hi) x (d_hi, d_hi, d_lo) with r the row's coefficient and d the token's
+  // (-step^2; Taylor4 adds three for step^4). PerChannel corrections are constant over each
+  // key group's columns of a tile: they enter the softmax as a bias (channel_bias).
   static constexpr int kFoldColsPerGroup = kTaylor4 ? 6 : 3;
   static constexpr bool kFoldPerToken =
       Config::kFoldCorrection && kKeyPerToken && kCorrect && kKGroupsPerToken * kFoldColsPerGroup <= 16;
-  static constexpr bool kFoldPerChannel = Config::kFoldCorrection && !kKeyPerToken && kCorrect;
-  static constexpr bool kFold = kFoldPerToken || kFoldPerChannel;
+  static constexpr bool kFold = kFoldPerToken;
 
   // ---- shared memory plan (bytes, 128-aligned regions) -------------------------------------
   // [K0 V0][K1 V1]: two buffers of 16-bit K/V tiles (swizzled rows); Q aliases buffer 1 in
@@ -173,9 +172,9 @@ struct AttentionTraits {
   static constexpr int kDeltaBytes = kCorrectionExact ? kStageGroups * kHeadDim * 4 : 0;
   static constexpr int kOffDelta = kOffMul + 2 * kMulBytes;
   // Folded correction: B tiles [TileN][16] bf16 (32-byte rows, swizzled by row bit 2).
-  // PerToken: one per K/V buffer; PerChannel: one per sub-tile of a stage (constant).
+  // One per K/V buffer.
   static constexpr int kFoldTileBytes = kTileN * 32;
-  static constexpr int kFoldTiles = kFoldPerToken ? 2 : kFoldPerChannel ? kSubTiles : 0;
+  static constexpr int kFoldTiles = kFoldPerToken ? 2 : 0;
   static constexpr int kOffFold = detail::align_up_int(kOffDelta + 2 * kDeltaBytes, 128);
   static constexpr int kSmemBytes = detail::align_up_int(kOffFold + kFoldTiles * kFoldTileBytes, 128);
   static_assert(kSmemBytes <= 227 * 1024, "shared memory plan exceeds 227 KB");
