@@ -150,8 +150,8 @@ struct Sm90Plan {
   static constexpr int kOffV = kOffK + kStages * kTileBytes;
   static constexpr int kOffRing = kOffV + kStages * kTileBytes;
   static constexpr int kKcBytes = (kCorrect && !kFold) ? kKGroupsPerToken * kTileN * 4 : 0;  ///< per buffer
-  /// A rows, B rows per buffer, and a zero B tile (unquantized tiles: no correction)
-  static constexpr int kFoldBytes = kFold ? 32 * (kRows + (kStages + 1) * kTileN) : 0;
+  /// A rows and B rows per buffer (zero rows for unquantized tiles: no correction)
+  static constexpr int kFoldBytes = kFold ? 32 * (kRows + kStages * kTileN) : 0;
   /// full/empty K and V per buffer, then one per ring slot and half (at most 4 slots)
   static constexpr int kBarrierBytes = (4 * kStages + 2 * 4) * 8;
   static constexpr int kBudget = 227 * 1024 - 1024;  ///< minus the alignment slack
@@ -163,7 +163,6 @@ struct Sm90Plan {
   // query rows, then B for the tokens of each K buffer.
   static constexpr int kOffFoldA = detail::align_up_int(kOffKc4 + (kTaylor4 ? kStages * kKcBytes : 0), 1024);
   static constexpr int kOffFoldB = kOffFoldA + 32 * kRows;
-  static constexpr int kOffFoldZero = kOffFoldB + 32 * kStages * kTileN;
   static constexpr int kOffBarriers = detail::align_up_int(kOffFoldA + kFoldBytes, 8);
   static constexpr int kSmemBytes = kOffBarriers + kBarrierBytes + 1024;
   static constexpr bool kFits = kSmemBytes <= 227 * 1024;
@@ -469,6 +468,16 @@ KVQ_DEVICE void produce(const AttentionParams<typename Tr::Layout>& p, const det
       kvq::sm90::mbarrier_arrive(sm.bar(H::kFull, s));
     } else {
       kvq::sm90::mbarrier_wait(sm.bar(H::kEmpty, s), parity);
+      if constexpr (kCoefficients && Tr::kFold) {
+        // The fold step reads buffer s's B rows for every tile: zero rows for unquantized
+        // tiles (once per buffer: only quantized tiles, which all come first, write them).
+        if (n < c.n_qtiles + kS) {
+          auto* rows = reinterpret_cast<float*>(sm.base + Tr::kOffFoldB + s * 32 * Tr::kTileN);
+          const std::uint32_t zeros[8] = {0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};
+          for (int tok = lt; tok < Tr::kTileN; tok += H::kThreads) store_fold_row(rows, tok, zeros);
+          kvq::sm90::fence_proxy_async();
+        }
+      }
       const std::int64_t u0 = static_cast<std::int64_t>(n - c.n_qtiles) * Tr::kTileN;
       if (p.chunk_maps && u0 >= c.tlen && u0 + Tr::kTileN <= c.u_needed) {
         // A whole tile of chunk rows: TMA (one thread; the copy engine swizzles).
@@ -563,7 +572,6 @@ struct Descriptors {
   std::uint64_t v;       ///< V buffer 0
   std::uint64_t fold_a;  ///< the warpgroup's rows of the fold's A tile
   std::uint64_t fold_b;  ///< the fold's B rows of K buffer 0
-  std::uint64_t fold_zero;
 
   template <class Tr>
   KVQ_DEVICE static Descriptors make(const Smem<Tr>& sm, int wg) {
@@ -576,7 +584,6 @@ struct Descriptors {
     d.v = make_desc(smem_u32(sm.v(0)), Tr::kTileN * 128, 1024);
     d.fold_a = make_desc(smem_u32(sm.base + Tr::kOffFoldA) + wg * 64 * 32, 16, 256, 3);
     d.fold_b = make_desc(smem_u32(sm.base + Tr::kOffFoldB), 16, 256, 3);
-    d.fold_zero = make_desc(smem_u32(sm.base + Tr::kOffFoldZero), 16, 256, 3);
     return d;
   }
 };
@@ -586,10 +593,10 @@ struct Descriptors {
 KVQ_DEVICE std::uint64_t desc_at(std::uint64_t d, std::uint32_t bytes) { return d + (bytes >> 4); }
 
 /// S = Q K^T for the warpgroup's 64 rows against K buffer s (issued, not waited for).
-/// With Tr::kFold, one more k16 step (always bf16) adds the folded PerToken correction
-/// (`fold`: a quantized tile; otherwise the step adds zeros).
+/// With Tr::kFold, one more k16 step (always bf16) adds the folded PerToken correction (the
+/// buffer's B rows are zeros for unquantized tiles).
 template <class Tr>
-KVQ_DEVICE void issue_qk(float (&s)[Tr::kNTiles][4], const Descriptors& d, int buf, bool fold) {
+KVQ_DEVICE void issue_qk(float (&s)[Tr::kNTiles][4], const Descriptors& d, int buf) {
   using Mma = kvq::sm90::Wgmma<Tr::kElement, Tr::kTileN>;
   const std::uint64_t kb = desc_at(d.k, static_cast<std::uint32_t>(buf * Tr::kTileBytes));
 #pragma unroll
@@ -600,8 +607,8 @@ KVQ_DEVICE void issue_qk(float (&s)[Tr::kNTiles][4], const Descriptors& d, int b
   }
   if constexpr (Tr::kFold) {
     // Issued for every tile (a branch around a wgmma makes ptxas fence the accumulators):
-    // unquantized tiles read the zero B tile.
-    const std::uint64_t b = fold ? desc_at(d.fold_b, static_cast<std::uint32_t>(buf * Tr::kTileN * 32)) : d.fold_zero;
+    // unquantized tiles' B rows are zeros (written by the key producer).
+    const std::uint64_t b = desc_at(d.fold_b, static_cast<std::uint32_t>(buf * Tr::kTileN * 32));
     kvq::sm90::Wgmma<DType::kBFloat16, Tr::kTileN>::ss(s, d.fold_a, b, 1);
   }
 }
@@ -737,7 +744,7 @@ KVQ_DEVICE void consume_overlapped(const AttentionParams<typename Tr::Layout>& p
     if (n > 0) kvq::sm90::mbarrier_wait(sm.bar(kFullV, prev), ((n - 1) / kS) & 1);
     kvq::sm90::fence_operands(st.o);
     kvq::sm90::wgmma_fence();
-    issue_qk<Tr>(s, d, buf, quantized);
+    issue_qk<Tr>(s, d, buf);
     kvq::sm90::wgmma_commit();
     issue_pv_at<Tr>(st.o, pa, n > 0 ? desc_at(d.v, static_cast<std::uint32_t>(prev * Tr::kTileBytes)) : q_as_v);
     kvq::sm90::wgmma_commit();
@@ -799,7 +806,7 @@ KVQ_DEVICE void consume(const AttentionParams<typename Tr::Layout>& p, const det
     float s[Tr::kNTiles][4];
     kvq::sm90::mbarrier_wait(sm.bar(kFullK, buf), parity);
     kvq::sm90::wgmma_fence();
-    issue_qk<Tr>(s, d, buf, quantized);
+    issue_qk<Tr>(s, d, buf);
     kvq::sm90::wgmma_commit();
     kvq::sm90::wgmma_wait<0>();
     kvq::sm90::fence_operands(s);
@@ -830,7 +837,11 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_sm90_kernel(const _
   using namespace sm90_detail;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   const int tid = threadIdx.x;
-  const int warp = tid >> 5;
+  // Broadcast from lane 0: the compiler then knows the warp index (and all that derives
+  // from it: warpgroup, wgmma descriptors, barrier ids) is warp-uniform and keeps it in
+  // uniform registers (without it, ptxas built some of the wgmma descriptors in vector
+  // registers and moved them by R2UR before every wgmma: 192-row CTAs +2.7 % with it).
+  const int warp = __shfl_sync(0xffffffffu, tid >> 5, 0);
   const int lane = tid & 31;
   Smem<Tr> sm;
   {
@@ -856,10 +867,6 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_sm90_kernel(const _
   const int wg = warp / 4;
   if (wg > 0) {
     load_q<Tr>(p, c, sm, wg - 1, tid & 127);
-    if constexpr (Tr::kFold) {  // the zero B tile of the fold (unquantized tiles)
-      for (int i = tid - 128; i < Tr::kTileN * 2; i += Tr::kThreads - 128)
-        *reinterpret_cast<uint4*>(sm.base + Tr::kOffFoldZero + 16 * i) = make_uint4(0u, 0u, 0u, 0u);
-    }
   }
   kvq::sm90::fence_proxy_async();
   __syncthreads();
