@@ -162,6 +162,7 @@ struct Sm90Plan {
   // Folded correction: 32-byte rows (16 bf16 columns, 32-byte swizzle), A for the CTA's
   // query rows, then B for the tokens of each K buffer.
   static constexpr int kOffFoldA = detail::align_up_int(kOffKc4 + (kTaylor4 ? kStages * kKcBytes : 0), 1024);
+  static constexpr int kFoldRowsBytes = 32 * kTileN;  ///< a K buffer's B rows
   static constexpr int kOffFoldB = kOffFoldA + 32 * kRows;
   static constexpr int kOffBarriers = detail::align_up_int(kOffFoldA + kFoldBytes, 8);
   static constexpr int kSmemBytes = kOffBarriers + kBarrierBytes + 1024;
@@ -213,6 +214,8 @@ struct Smem {
   KVQ_DEVICE std::uint32_t q() const { return smem_u32(base + Tr::kOffQ); }
   KVQ_DEVICE unsigned char* k(int s) const { return base + Tr::kOffK + s * Tr::kTileBytes; }
   KVQ_DEVICE unsigned char* v(int s) const { return base + Tr::kOffV + s * Tr::kTileBytes; }
+  /// The folded correction's B rows of K buffer s.
+  KVQ_DEVICE float* fold_rows(int s) const { return reinterpret_cast<float*>(base + Tr::kOffFoldB + s * Tr::kFoldRowsBytes); }
   KVQ_DEVICE unsigned char* slot(int tile) const { return base + Tr::kOffRing + (tile % Tr::kRingStages) * Tr::kSlotBytes; }
   /// Barriers: full K, full V, empty K, empty V (kStages each).
   KVQ_DEVICE std::uint32_t bar(int kind, int s) const { return smem_u32(base + Tr::kOffBarriers + (kind * Tr::kStages + s) * 8); }
@@ -449,8 +452,7 @@ KVQ_DEVICE void produce(const AttentionParams<typename Tr::Layout>& p, const det
       kvq::sm90::mbarrier_wait(sm.ring_bar(kKey ? 0 : 1, n), static_cast<std::uint32_t>(n / kR) & 1u);
       const unsigned char* slot = sm.slot(n);
       const int valid = valid_tokens(c, n);
-      auto* kc2 = reinterpret_cast<float*>(Tr::kFold ? sm.base + Tr::kOffFoldB + s * 32 * Tr::kTileN
-                                                     : sm.base + Tr::kOffKc2 + s * Tr::kKcBytes);
+      float* kc2 = Tr::kFold ? sm.fold_rows(s) : reinterpret_cast<float*>(sm.base + Tr::kOffKc2 + s * Tr::kKcBytes);
       auto* kc4 = reinterpret_cast<float*>(sm.base + Tr::kOffKc4 + s * Tr::kKcBytes);
       kvq::sm90::mbarrier_wait(sm.bar(H::kEmpty, s), parity);
       unsigned char* tile = kKey ? sm.k(s) : sm.v(s);
@@ -472,9 +474,8 @@ KVQ_DEVICE void produce(const AttentionParams<typename Tr::Layout>& p, const det
         // The fold step reads buffer s's B rows for every tile: zero rows for unquantized
         // tiles (once per buffer: only quantized tiles, which all come first, write them).
         if (n < c.n_qtiles + kS) {
-          auto* rows = reinterpret_cast<float*>(sm.base + Tr::kOffFoldB + s * 32 * Tr::kTileN);
           const std::uint32_t zeros[8] = {0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};
-          for (int tok = lt; tok < Tr::kTileN; tok += H::kThreads) store_fold_row(rows, tok, zeros);
+          for (int tok = lt; tok < Tr::kTileN; tok += H::kThreads) store_fold_row(sm.fold_rows(s), tok, zeros);
           kvq::sm90::fence_proxy_async();
         }
       }
@@ -608,7 +609,7 @@ KVQ_DEVICE void issue_qk(float (&s)[Tr::kNTiles][4], const Descriptors& d, int b
   if constexpr (Tr::kFold) {
     // Issued for every tile (a branch around a wgmma makes ptxas fence the accumulators):
     // unquantized tiles' B rows are zeros (written by the key producer).
-    const std::uint64_t b = desc_at(d.fold_b, static_cast<std::uint32_t>(buf * Tr::kTileN * 32));
+    const std::uint64_t b = desc_at(d.fold_b, static_cast<std::uint32_t>(buf * Tr::kFoldRowsBytes));
     kvq::sm90::Wgmma<DType::kBFloat16, Tr::kTileN>::ss(s, d.fold_a, b, 1);
   }
 }
