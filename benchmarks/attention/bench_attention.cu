@@ -166,11 +166,17 @@ int main(int argc, char** argv) {
   using namespace kvq::variants;
   // DESIGN.md section 6 shapes and one GQA shape.
   const std::vector<Shape> all = {{8192, 65536, 24, 24}, {4096, 16384, 24, 24}, {8192, 65536, 48, 8}};
-  // Hopper kernel (sm_90a; PerToken keys) with 128-row CTAs (kernels::Sm90Config) and
-  // 192-row CTAs (kernels::Sm90Config192); kvq::attention runs the one of
-  // kernels::Sm90DefaultConfig: r128 for 2-bit keys with a correction, r192 otherwise.
+  // Hopper kernel (sm_90a; PerToken keys) with 128-row CTAs (kernels::Sm90Config), the same
+  // with turns at the softmax (kernels::Sm90ConfigPingpong) and 192-row CTAs
+  // (kernels::Sm90Config192); kvq::attention runs the one of kernels::Sm90DefaultConfig:
+  // pp for 2-bit keys and values at head dim 128, r192 otherwise.
   using C128 = kvq::kernels::Sm90Config;
+  using CPP = kvq::kernels::Sm90ConfigPingpong;
   using C192 = kvq::kernels::Sm90Config192;
+  add<Int2Pt128D128, Correction::kNone, CPP>("int2_pt128_none_d128_sm90pp", all);
+  add<Int2Pt128D128, Correction::kTaylor2, CPP>("int2_pt128_taylor2_d128_sm90pp", all);
+  add<Int4Pt128D128, Correction::kNone, CPP>("int4_pt128_none_d128_sm90pp", all);
+  add<Int4Pt128D128, Correction::kTaylor2, CPP>("int4_pt128_taylor2_d128_sm90pp", all);
   add<Int2Pt128D128, Correction::kNone, C128>("int2_pt128_none_d128_sm90r128", all);
   add<Int2Pt128D128, Correction::kTaylor2, C128>("int2_pt128_taylor2_d128_sm90r128", all);
   add<Int2Pt128D128, Correction::kNone, C192>("int2_pt128_none_d128_sm90r192", all);

@@ -64,8 +64,9 @@ TEST_CASE("Hopper attention kernel, other schedules", "[attention][gpu][config][
   }
 }
 
-// The 128-row CTA shape (the variants' tests run the default, kernels::Sm90DefaultConfig:
-// 192 rows).
+// The CTA shapes and schedules the variants' tests do not run (they run the default,
+// kernels::Sm90DefaultConfig: 128 rows with turns for 2-bit caches at head dim 128, 192
+// rows for the others).
 TEST_CASE("Hopper attention kernel, 128- and 192-row CTAs", "[attention][gpu][config][sm90]") {
   using L2 = kvq::variants::Int2Pt128D128;
   using L4 = kvq::variants::Int4Pt128D128;
@@ -73,8 +74,10 @@ TEST_CASE("Hopper attention kernel, 128- and 192-row CTAs", "[attention][gpu][co
     kvq::test::require_hopper_kernel_unless_other_device<L2, kvq::Correction::kTaylor2>();
     return;
   }
-  STATIC_REQUIRE(std::is_same_v<kvq::kernels::Sm90DefaultConfig<L2, kvq::Correction::kTaylor2>, kvq::kernels::Sm90Config192>);
+  STATIC_REQUIRE(std::is_same_v<kvq::kernels::Sm90DefaultConfig<L2, kvq::Correction::kTaylor2>, kvq::kernels::Sm90ConfigPingpong>);
   STATIC_REQUIRE(std::is_same_v<kvq::kernels::Sm90DefaultConfig<L4, kvq::Correction::kTaylor2>, kvq::kernels::Sm90Config192>);
+  STATIC_REQUIRE(
+      std::is_same_v<kvq::kernels::Sm90DefaultConfig<kvq::variants::Int2Pt64D64, kvq::Correction::kTaylor2>, kvq::kernels::Sm90Config192>);
   SECTION("128 rows: int2 taylor2") {
     run_config_cases<L2, kvq::Correction::kTaylor2, kvq::kernels::Sm90Config>("sm90 128 int2 t2", 845001);
   }
@@ -86,6 +89,22 @@ TEST_CASE("Hopper attention kernel, 128- and 192-row CTAs", "[attention][gpu][co
   }
   SECTION("128 rows: int4 taylor2") {
     run_config_cases<L4, kvq::Correction::kTaylor2, kvq::kernels::Sm90Config>("sm90 128 int4 t2", 848001);
+  }
+  SECTION("192 rows: int2 taylor2") {
+    run_config_cases<L2, kvq::Correction::kTaylor2, kvq::kernels::Sm90Config192>("sm90 192 int2 t2", 850001);
+  }
+  SECTION("192 rows: int2 taylor4") {
+    run_config_cases<L2, kvq::Correction::kTaylor4, kvq::kernels::Sm90Config192>("sm90 192 int2 t4", 850501);
+  }
+  SECTION("192 rows: int2 none") {
+    run_config_cases<L2, kvq::Correction::kNone, kvq::kernels::Sm90Config192>("sm90 192 int2 none", 851001);
+  }
+  SECTION("turns: int4 taylor2") {
+    run_config_cases<L4, kvq::Correction::kTaylor2, kvq::kernels::Sm90ConfigPingpong>("sm90 pp int4 t2", 852001);
+  }
+  SECTION("turns, 192 rows (three warpgroups): int2 taylor2") {
+    run_config_cases<L2, kvq::Correction::kTaylor2, kvq::kernels::Sm90ConfigT<true, 64, 4, false, 3, true>>("sm90 pp192 int2 t2",
+                                                                                                         852501);
   }
 }
 TEST_CASE("Hopper attention kernel, other schedules, small case for the sanitizers", "[attention][gpu][config][sm90][sanitize]") {
@@ -100,6 +119,10 @@ TEST_CASE("Hopper attention kernel, other schedules, small case for the sanitize
       kvq::test::sanitizer_case(844001), "sm90 n64 ov");
   kvq::test::run_attention_case<L, kvq::Correction::kTaylor2, kvq::kernels::Sm90Config>(kvq::test::sanitizer_case(849001),
                                                                                        "sm90 128 int2 t2");
+  kvq::test::run_attention_case<L, kvq::Correction::kTaylor2, kvq::kernels::Sm90Config192>(kvq::test::sanitizer_case(853001),
+                                                                                          "sm90 192 int2 t2");
+  kvq::test::run_attention_case<L, kvq::Correction::kTaylor2, kvq::kernels::Sm90ConfigT<true, 64, 4, false, 3, true>>(
+      kvq::test::sanitizer_case(853501), "sm90 pp192 int2 t2");
 }
 
 TEST_CASE("attention with non-default configurations refuses bad arguments", "[attention][gpu][config][api]") {
@@ -112,6 +135,8 @@ TEST_CASE("attention with non-default configurations refuses bad arguments", "[a
   KVQ_REQUIRE_REFUSALS(hopper_ov);
   const auto hopper_128 = kvq::test::refusal_statuses<L, kvq::Correction::kTaylor2, kvq::kernels::Sm90Config>();
   KVQ_REQUIRE_REFUSALS(hopper_128);
+  const auto hopper_192 = kvq::test::refusal_statuses<L, kvq::Correction::kTaylor2, kvq::kernels::Sm90Config192>();
+  KVQ_REQUIRE_REFUSALS(hopper_192);
   // A variant the Hopper kernel does not implement is refused as such, whatever the arguments.
   const auto pc = kvq::test::refusal_statuses<kvq::variants::Int2Pc32D128, kvq::Correction::kTaylor2, kvq::kernels::Sm90Config>();
   REQUIRE(pc.null_q == kvq::Status::kErrorNotSupported);

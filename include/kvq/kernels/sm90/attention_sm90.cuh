@@ -20,12 +20,14 @@
 // Full/empty mbarriers per K and V buffer hand tiles from the producer to the consumers
 // and back; setmaxnreg gives the consumers the registers the producer does not need.
 // The consumer warpgroups share the tensor cores: one computes its softmax while the
-// others' MMAs run. The PerToken Taylor corrections are one extra bf16 k16 step of the
-// QK MMA (rows of per-query and per-token coefficients, split hi/lo).
-// Two CTA shapes: 128 rows with 128-token tiles (Sm90Config) and 192 rows with 64-token
-// tiles (Sm90Config192: each dequantized tile serves 1.5x the rows; the registers of three
-// consumer warpgroups leave room for 64-token score tiles only). kvq::attention runs the
-// one of Sm90DefaultConfig.
+// others' MMAs run, either as it falls out or (Sm90ConfigT::kPingpong) taking turns at the
+// softmax in warpgroup order, the schedule of cuDNN's and FA3's Hopper kernels. The
+// PerToken Taylor corrections are one extra bf16 k16 step of the QK MMA (rows of per-query
+// and per-token coefficients, split hi/lo).
+// Two CTA shapes: 128 rows with 128-token tiles (Sm90Config; Sm90ConfigPingpong with turns)
+// and 192 rows with 64-token tiles (Sm90Config192: each dequantized tile serves 1.5x the
+// rows; the registers of three consumer warpgroups leave room for 64-token score tiles
+// only). kvq::attention runs the one of Sm90DefaultConfig.
 //
 // Supported here: PerToken keys (2- or 4-bit codes, group size >= 8, shared-memory plans
 // within 227 KB) with corrections None, Taylor2, Taylor4; head dim 64 or 128; bf16 or
@@ -51,35 +53,47 @@ namespace kvq::kernels {
 ///                  issued with the QK MMA of tile n; the output rescale waits for it)
 /// \tparam ConsumerGroups  consumer warpgroups of 64 query rows each (2 or 3): a CTA covers
 ///                  64 x ConsumerGroups query rows, and each dequantized tile serves them all
-template <bool Fold = true, int TileN = 128, int Stages = 2, bool Overlap = false, int ConsumerGroups = 2>
+/// \tparam Pingpong the consumer warpgroups take turns at the softmax (named barriers, in
+///                  warpgroup order): one computes its softmax while the others' MMAs run,
+///                  instead of all of them meeting at the tensor cores at once (default
+///                  schedule only)
+template <bool Fold = true, int TileN = 128, int Stages = 2, bool Overlap = false, int ConsumerGroups = 2,
+          bool Pingpong = false>
 struct Sm90ConfigT {
   static_assert(TileN == 64 || TileN == 128, "TileN must be 64 or 128");
   static_assert(Stages >= 2 && Stages <= 4, "Stages must be in [2, 4]");
   static_assert(ConsumerGroups == 2 || ConsumerGroups == 3, "ConsumerGroups must be 2 or 3");
   static_assert(ConsumerGroups == 2 || (TileN == 64 && !Overlap),
                 "192-row CTAs take 64-token tiles (the consumers' 136 registers) and the default schedule");
+  static_assert(!(Pingpong && Overlap), "turns at the softmax take the default schedule");
   static constexpr bool kFold = Fold;
   static constexpr int kTileN = TileN;
   static constexpr int kStages = Stages;
   static constexpr bool kOverlap = Overlap;
   static constexpr int kConsumerGroups = ConsumerGroups;
+  static constexpr bool kPingpong = Pingpong;
 };
 using Sm90Config = Sm90ConfigT<>;
 /// CTAs of 192 query rows (three consumer warpgroups) with 64-token tiles and 4 buffers.
 using Sm90Config192 = Sm90ConfigT<true, 64, 4, false, 3>;
+/// CTAs of 128 query rows, 128-token tiles, the two consumer warpgroups taking turns at the
+/// softmax (the schedule of cuDNN's and FA3's Hopper attention).
+using Sm90ConfigPingpong = Sm90ConfigT<true, 128, 2, false, 2, true>;
 
 /// The configuration kvq::attention runs on the Hopper kernel for a variant, chosen by
-/// measurement on the H200 (benchmarks/RESULTS.md): 192-row CTAs, which dequantize each
-/// tile once for 1.5x the query rows, ran every benchmarked variant faster (INT2
-/// PerToken None / Taylor2 +3 % / +1 %, INT4 +2 % / +5 % at 8192/65536). A per-variant
-/// choice stays possible here.
+/// measurement on the H200 (benchmarks/RESULTS.md, same call, 8192/65536): 2-bit keys and
+/// values at head dim 128 on Sm90ConfigPingpong (INT2 PerToken None / Taylor2 / Taylor4
+/// +6 % / +3 % / +4 % over 192-row CTAs), the others on Sm90Config192, which dequantizes
+/// each tile once for 1.5x the query rows (INT4 Taylor2 1 % and INT2 at head dim 64 4 %
+/// slower with turns: the longer dequantization of 4-bit codes, the shorter MMAs of D 64).
 template <class Layout, Correction Mode>
-using Sm90DefaultConfig = Sm90Config192;
+using Sm90DefaultConfig = std::conditional_t<Layout::KSpec::kBits == 2 && Layout::VSpec::kBits == 2 && Layout::kHeadDim == 128,
+                                             Sm90ConfigPingpong, Sm90Config192>;
 
 template <class T>
 struct IsSm90Config : std::false_type {};
-template <bool F, int N, int S, bool O, int G>
-struct IsSm90Config<Sm90ConfigT<F, N, S, O, G>> : std::true_type {};
+template <bool F, int N, int S, bool O, int G, bool P>
+struct IsSm90Config<Sm90ConfigT<F, N, S, O, G, P>> : std::true_type {};
 
 /// Tiles, threads and the shared-memory plan of the Hopper kernel for a (layout,
 /// correction, configuration): the part of Sm90Traits that does not depend on the element
@@ -109,6 +123,7 @@ struct Sm90Plan {
   static constexpr int kProducerThreads = 128;
   static constexpr int kTileN = Config_::kTileN;      ///< key/value tokens per tile
   static constexpr bool kOverlap = Config_::kOverlap;
+  static constexpr bool kPingpong = Config_::kPingpong;
   static constexpr int kKSteps = kHeadDim / 16;       ///< k16 steps of S = Q K^T
   static constexpr int kNTiles = kTileN / 8;          ///< n8 column blocks of S
   static constexpr int kOTiles = kHeadDim / 8;        ///< n8 column blocks of O
@@ -226,6 +241,9 @@ struct Smem {
 };
 
 enum : int { kFullK = 0, kFullV = 1, kEmptyK = 2, kEmptyV = 3 };
+/// Named barriers (0 is __syncthreads): 1, 2 the producer's halves (Half::kBarrierId);
+/// kFoldBarrier + wg a consumer warpgroup's fold rows; kTurnBarrier + wg its softmax turn.
+enum : int { kFoldBarrier = 5, kTurnBarrier = 8 };
 
 // ---- producer ------------------------------------------------------------------------------
 
@@ -777,9 +795,11 @@ KVQ_DEVICE void consume_overlapped(const AttentionParams<typename Tr::Layout>& p
 /// One consumer warpgroup's loop over the CTA's tiles (wg: 0 .. kConsumerGroups - 1, cw: warp
 /// among the consumer warps, i.e. rows 16 cw .. 16 cw + 15 of the CTA). Per tile: S = Q K^T
 /// (+ the folded correction), the K buffer released, masks, online softmax, O += P V, the
-/// V buffer released. The warpgroups are not synchronised with each other: one's MMAs run
-/// while another computes its softmax. (Measured slower: FA3-style turns between the
-/// warpgroups, and issuing the PV MMA of tile n-1 with the QK MMA of tile n.)
+/// V buffer released. Without Tr::kPingpong the warpgroups are not synchronised with each
+/// other; with it they take turns at the softmax in warpgroup order (named barrier
+/// kTurnBarrier + wg opens wg's turn; the previous warpgroup opens it when its own softmax
+/// is done, the last one opens the first turn), so that one warpgroup's softmax runs while
+/// the others' MMAs do.
 template <class Tr>
 KVQ_DEVICE void consume(const AttentionParams<typename Tr::Layout>& p, const detail::CtaContext<Tr>& c, const Smem<Tr>& sm,
                         int wg, int cw, int lane) {
@@ -790,7 +810,7 @@ KVQ_DEVICE void consume(const AttentionParams<typename Tr::Layout>& p, const det
   if constexpr (Tr::kFold) {
     store_fold_rows<Tr>(st, sm, cw, lane);
     kvq::sm90::fence_proxy_async();
-    kvq::sm90::named_barrier_sync(5 + wg, 128);
+    kvq::sm90::named_barrier_sync(kFoldBarrier + wg, 128);
   }
   if constexpr (Tr::kOverlap) {
     consume_overlapped<Tr>(p, c, sm, st, wg, cw, lane);
@@ -799,6 +819,9 @@ KVQ_DEVICE void consume(const AttentionParams<typename Tr::Layout>& p, const det
   }
   const bool track_mass = p.mass != nullptr;
   const Descriptors d = Descriptors::make<Tr>(sm, wg);
+  constexpr int kG = Tr::kConsumerGroups;
+  constexpr int kTurnThreads = 2 * 128;  // the warpgroup whose turn it is and the one before
+  if (Tr::kPingpong && wg == kG - 1 && c.n_tiles > 0) kvq::sm90::named_barrier_arrive(kTurnBarrier, kTurnThreads);
 #pragma unroll 1
   for (int n = 0; n < c.n_tiles; ++n) {
     const int buf = n % kS;
@@ -816,12 +839,16 @@ KVQ_DEVICE void consume(const AttentionParams<typename Tr::Layout>& p, const det
     __syncwarp();
     if (lane == 0) kvq::sm90::mbarrier_arrive(sm.bar(kEmptyK, buf));
     const std::int64_t u0 = static_cast<std::int64_t>(n - c.n_qtiles) * Tr::kTileN;
+    if constexpr (Tr::kPingpong) kvq::sm90::named_barrier_sync(kTurnBarrier + wg, kTurnThreads);
     mask_tile<Tr>(p, c, n, cw, lane, s);
     float rowsum[2];
     detail::softmax_update<Tr>(st, p.scale_log2, track_mass, s, rowsum);
     if (track_mass) detail::add_segment_mass<Tr>(st, quantized, u0, c.tlen, rowsum, s, lane);
     std::uint32_t pa[Tr::kPSteps][4];
     pack_p<Tr>(s, pa);
+    // The next warpgroup's turn (the last one's final turn opens none: nobody waits for it).
+    if (Tr::kPingpong && (wg != kG - 1 || n + 1 < c.n_tiles))
+      kvq::sm90::named_barrier_arrive(kTurnBarrier + (wg + 1) % kG, kTurnThreads);
     pv_and_release<Tr, false>(st.o, pa, sm, d, buf, parity, lane);
   }
   detail::write_outputs<Tr>(p, c, st, cw, lane);

@@ -182,9 +182,13 @@ KVQ_DEVICE void bulk_load(std::uint32_t dst, const void* src, std::uint32_t byte
                : "memory");
 }
 
-/// Barrier `id` (1..15) among `threads` threads (a multiple of 32).
+/// Barrier `id` (1..15) among `threads` threads (a multiple of 32): waits for all of them.
 KVQ_DEVICE void named_barrier_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+/// Counts the calling warp's threads at barrier `id` (of `threads`) without waiting.
+KVQ_DEVICE void named_barrier_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
 /// Makes this thread's generic-proxy writes to shared memory visible to the async proxy
