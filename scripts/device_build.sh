@@ -21,5 +21,7 @@ cp -L /lib/x86_64-linux-gnu/libbenchmark.so.1debian "$stage"/
 strip --strip-debug "$stage"/test_* "$stage"/bench_* "$stage"/attention_dump "$stage"/chunked_video_demo 2>/dev/null || true
 # The device tool carries at most 64 MiB: ship the staged programs as one archive.
 mkdir -p "$root/build-carry"
+# The commit the programs were built from (the device's copy of the tree may not carry git state).
+echo "$(git -C "$root" rev-parse --short HEAD)$(git -C "$root" diff --quiet HEAD -- . ':!benchmarks/results' || echo '+dirty')" > "$stage/BUILT_FROM"
 tar -C "$stage" -czf "$root/build-carry/stage.tar.gz" .
 du -sh "$stage" "$root/build-carry/stage.tar.gz"

@@ -26,7 +26,7 @@ say() { echo "$*" >> "$S"; }
 
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem --format=csv,noheader > "$logs/gpu.txt" 2>&1
 say "gpu: $(cat "$logs/gpu.txt")"
-say "commit: $(git -C "$root" rev-parse --short HEAD 2>/dev/null)$(git -C "$root" diff --quiet 2>/dev/null || echo '+dirty')"
+say "programs built from: $(cat "$stage/BUILT_FROM" 2>/dev/null || echo unknown); tree: $(git -C "$root" rev-parse --short HEAD 2>/dev/null)$(git -C "$root" diff --quiet 2>/dev/null || echo '+dirty')"
 
 # 1. GPU tests, in parallel (each binary is one variant family).
 t0=$SECONDS

@@ -4,8 +4,9 @@
 // bf16 K/V of the same shapes), measured in the same session.
 //
 //   BM_attention/<variant>/nq:<Nq>/cache:<tokens>/h:<Hq>[/hkv:<Hkv>]
-//   <variant> = <bits>_<pt|pc><group>_<correction>_d128[_sm90r128|_sm90r192|_sm90fma]
-//   (_sm90...: the Hopper kernel with 128- or 192-row CTAs, or the correction unfolded)
+//   <variant> = <bits>_<pt|pc><group>_<correction>_d128[_sm90r128|_sm90ov|_sm90pp|_sm90r192|_sm90fma]
+//   (_sm90...: the Hopper kernel with 128-row CTAs (default schedule, overlapped, turns),
+//   192-row CTAs, or the correction unfolded)
 // Timing: CUDA events around one launch (UseManualTime), behind a short spin kernel.
 // Counters: TFLOP/s = 4 * B * Hq * Nq * Nkv * D / time, ms per call, cache_GB (size of the
 // packed cache, metadata included).
@@ -167,16 +168,20 @@ int main(int argc, char** argv) {
   // DESIGN.md section 6 shapes and one GQA shape.
   const std::vector<Shape> all = {{8192, 65536, 24, 24}, {4096, 16384, 24, 24}, {8192, 65536, 48, 8}};
   // Hopper kernel (sm_90a; PerToken keys) with 128-row CTAs (kernels::Sm90Config), the same
-  // with turns at the softmax (kernels::Sm90ConfigPingpong) and 192-row CTAs
-  // (kernels::Sm90Config192); kvq::attention runs the one of kernels::Sm90DefaultConfig:
-  // pp for 2-bit keys and values at head dim 128, r192 otherwise.
+  // with the PV MMA overlapping the softmax (kernels::Sm90ConfigOverlap) or with turns at the
+  // softmax (kernels::Sm90ConfigPingpong), and 192-row CTAs (kernels::Sm90Config192);
+  // kvq::attention runs the one of kernels::Sm90DefaultConfig: ov for 2-bit keys and values
+  // at head dim 128, r192 otherwise.
   using C128 = kvq::kernels::Sm90Config;
+  using COV = kvq::kernels::Sm90ConfigOverlap;
   using CPP = kvq::kernels::Sm90ConfigPingpong;
   using C192 = kvq::kernels::Sm90Config192;
+  add<Int2Pt128D128, Correction::kNone, COV>("int2_pt128_none_d128_sm90ov", all);
+  add<Int2Pt128D128, Correction::kTaylor2, COV>("int2_pt128_taylor2_d128_sm90ov", all);
   add<Int2Pt128D128, Correction::kNone, CPP>("int2_pt128_none_d128_sm90pp", all);
   add<Int2Pt128D128, Correction::kTaylor2, CPP>("int2_pt128_taylor2_d128_sm90pp", all);
-  add<Int4Pt128D128, Correction::kNone, CPP>("int4_pt128_none_d128_sm90pp", all);
-  add<Int4Pt128D128, Correction::kTaylor2, CPP>("int4_pt128_taylor2_d128_sm90pp", all);
+  add<Int4Pt128D128, Correction::kNone, COV>("int4_pt128_none_d128_sm90ov", all);
+  add<Int4Pt128D128, Correction::kTaylor2, COV>("int4_pt128_taylor2_d128_sm90ov", all);
   add<Int2Pt128D128, Correction::kNone, C128>("int2_pt128_none_d128_sm90r128", all);
   add<Int2Pt128D128, Correction::kTaylor2, C128>("int2_pt128_taylor2_d128_sm90r128", all);
   add<Int2Pt128D128, Correction::kNone, C192>("int2_pt128_none_d128_sm90r192", all);

@@ -65,8 +65,8 @@ TEST_CASE("Hopper attention kernel, other schedules", "[attention][gpu][config][
 }
 
 // The CTA shapes and schedules the variants' tests do not run (they run the default,
-// kernels::Sm90DefaultConfig: 128 rows with turns for 2-bit caches at head dim 128, 192
-// rows for the others).
+// kernels::Sm90DefaultConfig: 128 rows with the overlapped schedule for 2-bit caches at
+// head dim 128, 192 rows for the others).
 TEST_CASE("Hopper attention kernel, 128- and 192-row CTAs", "[attention][gpu][config][sm90]") {
   using L2 = kvq::variants::Int2Pt128D128;
   using L4 = kvq::variants::Int4Pt128D128;
@@ -74,7 +74,7 @@ TEST_CASE("Hopper attention kernel, 128- and 192-row CTAs", "[attention][gpu][co
     kvq::test::require_hopper_kernel_unless_other_device<L2, kvq::Correction::kTaylor2>();
     return;
   }
-  STATIC_REQUIRE(std::is_same_v<kvq::kernels::Sm90DefaultConfig<L2, kvq::Correction::kTaylor2>, kvq::kernels::Sm90ConfigPingpong>);
+  STATIC_REQUIRE(std::is_same_v<kvq::kernels::Sm90DefaultConfig<L2, kvq::Correction::kTaylor2>, kvq::kernels::Sm90ConfigOverlap>);
   STATIC_REQUIRE(std::is_same_v<kvq::kernels::Sm90DefaultConfig<L4, kvq::Correction::kTaylor2>, kvq::kernels::Sm90Config192>);
   STATIC_REQUIRE(
       std::is_same_v<kvq::kernels::Sm90DefaultConfig<kvq::variants::Int2Pt64D64, kvq::Correction::kTaylor2>, kvq::kernels::Sm90Config192>);
@@ -99,6 +99,15 @@ TEST_CASE("Hopper attention kernel, 128- and 192-row CTAs", "[attention][gpu][co
   SECTION("192 rows: int2 none") {
     run_config_cases<L2, kvq::Correction::kNone, kvq::kernels::Sm90Config192>("sm90 192 int2 none", 851001);
   }
+  SECTION("overlapped: int4 taylor2") {
+    run_config_cases<L4, kvq::Correction::kTaylor2, kvq::kernels::Sm90ConfigOverlap>("sm90 ov int4 t2", 851301);
+  }
+  SECTION("turns: int2 taylor2") {
+    run_config_cases<L2, kvq::Correction::kTaylor2, kvq::kernels::Sm90ConfigPingpong>("sm90 pp int2 t2", 851501);
+  }
+  SECTION("turns: int2 none") {
+    run_config_cases<L2, kvq::Correction::kNone, kvq::kernels::Sm90ConfigPingpong>("sm90 pp int2 none", 851701);
+  }
   SECTION("turns: int4 taylor2") {
     run_config_cases<L4, kvq::Correction::kTaylor2, kvq::kernels::Sm90ConfigPingpong>("sm90 pp int4 t2", 852001);
   }
@@ -121,6 +130,8 @@ TEST_CASE("Hopper attention kernel, other schedules, small case for the sanitize
                                                                                        "sm90 128 int2 t2");
   kvq::test::run_attention_case<L, kvq::Correction::kTaylor2, kvq::kernels::Sm90Config192>(kvq::test::sanitizer_case(853001),
                                                                                           "sm90 192 int2 t2");
+  kvq::test::run_attention_case<L, kvq::Correction::kTaylor2, kvq::kernels::Sm90ConfigPingpong>(kvq::test::sanitizer_case(853301),
+                                                                                               "sm90 pp int2 t2");
   kvq::test::run_attention_case<L, kvq::Correction::kTaylor2, kvq::kernels::Sm90ConfigT<true, 64, 4, false, 3, true>>(
       kvq::test::sanitizer_case(853501), "sm90 pp192 int2 t2");
 }

@@ -24,8 +24,9 @@
 // softmax in warpgroup order, the schedule of cuDNN's and FA3's Hopper kernels. The
 // PerToken Taylor corrections are one extra bf16 k16 step of the QK MMA (rows of per-query
 // and per-token coefficients, split hi/lo).
-// Two CTA shapes: 128 rows with 128-token tiles (Sm90Config; Sm90ConfigPingpong with turns)
-// and 192 rows with 64-token tiles (Sm90Config192: each dequantized tile serves 1.5x the
+// Two CTA shapes: 128 rows with 128-token tiles (Sm90Config; Sm90ConfigOverlap with the PV
+// MMA of the previous tile running during the softmax; Sm90ConfigPingpong with turns) and
+// 192 rows with 64-token tiles (Sm90Config192: each dequantized tile serves 1.5x the
 // rows; the registers of three consumer warpgroups leave room for 64-token score tiles
 // only). kvq::attention runs the one of Sm90DefaultConfig.
 //
@@ -76,19 +77,23 @@ struct Sm90ConfigT {
 using Sm90Config = Sm90ConfigT<>;
 /// CTAs of 192 query rows (three consumer warpgroups) with 64-token tiles and 4 buffers.
 using Sm90Config192 = Sm90ConfigT<true, 64, 4, false, 3>;
+/// CTAs of 128 query rows, 128-token tiles, the PV MMA of tile n-1 issued with the QK MMA of
+/// tile n and running during the softmax of tile n (FA3's intra-warpgroup overlap).
+using Sm90ConfigOverlap = Sm90ConfigT<true, 128, 2, true>;
 /// CTAs of 128 query rows, 128-token tiles, the two consumer warpgroups taking turns at the
-/// softmax (the schedule of cuDNN's and FA3's Hopper attention).
+/// softmax (the inter-warpgroup schedule of cuDNN's and FA3's Hopper attention).
 using Sm90ConfigPingpong = Sm90ConfigT<true, 128, 2, false, 2, true>;
 
 /// The configuration kvq::attention runs on the Hopper kernel for a variant, chosen by
-/// measurement on the H200 (benchmarks/RESULTS.md, same call, 8192/65536): 2-bit keys and
-/// values at head dim 128 on Sm90ConfigPingpong (INT2 PerToken None / Taylor2 / Taylor4
-/// +6 % / +3 % / +4 % over 192-row CTAs), the others on Sm90Config192, which dequantizes
-/// each tile once for 1.5x the query rows (INT4 Taylor2 1 % and INT2 at head dim 64 4 %
-/// slower with turns: the longer dequantization of 4-bit codes, the shorter MMAs of D 64).
+/// measurement on the H200 (benchmarks/RESULTS.md, same call, 8192/65536, the benchmark's
+/// random data): 2-bit keys and values at head dim 128 on Sm90ConfigOverlap (INT2 PerToken
+/// None / Taylor2 +8 % / +3 % over 192-row CTAs; turns, Sm90ConfigPingpong, +5 % / +2 %),
+/// the others on Sm90Config192, which dequantizes each tile once for 1.5x the query rows
+/// (INT4 Taylor2 and INT2 at head dim 64 measured slower on 128-row CTAs: the longer
+/// dequantization of 4-bit codes, the shorter MMAs of D 64).
 template <class Layout, Correction Mode>
 using Sm90DefaultConfig = std::conditional_t<Layout::KSpec::kBits == 2 && Layout::VSpec::kBits == 2 && Layout::kHeadDim == 128,
-                                             Sm90ConfigPingpong, Sm90Config192>;
+                                             Sm90ConfigOverlap, Sm90Config192>;
 
 template <class T>
 struct IsSm90Config : std::false_type {};
