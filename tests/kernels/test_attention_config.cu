@@ -54,7 +54,7 @@ TEST_CASE("Hopper attention kernel, other schedules", "[attention][gpu][config][
     return;
   }
   SECTION("overlapped softmax and PV") {
-    run_config_cases<L, kvq::Correction::kTaylor2, kvq::kernels::Sm90ConfigT<true, 128, 2, true>>("sm90 ov", 840001);
+    run_config_cases<L, kvq::Correction::kTaylor2, kvq::kernels::Sm90ConfigOverlap>("sm90 ov", 840001);
   }
   SECTION("64-token tiles, 4 buffers") {
     run_config_cases<L, kvq::Correction::kTaylor2, kvq::kernels::Sm90ConfigT<true, 64, 4, false>>("sm90 n64", 841001);
@@ -122,7 +122,7 @@ TEST_CASE("Hopper attention kernel, other schedules, small case for the sanitize
     kvq::test::require_hopper_kernel_unless_other_device<L, kvq::Correction::kTaylor2>();
     return;
   }
-  kvq::test::run_attention_case<L, kvq::Correction::kTaylor2, kvq::kernels::Sm90ConfigT<true, 128, 2, true>>(
+  kvq::test::run_attention_case<L, kvq::Correction::kTaylor2, kvq::kernels::Sm90ConfigOverlap>(
       kvq::test::sanitizer_case(843001), "sm90 ov");
   kvq::test::run_attention_case<L, kvq::Correction::kTaylor2, kvq::kernels::Sm90ConfigT<true, 64, 4, true>>(
       kvq::test::sanitizer_case(844001), "sm90 n64 ov");
@@ -142,7 +142,7 @@ TEST_CASE("attention with non-default configurations refuses bad arguments", "[a
   KVQ_REQUIRE_REFUSALS(unfolded);
   const auto hopper_fma = kvq::test::refusal_statuses<L, kvq::Correction::kTaylor2, kvq::kernels::Sm90ConfigT<false>>();
   KVQ_REQUIRE_REFUSALS(hopper_fma);
-  const auto hopper_ov = kvq::test::refusal_statuses<L, kvq::Correction::kTaylor2, kvq::kernels::Sm90ConfigT<true, 128, 2, true>>();
+  const auto hopper_ov = kvq::test::refusal_statuses<L, kvq::Correction::kTaylor2, kvq::kernels::Sm90ConfigOverlap>();
   KVQ_REQUIRE_REFUSALS(hopper_ov);
   const auto hopper_128 = kvq::test::refusal_statuses<L, kvq::Correction::kTaylor2, kvq::kernels::Sm90Config>();
   KVQ_REQUIRE_REFUSALS(hopper_128);

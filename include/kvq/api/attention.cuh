@@ -282,7 +282,7 @@ constexpr bool is_sm90_config() {
 }
 
 /// can_implement with an explicit kernel choice: an mma.sync tile configuration (see
-/// kernels::AttentionTileConfig) or kernels::Sm90Config (the Hopper kernel: refused with
+/// kernels::AttentionTileConfig) or a kernels::Sm90ConfigT (the Hopper kernel: refused with
 /// kErrorNotSupported where it cannot run or does not implement the variant).
 template <class Layout, Correction Mode, class Config>
 Status can_implement_with_config(const Layout& layout, const AttentionArguments& a) {

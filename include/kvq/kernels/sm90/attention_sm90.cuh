@@ -14,9 +14,10 @@
 //                            k/v_chunk_map), the rest with cp.async. Keys never wait for
 //                            the consumers' use of values or the other way round.
 //   consumers  (warps 4-)    G warpgroups of 64 query rows: S = Q K^T (wgmma, A and B
-//                            from shared memory), the Jensen correction (one FMA per score
-//                            and key group), masks, online softmax in registers, O += P V
-//                            (wgmma, P from registers, V from shared memory).
+//                            from shared memory), the Jensen correction (the fold's k16
+//                            step below, or one FMA per score and key group), masks,
+//                            online softmax in registers, O += P V (wgmma, P from
+//                            registers, V from shared memory).
 // Full/empty mbarriers per K and V buffer hand tiles from the producer to the consumers
 // and back; setmaxnreg gives the consumers the registers the producer does not need.
 // The consumer warpgroups share the tensor cores: one computes its softmax while the
@@ -44,7 +45,7 @@
 namespace kvq::kernels {
 
 /// The Hopper kernel as a "tile configuration" for kvq::detail::attention_with_config
-/// (Sm90Config is the default; tests and benchmarks also run the others):
+/// (kvq::attention runs Sm90DefaultConfig's; tests and benchmarks also run the others):
 /// \tparam Fold     the PerToken Taylor corrections as one extra k16 step of S = Q K^T on the
 ///                  tensor cores (bf16 hi/lo splits: relative error ~2^-16) when they fit in
 ///                  16 columns (groups x 3, Taylor4 x 6), instead of one FMA per score and group
