@@ -162,32 +162,37 @@ struct Sm90Plan {
   static constexpr int kSlotVCodes = kSlotKCodes + kTileN * kKWords * 4;
   static constexpr int kSlotKMeta = kSlotVCodes + kTileN * kVWords * 4;
   static constexpr int kSlotVMeta = detail::align_up_int(kSlotKMeta + kTileN * kKMetaBytesPerToken + 16, 16);
-  static constexpr int kSlotBytes = detail::align_up_int(kSlotVMeta + kTileN * kVMetaBytesPerToken + 16, 128);
+  static constexpr int kSlotBytes = detail::align_up_int(kSlotVMeta + kTileN * kVMetaBytesPerToken + 16, 16);
 
   // ---- shared memory plan (offsets from a 1024-aligned base) ---------------------------------
   static constexpr int kStages = Config_::kStages;  ///< 16-bit K (and V) tile buffers
   static constexpr int kOffQ = 0;
   static constexpr int kOffK = kOffQ + kQBytes;
   static constexpr int kOffV = kOffK + kStages * kTileBytes;
-  static constexpr int kOffRing = kOffV + kStages * kTileBytes;
-  static constexpr int kKcBytes = (kCorrect && !kFold) ? kKGroupsPerToken * kTileN * 4 : 0;  ///< per buffer
-  /// A rows and B rows per buffer (zero rows for unquantized tiles: no correction)
-  static constexpr int kFoldBytes = kFold ? 32 * (kRows + kStages * kTileN) : 0;
-  /// full/empty K and V per buffer, then one per ring slot and half (at most 4 slots)
-  static constexpr int kBarrierBytes = (4 * kStages + 2 * 4) * 8;
-  static constexpr int kBudget = 227 * 1024 - 1024;  ///< minus the alignment slack
-  static constexpr int kFixedBytes = kOffRing + kStages * kKcBytes * (kTaylor4 ? 2 : 1) + kFoldBytes + 1024 + kBarrierBytes;
-  static constexpr int kRingStages = detail::clamp_int((kBudget - kFixedBytes) / kSlotBytes, 2, 4);
-  static constexpr int kOffKc2 = kOffRing + kRingStages * kSlotBytes;
-  static constexpr int kOffKc4 = kOffKc2 + kStages * kKcBytes;
-  // Folded correction: 32-byte rows (16 bf16 columns, 32-byte swizzle), A for the CTA's
-  // query rows, then B for the tokens of each K buffer.
-  static constexpr int kOffFoldA = detail::align_up_int(kOffKc4 + (kTaylor4 ? kStages * kKcBytes : 0), 1024);
+  // Folded correction: 32-byte rows (16 bf16 columns, 32-byte swizzle: 256-byte aligned), A
+  // for the CTA's query rows, then B for the tokens of each K buffer (zero rows for
+  // unquantized tiles: no correction).
+  static constexpr int kOffFoldA = kOffV + kStages * kTileBytes;
   static constexpr int kFoldRowsBytes = 32 * kTileN;  ///< a K buffer's B rows
   static constexpr int kOffFoldB = kOffFoldA + 32 * kRows;
-  static constexpr int kOffBarriers = detail::align_up_int(kOffFoldA + kFoldBytes, 8);
-  static constexpr int kSmemBytes = kOffBarriers + kBarrierBytes + 1024;
-  static constexpr bool kFits = kSmemBytes <= 227 * 1024;
+  static constexpr int kFoldBytes = kFold ? 32 * kRows + kStages * kFoldRowsBytes : 0;
+  /// Unfolded correction: coefficients per K buffer (kc2, and kc4 for Taylor4)
+  static constexpr int kKcBytes = (kCorrect && !kFold) ? kKGroupsPerToken * kTileN * 4 : 0;
+  static constexpr int kOffKc2 = kOffFoldA + kFoldBytes;
+  static constexpr int kOffKc4 = kOffKc2 + kStages * kKcBytes;
+  /// Ring slots (16-byte aligned: bulk copies), as many as fit (2 to 4).
+  static constexpr int kOffRing = kOffKc4 + (kTaylor4 ? kStages * kKcBytes : 0);
+  /// full/empty K and V per buffer, then one per ring slot and half (at most 4 slots)
+  static constexpr int kBarrierBytes = (4 * kStages + 2 * 4) * 8;
+  /// The dynamic allocation: the plan and the slack for rounding its base up to 1024 bytes.
+  static constexpr int kSmemLimit = 227 * 1024;
+  static constexpr int kAlignSlack = 1024;
+  static constexpr int kRingStages =
+      detail::clamp_int((kSmemLimit - kAlignSlack - kOffRing - kBarrierBytes) / kSlotBytes, 2, 4);
+  static constexpr int kOffBarriers = kOffRing + kRingStages * kSlotBytes;
+  static constexpr int kSmemBytes = kOffBarriers + kBarrierBytes + kAlignSlack;
+  static constexpr bool kFits = kSmemBytes <= kSmemLimit;
+  static_assert(kOffFoldA % 1024 == 0 && kOffRing % 16 == 0 && kSlotBytes % 16 == 0, "alignment of the plan's regions");
   /// The host encodes TMA descriptors of the chunk (AttentionParams::k_chunk_map) with
   /// boxes of this many tokens.
   static constexpr int kChunkMapTokens = kTileN;
@@ -341,10 +346,26 @@ KVQ_DEVICE void issue_plain(const AttentionParams<typename Tr::Layout>& p, const
   }
 }
 
-/// 16 bytes (chunk `chunk`: 8 channels) of token `tok`'s row of a swizzled 16-bit tile.
+/// Where a producer thread's token rows go in a swizzled 16-bit tile: the byte offsets of
+/// chunks 0-7 of its first token `lt` (sw128_offset). Chunk c + 8b of token lt + r (r a
+/// multiple of 8) lies b Tr::kTileN * 128 + r * 128 bytes further (the swizzle permutes
+/// address bits 4-6 by the row's low three bits only), so that the stores of every token and
+/// tile take these offsets and an immediate.
 template <class Tr>
-KVQ_DEVICE void store_chunk(unsigned char* tile, int tok, int chunk, const std::uint32_t* v) {
-  *reinterpret_cast<uint4*>(tile + sw128_offset<Tr::kTileN>(tok, chunk)) = make_uint4(v[0], v[1], v[2], v[3]);
+struct RowOffsets {
+  std::uint32_t off[8];
+  KVQ_DEVICE explicit RowOffsets(int lt) {
+#pragma unroll
+    for (int c = 0; c < 8; ++c) off[c] = sw128_offset<Tr::kTileN>(lt, c);
+  }
+};
+
+/// 16 bytes (chunk `chunk`: 8 channels) of the row `r` rows after the thread's first token
+/// (a multiple of 8) in a swizzled 16-bit tile.
+template <class Tr>
+KVQ_DEVICE void store_chunk(unsigned char* tile, const RowOffsets<Tr>& ro, int r, int chunk, const std::uint32_t* v) {
+  *reinterpret_cast<uint4*>(tile + ro.off[chunk & 7] + (chunk >> 3) * (Tr::kTileN * 128) + r * 128) =
+      make_uint4(v[0], v[1], v[2], v[3]);
 }
 
 /// Token `tok`'s B row of the folded correction (`rows`: the K buffer's fold rows; fold[i]
@@ -355,33 +376,46 @@ KVQ_DEVICE void store_fold_row(float* rows, int tok, const std::uint32_t (&fold)
   *reinterpret_cast<uint4*>(row + kvq::detail::fold_offset(tok, 8)) = make_uint4(fold[4], fold[5], fold[6], fold[7]);
 }
 
-/// Dequantizes token `tok` of a PerToken tensor (codes and metadata in a ring slot) into a
-/// 16-bit tile buffer. With kCoefficients (keys with a correction) it also writes the
-/// token's correction coefficients kc2[g][tok] = -step^2 (kc4 = step^4) of each group.
-/// 2-bit codes are table lookups of the group's four values (dequant_word_lut2); wider
-/// codes use the arithmetic form (dequant_word).
+/// A token's packed codes and group metadata, read from its ring slot into registers.
+template <class Tr, class Spec, int kWords>
+struct PackedToken {
+  static constexpr int kGroups = Tr::kHeadDim / Spec::kGroupSize;
+  static_assert(kWords % 4 == 0, "a token's codes are whole 16-byte chunks");
+  std::uint32_t src[kWords];
+  math::GroupMeta<Spec::kScaleType> meta[kGroups];
+
+  /// Token `tok` of the slot's codes and metadata, 16 bytes of codes at a time.
+  KVQ_DEVICE void load(const std::uint32_t* codes, const math::GroupMeta<Spec::kScaleType>* meta_rows, int tok) {
+#pragma unroll
+    for (int i = 0; i < kWords; i += 4) {
+      const uint4 v = *reinterpret_cast<const uint4*>(codes + tok * kWords + i);
+      src[i] = v.x, src[i + 1] = v.y, src[i + 2] = v.z, src[i + 3] = v.w;
+    }
+#pragma unroll
+    for (int g = 0; g < kGroups; ++g) meta[g] = meta_rows[tok * kGroups + g];
+  }
+};
+
+/// Dequantizes a PerToken token (its codes and metadata loaded into `pk`) into row
+/// `tok` = the thread's first token + r of a 16-bit tile buffer. With kCoefficients (keys
+/// with a correction) it also writes the token's correction coefficients kc2[g][tok] =
+/// -step^2 (kc4 = step^4) of each group, or its fold row. 2-bit codes are table lookups of
+/// the group's four values (dequant_word_lut2); wider codes use the arithmetic form
+/// (dequant_word). Reads no shared memory: the caller loads every token first, so that the
+/// compiler may interleave the tokens' work (it cannot move a load past these stores).
 template <class Tr, class Spec, int kWords, bool kCoefficients>
-KVQ_DEVICE void dequant_token(const std::uint32_t* codes, const math::GroupMeta<Spec::kScaleType>* meta, unsigned char* tile,
-                              float* kc2, float* kc4, int tok) {
+KVQ_DEVICE void dequant_token(const PackedToken<Tr, Spec, kWords>& pk, unsigned char* tile, const RowOffsets<Tr>& ro,
+                              float* kc2, float* kc4, int tok, int r) {
   constexpr int kB = Spec::kBits;
   constexpr int kP = 32 / kB;  // codes per word (a multiple of 4)
   constexpr int kG = Spec::kGroupSize;
   constexpr int kGroups = Tr::kHeadDim / kG;
-  const math::GroupMeta<Spec::kScaleType>* mt = meta + tok * kGroups;
-  // All of the token's code words first, 16 bytes at a time (the stores below could alias
-  // them for the compiler, which would otherwise reload each word after the last store).
-  static_assert(kWords % 4 == 0, "a token's codes are whole 16-byte chunks");
-  std::uint32_t src[kWords];
-#pragma unroll
-  for (int i = 0; i < kWords; i += 4) {
-    const uint4 v = *reinterpret_cast<const uint4*>(codes + tok * kWords + i);
-    src[i] = v.x, src[i + 1] = v.y, src[i + 2] = v.z, src[i + 3] = v.w;
-  }
+  const std::uint32_t(&src)[kWords] = pk.src;
   float step[kGroups], zero[kGroups];
   std::uint32_t fold[8] = {0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};  // bf16 columns 2i, 2i+1 in fold[i]
 #pragma unroll
   for (int g = 0; g < kGroups; ++g) {
-    const math::GroupMeta<Spec::kScaleType> mm = mt[g];
+    const math::GroupMeta<Spec::kScaleType> mm = pk.meta[g];
     step[g] = kvq::detail::scale_to_float<Spec::kScaleType>(mm.step);
     zero[g] = kvq::detail::scale_to_float<Spec::kScaleType>(mm.zero);
     if constexpr (kCoefficients) {
@@ -406,7 +440,7 @@ KVQ_DEVICE void dequant_token(const std::uint32_t* codes, const math::GroupMeta<
       std::uint32_t out[8];
       kvq::detail::dequant_word_lut2(src[i], lut[(16 * i) / kG], lut[(16 * i + 8) / kG], out);
 #pragma unroll
-      for (int q = 0; q < 2; ++q) store_chunk<Tr>(tile, tok, 2 * i + q, out + 4 * q);
+      for (int q = 0; q < 2; ++q) store_chunk<Tr>(tile, ro, r, 2 * i + q, out + 4 * q);
     }
   } else {
     // Arithmetic form, one word (kP codes: kP/8 chunks of output) at a time.
@@ -422,7 +456,7 @@ KVQ_DEVICE void dequant_token(const std::uint32_t* codes, const math::GroupMeta<
           },
           out);
 #pragma unroll
-      for (int q = 0; q < kP / 8; ++q) store_chunk<Tr>(tile, tok, i * (kP / 8) + q, out + 4 * q);
+      for (int q = 0; q < kP / 8; ++q) store_chunk<Tr>(tile, ro, r, i * (kP / 8) + q, out + 4 * q);
     }
   }
 }
@@ -431,10 +465,10 @@ KVQ_DEVICE void dequant_token(const std::uint32_t* codes, const math::GroupMeta<
 /// coefficients for keys (the ring holds no data for it; the masks drop its scores, and a
 /// zero row keeps P V finite).
 template <class Tr, bool kCoefficients>
-KVQ_DEVICE void zero_token(unsigned char* tile, float* kc2, float* kc4, int tok) {
+KVQ_DEVICE void zero_token(unsigned char* tile, const RowOffsets<Tr>& ro, float* kc2, float* kc4, int tok, int r) {
   const std::uint32_t zeros[8] = {0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};
 #pragma unroll
-  for (int ch = 0; ch < Tr::kChunksPerRow; ++ch) store_chunk<Tr>(tile, tok, ch, zeros);
+  for (int ch = 0; ch < Tr::kChunksPerRow; ++ch) store_chunk<Tr>(tile, ro, r, ch, zeros);
   if constexpr (kCoefficients && Tr::kFold) {
     store_fold_row(kc2, tok, zeros);
   } else if constexpr (kCoefficients) {
@@ -460,6 +494,8 @@ KVQ_DEVICE void produce(const AttentionParams<typename Tr::Layout>& p, const det
   constexpr bool kCoefficients = kKey && Tr::kCorrect;
   // The 16-byte phase of the head's metadata rows (every tile's rows share it).
   const int skew = c.n_qtiles > 0 ? static_cast<int>(reinterpret_cast<std::uintptr_t>(packed_meta<Tr, kKey>(p, c, 0)) & 15u) : 0;
+  static_assert(H::kThreads % 8 == 0, "rows past the first token keep its swizzle phase");
+  const RowOffsets<Tr> ro(lt);
   if (lt == 0) {
 #pragma unroll 1
     for (int m = 0; m < kR - 1 && m < c.n_qtiles; ++m) issue_packed<Tr, kKey>(p, c, sm, m, skew);
@@ -480,14 +516,30 @@ KVQ_DEVICE void produce(const AttentionParams<typename Tr::Layout>& p, const det
       auto* kc4 = reinterpret_cast<float*>(sm.base + Tr::kOffKc4 + s * Tr::kKcBytes);
       kvq::sm90::mbarrier_wait(sm.bar(H::kEmpty, s), parity);
       unsigned char* tile = kKey ? sm.k(s) : sm.v(s);
+      const auto* codes = reinterpret_cast<const std::uint32_t*>(slot + H::kSlotCodes);
+      const auto* meta = reinterpret_cast<const typename H::Meta*>(slot + H::kSlotMeta + skew);
+      constexpr int kRows = Tr::kTileN / H::kThreads;  // tokens per thread
+      if (valid == Tr::kTileN) {
+        // A whole tile: every token's packed data first, then the tokens' dequantization,
+        // which the compiler interleaves.
+        PackedToken<Tr, typename H::Spec, H::kWords> pk[kRows];
+#pragma unroll
+        for (int j = 0; j < kRows; ++j) pk[j].load(codes, meta, lt + j * H::kThreads);
+#pragma unroll
+        for (int j = 0; j < kRows; ++j)
+          dequant_token<Tr, typename H::Spec, H::kWords, kCoefficients>(pk[j], tile, ro, kc2, kc4, lt + j * H::kThreads,
+                                                                         j * H::kThreads);
+      } else {
 #pragma unroll 1
-      for (int tok = lt; tok < Tr::kTileN; tok += H::kThreads) {
-        if (tok < valid) {
-          dequant_token<Tr, typename H::Spec, H::kWords, kCoefficients>(
-              reinterpret_cast<const std::uint32_t*>(slot + H::kSlotCodes),
-              reinterpret_cast<const typename H::Meta*>(slot + H::kSlotMeta + skew), tile, kc2, kc4, tok);
-        } else {
-          zero_token<Tr, kCoefficients>(tile, kc2, kc4, tok);
+        for (int j = 0; j < kRows; ++j) {
+          const int tok = lt + j * H::kThreads;
+          if (tok < valid) {
+            PackedToken<Tr, typename H::Spec, H::kWords> pk;
+            pk.load(codes, meta, tok);
+            dequant_token<Tr, typename H::Spec, H::kWords, kCoefficients>(pk, tile, ro, kc2, kc4, tok, j * H::kThreads);
+          } else {
+            zero_token<Tr, kCoefficients>(tile, ro, kc2, kc4, tok, j * H::kThreads);
+          }
         }
       }
       kvq::sm90::fence_proxy_async();
