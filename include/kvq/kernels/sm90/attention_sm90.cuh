@@ -534,12 +534,13 @@ KVQ_DEVICE void produce(const AttentionParams<typename Tr::Layout>& p, const det
 #pragma unroll 1
         for (int j = 0; j < kRows; ++j) {
           const int tok = lt + j * H::kThreads;
+          const RowOffsets<Tr> rt(tok);  // per token (held offsets measured slower here: INT4 -6 %)
           if (tok < valid) {
             PackedToken<Tr, typename H::Spec, H::kWords> pk;
             pk.load(codes, meta, tok);
-            dequant_token<Tr, typename H::Spec, H::kWords, kCoefficients>(pk, tile, ro, kc2, kc4, tok, j * H::kThreads);
+            dequant_token<Tr, typename H::Spec, H::kWords, kCoefficients>(pk, tile, rt, kc2, kc4, tok, 0);
           } else {
-            zero_token<Tr, kCoefficients>(tile, ro, kc2, kc4, tok, j * H::kThreads);
+            zero_token<Tr, kCoefficients>(tile, rt, kc2, kc4, tok, 0);
           }
         }
       }
