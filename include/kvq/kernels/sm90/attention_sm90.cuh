@@ -8,11 +8,13 @@
 //                            slots by bulk copies (one thread, completion on the slot's
 //                            mbarrier), kRingStages - 1 tiles ahead, and dequantizes
 //                            them into 16-bit tiles (kStages buffers, the 128-byte swizzled
-//                            layout wgmma reads); the unquantized tiles [cache tail ; chunk]
-//                            go into the same buffers: whole tiles of chunk rows by TMA
-//                            (one thread, the copy engine swizzles; AttentionParams'
-//                            k/v_chunk_map), the rest with cp.async. Keys never wait for
-//                            the consumers' use of values or the other way round.
+//                            layout wgmma reads), whole token rows per thread (the tokens
+//                            of a whole 2-bit tile interleaved); the unquantized tiles
+//                            [cache tail ; chunk] go into the same buffers: whole tiles of
+//                            chunk rows by TMA (one thread, the copy engine swizzles;
+//                            AttentionParams' k/v_chunk_map), the rest with cp.async.
+//                            Keys never wait for the consumers' use of values or the
+//                            other way round.
 //   consumers  (warps 4-)    G warpgroups of 64 query rows: S = Q K^T (wgmma, A and B
 //                            from shared memory), the Jensen correction (the fold's k16
 //                            step below, or one FMA per score and key group), masks,
