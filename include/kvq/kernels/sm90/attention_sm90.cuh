@@ -524,7 +524,8 @@ KVQ_DEVICE void produce(const AttentionParams<typename Tr::Layout>& p, const det
       // 2-bit codes, a whole tile: every token's packed data first, then the tokens'
       // dequantization, which the compiler interleaves (INT2 128-token tiles +1.7 %; the
       // arithmetic form of 4-bit codes measured 15-24 % slower so: one token at a time).
-      if (H::Spec::kBits == 2 && valid == Tr::kTileN) {
+      constexpr bool kInterleave = H::Spec::kBits == 2;
+      if (kInterleave && valid == Tr::kTileN) {
         PackedToken<Tr, typename H::Spec, H::kWords> pk[kRows];
 #pragma unroll
         for (int j = 0; j < kRows; ++j) pk[j].load(codes, meta, lt + j * H::kThreads);
