@@ -2,33 +2,33 @@
 // [quantized cache ; cache tail ; current chunk] with the Jensen correction of the
 // quantized keys, with the semantics of kvq::reference::attention.
 //
-//   kvq::AttentionArguments a;  // device pointers, shapes, strides
-//   kvq::Status s = kvq::attention<Layout, kvq::Correction::kTaylor2>(layout, a, stream);
+//   kvq::AttentionPlan<Layout, kvq::Correction::kTaylor2> plan;   // once
+//   kvq::Status s = plan.initialize(layout, args);                  // validates, selects the kernel
+//   s = plan.run(args, stream);                                     // per call: checks and launches
+//   s = kvq::attention<kvq::Correction::kTaylor2>(layout, args, stream);  // both in one call
 //
-// Two kernels implement it: the Hopper kernel (kernels/sm90/attention_sm90.cuh, wgmma,
-// warp-specialised) for PerToken keys on compute capability 9.0 when the caller is
-// compiled for sm_90a, and the mma.sync kernel (kernels/attention_kernel.cuh, sm_80+)
-// for everything else; attention_path() tells which one a call uses.
+// Two kernels implement it: the Hopper kernel (kernels/sm90: wgmma, warp-specialised) for
+// PerToken keys with 2- or 4-bit codes on compute capability 9.0 when its translation
+// unit was compiled for sm_90a, and the mma.sync kernel (kernels/sm80, sm_80+) for
+// everything else. Every entry point returns a Status and never throws, prints or exits;
+// the Status table is in README.md.
 //
-// Every entry point returns a Status and never throws, prints or exits. Bad arguments
-// and unsupported variants are refused before any launch; a failed launch returns
-// kErrorCudaRuntime (the error is read and cleared with cudaGetLastError).
-//
-// Build time: each attention<Layout, Mode> compiles two kernels (bf16 and fp16
-// inputs). Instantiate each variant once, in its own translation unit, with
-// KVQ_INSTANTIATE_ATTENTION(Layout, Mode), and declare it elsewhere with
-// KVQ_DECLARE_ATTENTION(Layout, Mode) (Layout must be a type alias: no commas).
+// Build time: each AttentionPlan<Layout, Mode> compiles up to four kernels (two kernels x
+// bf16/fp16). Instantiate each variant once with KVQ_INSTANTIATE_ATTENTION(Layout, Mode)
+// and declare it elsewhere with KVQ_DECLARE_ATTENTION(Layout, Mode): a declaring
+// translation unit compiles no kernel of that variant.
 #pragma once
 
-#include <cuda.h>  // CUtensorMap and its enums (types only: the encoder comes through the runtime)
-#include <cudaTypedefs.h>
 #include <cuda_runtime.h>
 
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <type_traits>
 
+#include "kvq/device/error.cuh"
+#include "kvq/device/launch.cuh"
+#include "kvq/device/properties.cuh"
+#include "kvq/device/tensor_map.cuh"
 #include "kvq/kernels/attention_kernel.cuh"
 #include "kvq/kernels/sm90/attention_sm90.cuh"
 #include "kvq/layout/cache_layout.hpp"
@@ -41,25 +41,25 @@ namespace kvq {
 
 /// Arguments of one attention call. All pointers are device pointers.
 struct AttentionArguments {
-  int batch = 0;              ///< must equal the cache layout's batch
-  int q_heads = 0;            ///< Hq, a multiple of the cache's kv heads (GQA: q head h reads kv head h / (Hq/Hkv))
-  std::int64_t num_q = 0;     ///< query rows per batch entry (max over the batch)
-  std::int64_t num_chunk = 0; ///< current-chunk tokens per batch entry (max over the batch)
-  Tensor4 q;                  ///< [batch, num_q, q_heads, D], bf16 or fp16
-  Tensor4 k_chunk;            ///< [batch, num_chunk, kv heads, D], q's dtype
-  Tensor4 v_chunk;            ///< [batch, num_chunk, kv heads, D], q's dtype
-  Tensor4 o;                  ///< [batch, num_q, q_heads, D], q's dtype; rows >= q length are not written
-  const void* cache = nullptr;                  ///< base of the cache allocation (layout.bytes() bytes)
+  const void* cache = nullptr;  ///< base of the cache allocation (layout.bytes() bytes); null = empty cache
+  int batch = 0;                ///< must equal the cache layout's batch
+  int q_heads = 0;              ///< Hq, a multiple of the cache's kv heads (GQA: q head h reads kv head h / (Hq/Hkv))
+  std::int64_t num_q = 0;       ///< query rows per batch entry (max over the batch)
+  std::int64_t num_chunk = 0;   ///< current-chunk tokens per batch entry (max over the batch)
+  Tensor4 q;                    ///< [batch, num_q, q_heads, D], bf16 or fp16
+  Tensor4 k_chunk;              ///< [batch, num_chunk, kv heads, D], q's dtype
+  Tensor4 v_chunk;              ///< [batch, num_chunk, kv heads, D], q's dtype
+  Tensor4 o;                    ///< [batch, num_q, q_heads, D], q's dtype; rows >= q length are not written
   const std::int32_t* cache_lengths = nullptr;  ///< [batch] cached tokens; null = empty cache (as the reference)
   const std::int32_t* q_lengths = nullptr;      ///< [batch] valid query rows; null = num_q for all
   const std::int32_t* chunk_lengths = nullptr;  ///< [batch] valid chunk tokens; null = num_chunk for all
-  float scale = 0.0f;         ///< softmax scale (> 0), usually 1/sqrt(D)
+  float scale = 0.0f;  ///< softmax scale (> 0), usually 1/sqrt(D)
   Mask mask = Mask::kNone;
-  float* lse = nullptr;       ///< optional [batch, q_heads, num_q] float32, natural log
-  float* mass = nullptr;      ///< optional [batch, q_heads, num_q, 3] float32: softmax mass per segment
-  /// Optional host upper bound of the cache lengths (<= capacity); -1 = the capacity.
-  /// Device lengths are clamped into [0, bound] (and q/chunk lengths into [0, num_q] /
-  /// [0, num_chunk]): the kernel never reads outside the cache whatever the device holds.
+  float* lse = nullptr;   ///< optional [batch, q_heads, num_q] float32, natural log
+  float* mass = nullptr;  ///< optional [batch, q_heads, num_q, 3] float32: softmax mass per segment
+  /// Host upper bound of the device cache lengths; -1 = the capacity. Device lengths are
+  /// clamped into [0, bound] (and q/chunk lengths into [0, num_q] / [0, num_chunk]): the
+  /// kernel never reads outside the cache whatever the device holds.
   std::int64_t max_cache_length = -1;
 };
 
@@ -70,11 +70,20 @@ struct AttentionVariant {
   static constexpr Correction kMode = Mode_;
 };
 
+/// The kernel configuration an AttentionPlan selects at initialize: the Hopper kernel in
+/// kernels::Sm90DefaultConfig<Layout, Mode> where it implements the variant and runs on the
+/// device, else the mma.sync kernel in its default tiles. The other configurations
+/// (kernels::Sm90Config192, kernels::AttentionTileConfig<...>, ...) force one kernel.
+struct AutoConfig {};
+
+/// Which kernel a plan runs.
+enum class AttentionPath { kSm80, kSm90 };
+
+constexpr const char* to_string(AttentionPath p) noexcept { return p == AttentionPath::kSm90 ? "sm90" : "sm80"; }
+
 /// Whether the mma.sync kernel (every architecture) implements a (layout, correction)
-/// pair (compile time): head dim 64 or 128, groups of at least 8, code words of a multiple
-/// of 4 codes (2, 4 and 8 bits), and Exact only with PerChannel keys.
-/// kernels::sm90_variant_supported says the same of the Hopper kernel; attention<> refuses
-/// a pair that no kernel implements with Status::kErrorNotSupported.
+/// pair: head dim 64 or 128, groups of at least 8, code words of a multiple of 4 codes
+/// (2, 4 and 8 bits), and Exact only with PerChannel keys.
 template <class Layout, Correction Mode>
 constexpr bool attention_variant_supported() {
   constexpr int kD = Layout::kHeadDim;
@@ -85,11 +94,56 @@ constexpr bool attention_variant_supported() {
          !(K::kPerToken && Mode == Correction::kExact);
 }
 
-namespace detail {
+namespace detail::attention {
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0; }
+inline bool aligned4(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 3u) == 0; }
 inline bool strides_aligned(const Tensor4& t) {
   return t.batch_stride % 8 == 0 && t.token_stride % 8 == 0 && t.head_stride % 8 == 0;
+}
+inline bool strides_nonnegative(const Tensor4& t) {
+  return t.batch_stride >= 0 && t.token_stride >= 0 && t.head_stride >= 0;
+}
+
+/// The checks of one call's arguments that need no device (see README's Status table).
+template <class Layout>
+Status check_arguments(const Layout& layout, const AttentionArguments& a) {
+  // Shapes and lengths.
+  if (a.batch < 0 || a.q_heads <= 0 || a.num_q < 0 || a.num_chunk < 0) return Status::kErrorInvalidArgument;
+  if (a.batch != layout.shape.batch || layout.shape.heads <= 0 || a.q_heads % layout.shape.heads != 0)
+    return Status::kErrorInvalidArgument;
+  if (a.max_cache_length < -1 || a.max_cache_length > layout.shape.capacity) return Status::kErrorInvalidArgument;
+  if (!(a.scale > 0.0f) || !std::isfinite(a.scale)) return Status::kErrorInvalidArgument;
+  if (a.mask != Mask::kNone && a.mask != Mask::kCausalLastSegment) return Status::kErrorInvalidArgument;
+  if (a.q_heads > 65535 || a.batch > 65535) return Status::kErrorNotSupported;
+  if (a.num_q > (std::int64_t{1} << 31) * 64) return Status::kErrorNotSupported;
+  // Element types.
+  if (a.q.dtype != DType::kBFloat16 && a.q.dtype != DType::kFloat16) return Status::kErrorNotSupported;
+  const bool has_q = a.batch > 0 && a.num_q > 0;
+  const bool has_chunk = a.batch > 0 && a.num_chunk > 0;
+  if (has_q && a.o.dtype != a.q.dtype) return Status::kErrorInvalidArgument;
+  if (has_chunk && (a.k_chunk.dtype != a.q.dtype || a.v_chunk.dtype != a.q.dtype)) return Status::kErrorInvalidArgument;
+  if (Layout::kHasTail && a.cache_lengths != nullptr && layout.shape.tail_dtype != a.q.dtype)
+    return Status::kErrorInvalidArgument;
+  // Pointers and strides.
+  if (has_q && (a.q.data == nullptr || a.o.data == nullptr)) return Status::kErrorInvalidArgument;
+  if (has_chunk && (a.k_chunk.data == nullptr || a.v_chunk.data == nullptr)) return Status::kErrorInvalidArgument;
+  if (a.cache_lengths != nullptr && a.cache == nullptr) return Status::kErrorInvalidArgument;
+  if (!strides_nonnegative(a.q) || !strides_nonnegative(a.o) || !strides_nonnegative(a.k_chunk) ||
+      !strides_nonnegative(a.v_chunk))
+    return Status::kErrorInvalidArgument;
+  // Alignment: 16-byte loads and 4-byte stores of 16-bit rows.
+  if (has_q && (!aligned16(a.q.data) || !aligned16(a.o.data) || !strides_aligned(a.q) || !strides_aligned(a.o)))
+    return Status::kErrorMisaligned;
+  if (has_chunk && (!aligned16(a.k_chunk.data) || !aligned16(a.v_chunk.data) || !strides_aligned(a.k_chunk) ||
+                    !strides_aligned(a.v_chunk)))
+    return Status::kErrorMisaligned;
+  if (a.cache != nullptr && !aligned16(a.cache)) return Status::kErrorMisaligned;
+  if ((a.cache_lengths != nullptr && !aligned4(a.cache_lengths)) || (a.q_lengths != nullptr && !aligned4(a.q_lengths)) ||
+      (a.chunk_lengths != nullptr && !aligned4(a.chunk_lengths)))
+    return Status::kErrorMisaligned;
+  if ((a.lse != nullptr && !aligned4(a.lse)) || (a.mass != nullptr && !aligned4(a.mass))) return Status::kErrorMisaligned;
+  return Status::kSuccess;
 }
 
 /// The kernel parameters of one call (both kernels take the same).
@@ -134,273 +188,200 @@ kernels::AttentionParams<Layout> make_params(const Layout& layout, const Attenti
   return p;
 }
 
-/// cuTensorMapEncodeTiled from the driver, looked up once through the runtime (no link
-/// against libcuda); null where the driver does not provide it.
-inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
-  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult q{};
-#if CUDART_VERSION >= 12050
-    const cudaError_t e = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q);
-#else
-    const cudaError_t e = cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &f, cudaEnableDefault, &q);
-#endif
-    if (e != cudaSuccess || q != cudaDriverEntryPointSuccess) {
-      (void)cudaGetLastError();
-      return static_cast<PFN_cuTensorMapEncodeTiled_v12000>(nullptr);
-    }
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
-  }();
-  return fn;
-}
-
-/// A TMA descriptor of chunk tensor t (16-bit elements, [batch][num_chunk][kv heads][D]
-/// with its strides) read in boxes of 64 channels x `box_tokens` tokens with the 128-byte
-/// swizzle; false (nothing written) where the driver refuses it.
-inline bool encode_chunk_map(unsigned char (&out)[128], const Tensor4& t, int head_dim, std::int64_t tokens, int heads,
-                             int batch, int box_tokens) {
-  const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
-  if (encode == nullptr || tokens <= 0 || heads <= 0 || batch <= 0) return false;
-  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(head_dim), static_cast<cuuint64_t>(tokens),
-                              static_cast<cuuint64_t>(heads), static_cast<cuuint64_t>(batch)};
-  const cuuint64_t strides[3] = {static_cast<cuuint64_t>(t.token_stride) * 2, static_cast<cuuint64_t>(t.head_stride) * 2,
-                                 static_cast<cuuint64_t>(t.batch_stride) * 2};
-  const cuuint32_t box[4] = {64, static_cast<cuuint32_t>(box_tokens), 1, 1};
-  const cuuint32_t element_strides[4] = {1, 1, 1, 1};
-  CUtensorMap map;
-  static_assert(sizeof(map) == sizeof(out), "a CUtensorMap is 128 bytes");
-  if (encode(&map, CU_TENSOR_MAP_DATA_TYPE_UINT16, 4, t.data, dims, strides, box, element_strides,
-             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS)
-    return false;
-  std::memcpy(out, &map, sizeof(map));
-  return true;
-}
-
-/// Tr::kChunkMapTokens where the kernel reads the chunk through TMA descriptors (0: not).
-template <class Tr, class = void>
-struct ChunkMapTokens {
-  static constexpr int value = 0;
-};
-template <class Tr>
-struct ChunkMapTokens<Tr, std::void_t<decltype(Tr::kChunkMapTokens)>> {
-  static constexpr int value = Tr::kChunkMapTokens;
-};
-
-/// Launches `kernel` (either kernel) with Tr's threads and shared memory over the grid
-/// (ceil(num_q / Tr::kRows), q_heads, batch).
-template <class Tr, class Kernel>
-Status launch_kernel(Kernel kernel, const typename Tr::Layout& layout, const AttentionArguments& a, cudaStream_t stream) {
-  kernels::AttentionParams<typename Tr::Layout> p = make_params(layout, a);
-  if constexpr (ChunkMapTokens<Tr>::value > 0) {
-    // Both or neither: the kernel copies the chunk with cp.async where chunk_maps is 0.
-    constexpr int kBox = ChunkMapTokens<Tr>::value;
-    const int heads = layout.shape.heads;
-    p.chunk_maps = encode_chunk_map(p.k_chunk_map, a.k_chunk, Tr::kHeadDim, a.num_chunk, heads, a.batch, kBox) &&
-                           encode_chunk_map(p.v_chunk_map, a.v_chunk, Tr::kHeadDim, a.num_chunk, heads, a.batch, kBox)
-                       ? 1
-                       : 0;
-  }
-  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return Status::kErrorCudaRuntime;
-  }
-  const dim3 grid(static_cast<unsigned>((a.num_q + Tr::kRows - 1) / Tr::kRows), static_cast<unsigned>(a.q_heads),
-                  static_cast<unsigned>(a.batch));
-  kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
-  return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kErrorCudaRuntime;
-}
-
-template <class Tr>
-Status launch_attention(const typename Tr::Layout& layout, const AttentionArguments& a, cudaStream_t stream) {
-  return launch_kernel<Tr>(kernels::attention_kernel<Tr>, layout, a, stream);
-}
-
-/// Whether this translation unit was compiled with device code for compute capability 9.0
-/// (nvcc's __CUDA_ARCH_LIST__); KVQ_DISABLE_SM90_PATH turns the Hopper path off.
-constexpr bool sm90_compiled() {
-#if defined(__CUDA_ARCH_LIST__) && !defined(KVQ_DISABLE_SM90_PATH)
-  constexpr int archs[] = {__CUDA_ARCH_LIST__};
-  for (int x : archs)
-    if (x == 900) return true;
-#endif
-  return false;
-}
-
-/// Whether the Hopper kernel of Tr can run on the current device: a 9.0 device and kernel
-/// code built for sm_90a (built for plain sm_90 or from PTX of another architecture, the
-/// kernel is only a trap: then its register count gives it away and the mma.sync kernel
-/// is used instead). The answer per kernel is computed once.
-template <class Tr>
-bool sm90_kernel_usable() {
-  if constexpr (!sm90_compiled()) {
-    return false;
-  } else {
-    int dev = 0, major = 0, minor = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
-      (void)cudaGetLastError();
-      return false;
-    }
-    if (major != 9 || minor != 0) return false;
-    static const bool built = [] {
-      cudaFuncAttributes attr{};
-      if (cudaFuncGetAttributes(&attr, kernels::attention_sm90_kernel<Tr>) != cudaSuccess) {
-        (void)cudaGetLastError();
-        return false;
-      }
-      return attr.numRegs >= 64;  // the real kernel runs at its launch bound (168)
-    }();
-    return built;
-  }
-}
-
-/// Device checks: compute capability 8.0+ and enough opt-in shared memory.
-inline Status check_device(int smem_bytes) {
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return Status::kErrorNoDevice;
-  }
-  int major = 0, smem = 0;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return Status::kErrorCudaRuntime;
-  }
-  if (major < 8 || smem < smem_bytes) return Status::kErrorNotSupported;
-  return Status::kSuccess;
-}
-
-template <class Layout, Correction Mode>
-inline constexpr bool sm90_variant_supported_v = kernels::sm90_variant_supported<Layout, Mode>();
-
 template <class Config>
 constexpr bool is_sm90_config() {
   return kernels::IsSm90Config<Config>::value;
 }
 
-/// can_implement with an explicit kernel choice: an mma.sync tile configuration (see
-/// kernels::AttentionTileConfig) or a kernels::Sm90ConfigT (the Hopper kernel: refused with
-/// kErrorNotSupported where it cannot run or does not implement the variant).
-template <class Layout, Correction Mode, class Config>
-Status can_implement_with_config(const Layout& layout, const AttentionArguments& a) {
-  constexpr bool kSupported = is_sm90_config<Config>() ? sm90_variant_supported_v<Layout, Mode>
-                                                       : attention_variant_supported<Layout, Mode>();
-  if constexpr (!kSupported) {
-    (void)layout, (void)a;
-    return Status::kErrorNotSupported;
-  } else {
-    // Shapes and lengths.
-    if (a.batch < 0 || a.q_heads <= 0 || a.num_q < 0 || a.num_chunk < 0) return Status::kErrorInvalidArgument;
-    if (a.batch != layout.shape.batch || layout.shape.heads <= 0 || a.q_heads % layout.shape.heads != 0)
-      return Status::kErrorInvalidArgument;
-    if (a.max_cache_length > layout.shape.capacity) return Status::kErrorInvalidArgument;
-    if (!(a.scale > 0.0f) || !std::isfinite(a.scale)) return Status::kErrorInvalidArgument;
-    if (a.mask != Mask::kNone && a.mask != Mask::kCausalLastSegment) return Status::kErrorInvalidArgument;
-    if (a.q_heads > 65535 || a.batch > 65535) return Status::kErrorNotSupported;
-    if (a.num_q > (std::int64_t{1} << 31) * 64) return Status::kErrorNotSupported;
-    // Element types.
-    if (a.q.dtype != DType::kBFloat16 && a.q.dtype != DType::kFloat16) return Status::kErrorNotSupported;
-    const bool has_q = a.batch > 0 && a.num_q > 0;
-    const bool has_chunk = a.batch > 0 && a.num_chunk > 0;
-    if (has_q && a.o.dtype != a.q.dtype) return Status::kErrorInvalidArgument;
-    if (has_chunk && (a.k_chunk.dtype != a.q.dtype || a.v_chunk.dtype != a.q.dtype)) return Status::kErrorInvalidArgument;
-    if (Layout::kHasTail && a.cache_lengths != nullptr && layout.shape.tail_dtype != a.q.dtype)
-      return Status::kErrorNotSupported;
-    // Pointers.
-    if (has_q && (a.q.data == nullptr || a.o.data == nullptr)) return Status::kErrorInvalidArgument;
-    if (has_chunk && (a.k_chunk.data == nullptr || a.v_chunk.data == nullptr)) return Status::kErrorInvalidArgument;
-    if (a.cache_lengths != nullptr && a.cache == nullptr) return Status::kErrorInvalidArgument;
-    // Alignment: 16-byte loads and 4-byte stores of 16-bit rows.
-    if (has_q && (!aligned16(a.q.data) || !aligned16(a.o.data) || !strides_aligned(a.q) || !strides_aligned(a.o)))
-      return Status::kErrorMisaligned;
-    if (has_chunk && (!aligned16(a.k_chunk.data) || !aligned16(a.v_chunk.data) || !strides_aligned(a.k_chunk) ||
-                      !strides_aligned(a.v_chunk)))
-      return Status::kErrorMisaligned;
-    if (a.cache != nullptr && !aligned16(a.cache)) return Status::kErrorMisaligned;
-    if (a.lse != nullptr && (reinterpret_cast<std::uintptr_t>(a.lse) & 3u) != 0) return Status::kErrorMisaligned;
-    if (a.mass != nullptr && (reinterpret_cast<std::uintptr_t>(a.mass) & 3u) != 0) return Status::kErrorMisaligned;
-    if constexpr (is_sm90_config<Config>()) {
-      using Tr = kernels::Sm90Traits<Layout, Mode, DType::kBFloat16, Config>;
-      const Status s = check_device(Tr::kSmemBytes);
-      if (s != Status::kSuccess) return s;
-      using Tr16 = kernels::Sm90Traits<Layout, Mode, DType::kFloat16, Config>;
-      const bool usable = a.q.dtype == DType::kBFloat16 ? sm90_kernel_usable<Tr>() : sm90_kernel_usable<Tr16>();
-      return usable ? Status::kSuccess : Status::kErrorNotSupported;
-    } else {
-      using Tr = kernels::AttentionTraits<Layout, Mode, DType::kBFloat16, Config>;
-      return check_device(Tr::kSmemBytes);
-    }
-  }
+/// The kernel of (Layout, Mode, Config) for one element type, with its launch shape.
+template <class Layout>
+struct KernelChoice {
+  using Kernel = void (*)(kernels::AttentionParams<Layout>);
+  Kernel kernel = nullptr;
+  int threads = 0;
+  int rows = 0;
+  int smem_bytes = 0;
+  int chunk_map_tokens = 0;  ///< > 0: the kernel reads the chunk through TMA maps with boxes of this many tokens
+  AttentionPath path = AttentionPath::kSm80;
+};
+
+template <class Tr, class Layout>
+KernelChoice<Layout> sm80_kernel() {
+  return {&kernels::attention_kernel<Tr>, Tr::kThreads, Tr::kRows, Tr::kSmemBytes, 0, AttentionPath::kSm80};
+}
+template <class Tr, class Layout>
+KernelChoice<Layout> sm90_kernel() {
+  return {&kernels::attention_sm90_kernel<Tr>, Tr::kThreads, Tr::kRows, Tr::kSmemBytes, Tr::kChunkMapTokens,
+          AttentionPath::kSm90};
 }
 
-/// attention with an explicit tile configuration (tests and benchmarks compare configurations).
+}  // namespace detail::attention
+
+/// Plan once, run many: validates what does not change between calls (layout, batch, q
+/// heads, dtype, mask), queries the device once, selects the kernel and sets its function
+/// attributes in initialize(); run() checks the per-call arguments and launches.
+///
+/// \tparam Config  AutoConfig (the default: the Hopper kernel where it implements the
+///                 variant and runs on the device, else the mma.sync kernel), or a kernel
+///                 configuration that forces one kernel: a kernels::Sm90ConfigT (the Hopper
+///                 kernel; kErrorNotSupported where it cannot run) or a
+///                 kernels::AttentionTileConfig (the mma.sync kernel).
+///
+/// A plan belongs to the device that was current at initialize(); it keeps the chunk's
+/// TMA descriptors of the last call, so one plan must not run concurrently from several
+/// host threads. The kernel-launching members are defined out of the class, so that
+/// KVQ_DECLARE_ATTENTION (an extern template) keeps their kernels out of declaring files.
+template <class Layout, Correction Mode, class Config = AutoConfig>
+class AttentionPlan {
+ public:
+  static constexpr bool kForcedSm90 = detail::attention::is_sm90_config<Config>();
+  static constexpr bool kAuto = std::is_same_v<Config, AutoConfig>;
+  static constexpr bool kSm90Implemented = kernels::sm90_variant_supported<Layout, Mode>();
+  static constexpr bool kSm80Implemented = attention_variant_supported<Layout, Mode>();
+  /// Whether some kernel of this Config implements the variant (compile time).
+  static constexpr bool kImplemented = kForcedSm90 ? kSm90Implemented : kSm80Implemented || (kAuto && kSm90Implemented);
+
+  /// The checks of initialize() that need no device: argument checks and whether a kernel
+  /// of Config implements the variant.
+  [[nodiscard]] static Status can_implement(const Layout& layout, const AttentionArguments& a) {
+    if constexpr (!kImplemented) {
+      (void)layout, (void)a;
+      return Status::kErrorNotSupported;
+    } else {
+      return detail::attention::check_arguments(layout, a);
+    }
+  }
+
+  /// Validates the arguments, queries the current device, selects the kernel and sets its
+  /// function attributes. On failure the plan stays uninitialized.
+  [[nodiscard]] Status initialize(const Layout& layout, const AttentionArguments& a);
+
+  /// Checks the per-call arguments against the plan and launches on `stream`. Arguments
+  /// that initialize() fixed (batch, q heads, dtype, mask, layout) must not change:
+  /// kErrorInvalidArgument if they do.
+  [[nodiscard]] Status run(const AttentionArguments& a, cudaStream_t stream);
+
+  bool initialized() const { return initialized_; }
+  /// The kernel that run() launches (valid after a successful initialize()).
+  AttentionPath path() const { return choice_.path; }
+  const Layout& layout() const { return layout_; }
+
+ private:
+  Layout layout_{};
+  DType dtype_ = DType::kBFloat16;
+  int q_heads_ = 0;
+  Mask mask_ = Mask::kNone;
+  int device_ = -1;
+  bool initialized_ = false;
+  detail::attention::KernelChoice<Layout> choice_{};
+  device::ChunkMapCache maps_{};
+};
+
 template <class Layout, Correction Mode, class Config>
-Status attention_with_config(const Layout& layout, const AttentionArguments& a, cudaStream_t stream) {
-  const Status s = can_implement_with_config<Layout, Mode, Config>(layout, a);
+Status AttentionPlan<Layout, Mode, Config>::initialize(const Layout& layout, const AttentionArguments& a) {
+  namespace at = detail::attention;
+  initialized_ = false;
+  Status s = can_implement(layout, a);
   if (s != Status::kSuccess) return s;
-  if constexpr (is_sm90_config<Config>()) {
-    if constexpr (sm90_variant_supported_v<Layout, Mode>) {
-      if (a.batch == 0 || a.num_q == 0) return Status::kSuccess;
-      if (a.q.dtype == DType::kBFloat16) {
-        using Tr = kernels::Sm90Traits<Layout, Mode, DType::kBFloat16, Config>;
-        return launch_kernel<Tr>(kernels::attention_sm90_kernel<Tr>, layout, a, stream);
+  if constexpr (kImplemented) {
+    device::Properties dev;
+    if ((s = device::Properties::query(&dev)) != Status::kSuccess) return s;
+    if (dev.cc_major < 8) return Status::kErrorNotSupported;
+    const bool bf16 = a.q.dtype == DType::kBFloat16;
+    at::KernelChoice<Layout> c{};
+    bool chosen = false;
+    if constexpr (kForcedSm90 || (kAuto && kSm90Implemented)) {
+      using Sm90Config = std::conditional_t<kForcedSm90, Config, kernels::Sm90DefaultConfig<Layout, Mode>>;
+      using TrB = kernels::Sm90Traits<Layout, Mode, DType::kBFloat16, Sm90Config>;
+      using TrH = kernels::Sm90Traits<Layout, Mode, DType::kFloat16, Sm90Config>;
+      const at::KernelChoice<Layout> k = bf16 ? at::sm90_kernel<TrB, Layout>() : at::sm90_kernel<TrH, Layout>();
+      bool runnable = dev.is_sm90() && dev.smem_optin >= k.smem_bytes;
+      if (runnable) {
+        // The kernel's own build says whether it has the wgmma code: built for any target
+        // but sm_90a it is a stub that declares kernels::kSm90StubSharedBytes of static
+        // shared memory (the real kernel declares none).
+        cudaFuncAttributes attr{};
+        if ((s = device::check(cudaFuncGetAttributes(&attr, k.kernel))) != Status::kSuccess) return s;
+        runnable = attr.sharedSizeBytes == 0;
       }
-      using Tr = kernels::Sm90Traits<Layout, Mode, DType::kFloat16, Config>;
-      return launch_kernel<Tr>(kernels::attention_sm90_kernel<Tr>, layout, a, stream);
-    } else {
-      (void)stream;
-      return Status::kErrorNotSupported;
+      if (runnable) {
+        c = k;
+        chosen = true;
+      } else if constexpr (kForcedSm90) {
+        return Status::kErrorNotSupported;
+      }
     }
-  } else if constexpr (attention_variant_supported<Layout, Mode>()) {
-    if (a.batch == 0 || a.num_q == 0) return Status::kSuccess;
-    if (a.q.dtype == DType::kBFloat16) {
-      return launch_attention<kernels::AttentionTraits<Layout, Mode, DType::kBFloat16, Config>>(layout, a, stream);
+    if constexpr (!kForcedSm90 && kSm80Implemented) {
+      if (!chosen) {
+        using Tiles = std::conditional_t<kAuto, typename kernels::AttentionTileHeuristic<Layout::kHeadDim>::type, Config>;
+        using TrB = kernels::AttentionTraits<Layout, Mode, DType::kBFloat16, Tiles>;
+        using TrH = kernels::AttentionTraits<Layout, Mode, DType::kFloat16, Tiles>;
+        c = bf16 ? at::sm80_kernel<TrB, Layout>() : at::sm80_kernel<TrH, Layout>();
+        if (dev.smem_optin < c.smem_bytes) return Status::kErrorNotSupported;
+        chosen = true;
+      }
     }
-    return launch_attention<kernels::AttentionTraits<Layout, Mode, DType::kFloat16, Config>>(layout, a, stream);
+    if (!chosen) return Status::kErrorNotSupported;
+    if ((s = device::check(cudaFuncSetAttribute(c.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, c.smem_bytes))) !=
+        Status::kSuccess)
+      return s;
+    layout_ = layout;
+    dtype_ = a.q.dtype;
+    q_heads_ = a.q_heads;
+    mask_ = a.mask;
+    device_ = dev.device;
+    choice_ = c;
+    maps_ = device::ChunkMapCache{};
+    initialized_ = true;
+    return Status::kSuccess;
   } else {
-    (void)stream;
     return Status::kErrorNotSupported;
   }
 }
 
-}  // namespace detail
-
-/// Checks the arguments of attention<Layout, Mode> without launching anything.
-template <class Layout, Correction Mode>
-[[nodiscard]] Status can_implement(const Layout& layout, const AttentionArguments& a) {
-  return detail::can_implement_with_config<Layout, Mode, typename kernels::AttentionTileHeuristic<Layout::kHeadDim>::type>(
-      layout, a);
-}
-
-/// Which kernel attention<Layout, Mode> runs for these arguments on the current device:
-/// the Hopper kernel (in its configuration kernels::Sm90DefaultConfig<Layout, Mode>) when
-/// it implements the variant and can run here, else the mma.sync kernel.
-enum class AttentionPath { kMmaSync, kSm90 };
-template <class Layout, Correction Mode>
-[[nodiscard]] AttentionPath attention_path(const Layout& layout, const AttentionArguments& a) {
-  if constexpr (kernels::sm90_variant_supported<Layout, Mode>()) {
-    if (detail::can_implement_with_config<Layout, Mode, kernels::Sm90DefaultConfig<Layout, Mode>>(layout, a) ==
-        Status::kSuccess)
-      return AttentionPath::kSm90;
+template <class Layout, Correction Mode, class Config>
+Status AttentionPlan<Layout, Mode, Config>::run(const AttentionArguments& a, cudaStream_t stream) {
+  if (!initialized_) return Status::kErrorInvalidArgument;
+  if (a.q.dtype != dtype_ || a.q_heads != q_heads_ || a.mask != mask_) return Status::kErrorInvalidArgument;
+  const Status s = detail::attention::check_arguments(layout_, a);
+  if (s != Status::kSuccess) return s;
+  if (a.batch == 0 || a.num_q == 0) return Status::kSuccess;
+  kernels::AttentionParams<Layout> p = detail::attention::make_params(layout_, a);
+  if (choice_.chunk_map_tokens > 0) {
+    if (!maps_.matches(a.k_chunk, a.v_chunk, a.num_chunk))
+      maps_.update(a.k_chunk, a.v_chunk, a.num_chunk, Layout::kHeadDim, layout_.shape.heads, a.batch,
+                   choice_.chunk_map_tokens);
+    if (maps_.ok) {
+      for (int i = 0; i < 128; ++i) p.k_chunk_map[i] = maps_.k_map[i], p.v_chunk_map[i] = maps_.v_map[i];
+      p.chunk_maps = 1;
+    }
   }
-  (void)layout, (void)a;
-  return AttentionPath::kMmaSync;
+  device::LaunchShape shape;
+  shape.grid = dim3(static_cast<unsigned>((a.num_q + choice_.rows - 1) / choice_.rows), static_cast<unsigned>(a.q_heads),
+                    static_cast<unsigned>(a.batch));
+  shape.block = dim3(static_cast<unsigned>(choice_.threads));
+  shape.smem_bytes = choice_.smem_bytes;
+  return device::launch(choice_.kernel, shape, stream, p);
 }
 
-/// Fused chunk attention over the cache described by `layout` (at a.cache) and the
-/// current chunk, enqueued on `stream`. On an H100/H200 (compute capability 9.0, code
-/// built for sm_90a) the variants the Hopper kernel implements run on it (warpgroup MMA,
-/// warp-specialised); everything else runs on the mma.sync kernel. Same arguments, same
-/// results within the stated tolerances.
-template <class Layout, Correction Mode>
+/// Fused chunk attention in one call: an AttentionPlan<Layout, Mode> initialized and run
+/// on `stream` (the device queries and function attributes of initialize() on every call;
+/// an engine that calls it per layer and chunk keeps a plan instead).
+template <Correction Mode, class Layout>
 [[nodiscard]] Status attention(const Layout& layout, const AttentionArguments& a, cudaStream_t stream) {
-  if (attention_path<Layout, Mode>(layout, a) == AttentionPath::kSm90)
-    return detail::attention_with_config<Layout, Mode, kernels::Sm90DefaultConfig<Layout, Mode>>(layout, a, stream);
-  return detail::attention_with_config<Layout, Mode, typename kernels::AttentionTileHeuristic<Layout::kHeadDim>::type>(
-      layout, a, stream);
+  AttentionPlan<Layout, Mode> plan;
+  const Status s = plan.initialize(layout, a);
+  return s != Status::kSuccess ? s : plan.run(a, stream);
+}
+
+/// Which kernel attention<Mode>(layout, a, ...) runs on the current device, or the Status
+/// that initialize() returns (through *status where given) when none runs.
+template <Correction Mode, class Layout>
+[[nodiscard]] AttentionPath attention_path(const Layout& layout, const AttentionArguments& a, Status* status = nullptr) {
+  AttentionPlan<Layout, Mode> plan;
+  const Status s = plan.initialize(layout, a);
+  if (status != nullptr) *status = s;
+  return plan.path();
 }
 
 /// Runtime dispatch: runs the first listed AttentionVariant whose layout matches `variant`
@@ -421,15 +402,15 @@ template <class... Variants>
         L l;
         const Status s = L::make(shape, &l);
         if (s != Status::kSuccess) return s;
-        return attention<L, V::kMode>(l, a, stream);
+        return attention<V::kMode>(l, a, stream);
       });
 }
 
 }  // namespace kvq
 
-/// Explicit instantiation of one variant (Layout must be a type alias without commas).
-#define KVQ_INSTANTIATE_ATTENTION(Layout, Mode) \
-  template kvq::Status kvq::attention<Layout, Mode>(const Layout&, const kvq::AttentionArguments&, cudaStream_t);
-/// Declaration of a variant instantiated in another translation unit.
-#define KVQ_DECLARE_ATTENTION(Layout, Mode) \
-  extern template kvq::Status kvq::attention<Layout, Mode>(const Layout&, const kvq::AttentionArguments&, cudaStream_t);
+/// Explicit instantiation of one variant's plan and kernels (Layout must be a type alias
+/// without commas).
+#define KVQ_INSTANTIATE_ATTENTION(Layout, Mode) template class kvq::AttentionPlan<Layout, Mode, kvq::AutoConfig>;
+/// Declaration of a variant instantiated in another translation unit: its kernels are not
+/// compiled here.
+#define KVQ_DECLARE_ATTENTION(Layout, Mode) extern template class kvq::AttentionPlan<Layout, Mode, kvq::AutoConfig>;

@@ -1,8 +1,10 @@
 // The default set of attention variants that kvq's tests, benchmarks and demo use:
-// cache layouts, the (layout, correction) pairs, and their declarations. Each pair is
-// compiled once, in its own translation unit, with
+// cache layouts and the (layout, correction) pairs. kvq ships no compiled code: a program
+// that uses a pair compiles it once, in its own translation unit, with
 //   KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int2Pt128D128, kvq::Correction::kTaylor2)
-// and dispatched at run time with
+// declares the pairs it instantiates elsewhere with
+//   KVQ_FOR_EACH_DEFAULT_ATTENTION_VARIANT(KVQ_DECLARE_ATTENTION)
+// and dispatches at run time with
 //   kvq::attention(kvq::variants::DefaultAttentionVariants{}, cache_variant, mode, shape, args, stream)
 // (which needs every listed pair linked in). A consumer lists its own set the same way.
 #pragma once
@@ -49,10 +51,6 @@ using Int4Pc32D64 = layout::CacheLayout<PerChannelFp16<4, 32>, PerTokenFp16<4, 6
   X(kvq::variants::Int2Pt64D64, kvq::Correction::kNone)                                                                    \
   X(kvq::variants::Int2Pt64D64, kvq::Correction::kTaylor2)                                                                 \
   X(kvq::variants::Int4Pc32D64, kvq::Correction::kTaylor2)
-
-// Every default pair is instantiated elsewhere: no translation unit that includes this
-// header compiles their kernels implicitly.
-KVQ_FOR_EACH_DEFAULT_ATTENTION_VARIANT(KVQ_DECLARE_ATTENTION)
 
 namespace kvq::variants {
 

@@ -2,31 +2,24 @@
 // packed low-bit cache (layout/cache_layout.hpp), bit-identical to
 // kvq::reference::quantize_append.
 //
-//   kvq::AppendArguments args{k, v, num_tokens, d_lengths, max_length};
-//   kvq::Status s = kvq::quantize_append(layout, d_cache, args, stream);
+//   kvq::AppendArguments args;  // cache, k, v, num_tokens, device lengths, ...
+//   kvq::AppendPlan<Layout> plan;
+//   kvq::Status s = plan.initialize(layout, args);  // once: validates, queries the device
+//   s = plan.run(args, stream);                     // per chunk: checks and launches
+//   s = kvq::quantize_append(layout, args, stream); // both in one call
 //
-// Every entry point returns a Status and never throws, prints or exits. Bad arguments are
-// refused before any launch (and nothing is written):
-//   kErrorInvalidArgument  null cache or lengths; null k/v data with num_tokens > 0;
-//                          negative num_tokens, max_length or strides; k and v of
-//                          different dtypes, or (PerChannel keys) a dtype other than the
-//                          layout's tail dtype; a layout shape that CacheLayout::make refuses.
-//   kErrorNotSupported     k/v dtype other than bf16 and fp16; a layout the kernel does not
-//                          implement (QuantizeAppendTraits::kSupported: head dim a multiple
-//                          of 32 up to 512, groups of at least 8); with the dispatching
-//                          overload, a variant not listed.
-//   kErrorMisaligned       cache not 16-byte aligned, lengths not 4-byte aligned, k/v data
-//                          not 2-byte aligned. K/V pointers or strides that are not 16-byte
-//                          (8-element) aligned are accepted: the kernel then reads them with
-//                          scalar loads (slower, same results).
-//   kErrorCapacityExceeded max_length + num_tokens exceeds the capacity, or INT32_MAX.
-//   kErrorCudaRuntime      a launch failed (cudaGetLastError after each launch).
-// num_tokens == 0 is a no-op that launches nothing.
+// Every entry point returns a Status and never throws, prints or exits; bad arguments
+// are refused before any launch and nothing is written (README.md has the Status table).
+// K and V pointers or strides that are not 16-byte (8-element) aligned are accepted: the
+// kernel then reads them with scalar loads (slower, same results). num_tokens == 0 is a
+// no-op that launches nothing.
 //
-// max_length is a host-side upper bound on the device lengths that the caller knows; the
-// kernel also checks each device length: a batch entry whose length is negative or whose
+// max_cache_length is a host-side upper bound on the device lengths (-1: unknown). The
+// kernels also check each device length: a batch entry whose length is negative or whose
 // length + num_tokens exceeds the capacity is left untouched (no byte written, length
-// unchanged), so a wrong max_length can never make the kernel write outside the cache.
+// unchanged) and, where args.error is given, reported there (AppendError bits), so a
+// wrong bound never makes the kernel write outside the cache and never drops a chunk
+// silently.
 //
 // K and V must not overlap the cache; the stream orders this call with the caller's work.
 #pragma once
@@ -36,6 +29,9 @@
 #include <cstdint>
 #include <initializer_list>
 
+#include "kvq/device/error.cuh"
+#include "kvq/device/launch.cuh"
+#include "kvq/device/properties.cuh"
 #include "kvq/kernels/quantize_append_kernel.cuh"
 #include "kvq/layout/cache_layout.hpp"
 #include "kvq/spec/tensor.hpp"
@@ -45,13 +41,26 @@
 
 namespace kvq {
 
-/// The chunk to append and the per-batch lengths it is appended at.
+/// Bits of AppendArguments::error, set (OR-ed) on the device by an append that had to
+/// leave a batch entry untouched; that entry's length is unchanged.
+enum AppendError : std::uint32_t {
+  kAppendErrorCapacity = 1u,        ///< length + num_tokens exceeded the capacity
+  kAppendErrorNegativeLength = 2u,  ///< the device length was negative
+};
+
+/// The chunk to append, the cache it goes to and the per-batch lengths it is appended at.
 struct AppendArguments {
+  void* cache = nullptr;             ///< base of the cache allocation (layout.bytes() bytes), device
   Tensor4 k;                         ///< [batch, num_tokens, heads, HeadDim], bf16 or fp16, device
   Tensor4 v;                         ///< same shape and dtype as k
   std::int64_t num_tokens = 0;       ///< tokens appended to every batch entry
   std::int32_t* lengths = nullptr;   ///< device [batch]: read, then increased by num_tokens
-  std::int32_t max_length = 0;       ///< host: an upper bound on the current lengths
+  /// Host upper bound of the device lengths; -1 = unknown (then only the device checks
+  /// each entry). With a bound, bound + num_tokens above the capacity is refused on the host.
+  std::int64_t max_cache_length = -1;
+  /// Optional device word: AppendError bits OR-ed in for entries the append left untouched
+  /// (the caller zeroes it and reads it when it wants to know).
+  std::uint32_t* error = nullptr;
 };
 
 namespace detail::append {
@@ -64,147 +73,160 @@ inline bool vector_loads_ok(const Tensor4& t) {
 
 inline bool is_16bit_activation(DType d) { return d == DType::kBFloat16 || d == DType::kFloat16; }
 
-/// Launches the lengths update after the quantize grid (a programmatic dependent launch on sm_90+).
-inline Status launch_update_lengths(const AppendArguments& a, int batch, std::int64_t capacity, cudaStream_t stream) {
-  int device = 0, major = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return Status::kErrorCudaRuntime;
-  }
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(static_cast<unsigned>((batch + 255) / 256));
-  cfg.blockDim = dim3(256);
-  cfg.dynamicSmemBytes = 0;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = major >= 9 ? 1 : 0;
-  const cudaError_t e = cudaLaunchKernelEx(&cfg, &kernels::update_lengths_kernel<std::int32_t>, a.lengths, batch,
-                                           a.num_tokens, capacity);
-  const cudaError_t last = cudaGetLastError();
-  return e == cudaSuccess && last == cudaSuccess ? Status::kSuccess : Status::kErrorCudaRuntime;
-}
-
-}  // namespace detail::append
-
-/// Checks everything quantize_append checks, without launching anything.
+/// The checks of one call's arguments that need no device.
 template <class Layout>
-[[nodiscard]] Status can_implement(const Layout& l, const void* cache, const AppendArguments& a) {
+Status check_arguments(const Layout& l, const AppendArguments& a) {
   using Tr = kernels::QuantizeAppendTraits<Layout>;
-  namespace ap = detail::append;
   if (!Tr::kSupported) return Status::kErrorNotSupported;
-  Layout checked;
-  if (Layout::make(l.shape, &checked) != Status::kSuccess) return Status::kErrorInvalidArgument;
-  if (cache == nullptr || a.lengths == nullptr) return Status::kErrorInvalidArgument;
-  if (a.num_tokens < 0 || a.max_length < 0) return Status::kErrorInvalidArgument;
+  if (a.cache == nullptr || a.lengths == nullptr) return Status::kErrorInvalidArgument;
+  if (a.num_tokens < 0 || a.max_cache_length < -1) return Status::kErrorInvalidArgument;
   if (a.num_tokens > 0 && (a.k.data == nullptr || a.v.data == nullptr)) return Status::kErrorInvalidArgument;
-  if (!ap::is_16bit_activation(a.k.dtype) || !ap::is_16bit_activation(a.v.dtype)) return Status::kErrorNotSupported;
+  if (!is_16bit_activation(a.k.dtype) || !is_16bit_activation(a.v.dtype)) return Status::kErrorNotSupported;
   if (a.k.dtype != a.v.dtype) return Status::kErrorInvalidArgument;
   if (Layout::kHasTail && a.k.dtype != l.shape.tail_dtype) return Status::kErrorInvalidArgument;
   for (const Tensor4* t : {&a.k, &a.v})
     if (t->batch_stride < 0 || t->token_stride < 0 || t->head_stride < 0) return Status::kErrorInvalidArgument;
-  if (!ap::aligned(cache, 16) || !ap::aligned(a.lengths, 4) || !ap::aligned(a.k.data, 2) || !ap::aligned(a.v.data, 2))
+  if (!aligned(a.cache, 16) || !aligned(a.lengths, 4) || !aligned(a.k.data, 2) || !aligned(a.v.data, 2) ||
+      !aligned(a.error, 4))
     return Status::kErrorMisaligned;
-  const std::int64_t end = static_cast<std::int64_t>(a.max_length) + a.num_tokens;
+  const std::int64_t end = (a.max_cache_length < 0 ? 0 : a.max_cache_length) + a.num_tokens;
   if (end > l.shape.capacity || end > INT32_MAX) return Status::kErrorCapacityExceeded;
   return Status::kSuccess;
 }
-
-namespace detail::append {
 
 /// Knobs of the launch, for the benchmarks and tests; quantize_append uses the defaults.
 struct LaunchOptions {
   bool update_lengths = true;  ///< launch update_lengths_kernel after the quantize kernel
 };
 
-/// Resident blocks per SM of the quantize kernel of a layout for inputs of dtype `in` on the
-/// current device (for the benchmarks' reports).
-template <class Layout, int kMinBlocks = kernels::QuantizeAppendTraits<Layout>::kMinBlocks>
-[[nodiscard]] Status occupancy(DType in, int* blocks_per_sm) {
-  using Tr = kernels::QuantizeAppendTraits<Layout>;
-  if constexpr (Tr::kSupported) {
-    auto* kernel = in == DType::kFloat16 ? &kernels::quantize_append_kernel<Layout, DType::kFloat16, kMinBlocks>
-                                         : &kernels::quantize_append_kernel<Layout, DType::kBFloat16, kMinBlocks>;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks_per_sm, kernel, Tr::kThreads, 0) != cudaSuccess)
-      return (void)cudaGetLastError(), Status::kErrorCudaRuntime;
-    return Status::kSuccess;
+}  // namespace detail::append
+
+/// Plan once, run many: initialize() validates the layout and the arguments and queries
+/// the device once; run() checks the per-call arguments and launches the quantize kernel
+/// and the lengths update.
+/// \tparam MinBlocks  resident blocks per SM asked of ptxas for the quantize kernel (its
+///                    register budget); the default is the tuned one.
+template <class Layout, int MinBlocks = kernels::QuantizeAppendTraits<Layout>::kMinBlocks>
+class AppendPlan {
+ public:
+  using Traits = kernels::QuantizeAppendTraits<Layout>;
+
+  /// The checks of initialize() that need no device.
+  [[nodiscard]] static Status can_implement(const Layout& l, const AppendArguments& a) {
+    if (!Traits::kSupported) return Status::kErrorNotSupported;
+    Layout checked;
+    if (Layout::make(l.shape, &checked) != Status::kSuccess) return Status::kErrorInvalidArgument;
+    return detail::append::check_arguments(l, a);
+  }
+
+  [[nodiscard]] Status initialize(const Layout& l, const AppendArguments& a);
+  /// Checks the per-call arguments (k/v dtype must stay the planned one) and launches.
+  [[nodiscard]] Status run(const AppendArguments& a, cudaStream_t stream,
+                           const detail::append::LaunchOptions& opt = {});
+
+  bool initialized() const { return initialized_; }
+  const Layout& layout() const { return layout_; }
+  /// Resident blocks per SM of the quantize kernel for the planned dtype (benchmarks' reports).
+  [[nodiscard]] Status occupancy(int* blocks_per_sm) const;
+
+ private:
+  Layout layout_{};
+  DType dtype_ = DType::kBFloat16;
+  bool programmatic_ = false;
+  bool initialized_ = false;
+};
+
+template <class Layout, int MinBlocks>
+Status AppendPlan<Layout, MinBlocks>::initialize(const Layout& l, const AppendArguments& a) {
+  initialized_ = false;
+  Status s = can_implement(l, a);
+  if (s != Status::kSuccess) return s;
+  device::Properties dev;
+  if ((s = device::Properties::query(&dev)) != Status::kSuccess) return s;
+  if (dev.cc_major < 8) return Status::kErrorNotSupported;
+  layout_ = l;
+  dtype_ = a.k.dtype;
+  programmatic_ = dev.cc_major >= 9;
+  initialized_ = true;
+  return Status::kSuccess;
+}
+
+template <class Layout, int MinBlocks>
+Status AppendPlan<Layout, MinBlocks>::occupancy(int* blocks_per_sm) const {
+  if constexpr (Traits::kSupported) {
+    auto* kernel = dtype_ == DType::kFloat16 ? &kernels::quantize_append_kernel<Layout, DType::kFloat16, MinBlocks>
+                                             : &kernels::quantize_append_kernel<Layout, DType::kBFloat16, MinBlocks>;
+    return device::check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks_per_sm, kernel, Traits::kThreads, 0));
   } else {
+    (void)blocks_per_sm;
     return Status::kErrorNotSupported;
   }
 }
 
-/// The launches behind quantize_append, with the knobs of LaunchOptions; kMinBlocks selects the
-/// register budget of the quantize kernel (benchmarks only).
-template <class Layout, int kMinBlocks = kernels::QuantizeAppendTraits<Layout>::kMinBlocks>
-[[nodiscard]] Status launch(const Layout& l, void* cache, const AppendArguments& a, cudaStream_t stream,
-                            const LaunchOptions& opt = {}) {
-  using Tr = kernels::QuantizeAppendTraits<Layout>;
-  const Status s = can_implement(l, cache, a);
+template <class Layout, int MinBlocks>
+Status AppendPlan<Layout, MinBlocks>::run(const AppendArguments& a, cudaStream_t stream,
+                                          const detail::append::LaunchOptions& opt) {
+  namespace ap = detail::append;
+  if (!initialized_) return Status::kErrorInvalidArgument;
+  if (a.k.dtype != dtype_) return Status::kErrorInvalidArgument;
+  Status s = ap::check_arguments(layout_, a);
   if (s != Status::kSuccess) return s;
   if (a.num_tokens == 0) return Status::kSuccess;
-  if constexpr (Tr::kSupported) {
-    const std::int64_t tiles = Tr::tiles_per_head(a.num_tokens);
+  if constexpr (Traits::kSupported) {
+    const Layout& l = layout_;
+    const std::int64_t tiles = Traits::tiles_per_head(a.num_tokens);
     const std::int64_t blocks = tiles * l.shape.heads * l.shape.batch;
     // (tile, head, batch) grid when heads and batch fit its y and z; else one dimension.
     const bool grid_3d = l.shape.heads <= 65535 && l.shape.batch <= 65535;
     if ((grid_3d ? tiles : blocks) > 0x7fffffff) return Status::kErrorNotSupported;
     const kernels::QuantizeAppendParams<Layout> p{l,
-                                                  layout::CachePointers<Layout>::from_base(l, cache),
+                                                  layout::CachePointers<Layout>::from_base(l, a.cache),
                                                   a.k,
                                                   a.v,
                                                   a.num_tokens,
                                                   a.lengths,
                                                   tiles,
-                                                  vector_loads_ok(a.k) && vector_loads_ok(a.v),
+                                                  ap::vector_loads_ok(a.k) && ap::vector_loads_ok(a.v),
                                                   grid_3d};
-    auto* kernel = a.k.dtype == DType::kBFloat16 ? &kernels::quantize_append_kernel<Layout, DType::kBFloat16, kMinBlocks>
-                                                 : &kernels::quantize_append_kernel<Layout, DType::kFloat16, kMinBlocks>;
-    const dim3 grid = grid_3d ? dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(l.shape.heads),
-                                     static_cast<unsigned>(l.shape.batch))
-                              : dim3(static_cast<unsigned>(blocks));
-    kernel<<<grid, Tr::kThreads, 0, stream>>>(p);
-    if (cudaGetLastError() != cudaSuccess) return Status::kErrorCudaRuntime;
+    auto* kernel = dtype_ == DType::kBFloat16 ? &kernels::quantize_append_kernel<Layout, DType::kBFloat16, MinBlocks>
+                                              : &kernels::quantize_append_kernel<Layout, DType::kFloat16, MinBlocks>;
+    device::LaunchShape shape;
+    shape.grid = grid_3d ? dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(l.shape.heads),
+                                static_cast<unsigned>(l.shape.batch))
+                         : dim3(static_cast<unsigned>(blocks));
+    shape.block = dim3(static_cast<unsigned>(Traits::kThreads));
+    if ((s = device::launch(kernel, shape, stream, p)) != Status::kSuccess) return s;
     if (!opt.update_lengths) return Status::kSuccess;
-    return launch_update_lengths(a, l.shape.batch, l.shape.capacity, stream);
+    device::LaunchShape upd;
+    upd.grid = dim3(static_cast<unsigned>((l.shape.batch + 255) / 256));
+    upd.block = dim3(256);
+    upd.programmatic = programmatic_;
+    return device::launch(&kernels::update_lengths_kernel<std::int32_t>, upd, stream, a.lengths, l.shape.batch,
+                          a.num_tokens, l.shape.capacity, a.error);
   } else {
     return Status::kErrorNotSupported;
   }
 }
 
-}  // namespace detail::append
-
-/// Quantizes args.num_tokens tokens of K and V and appends them to every batch entry of a
-/// device cache of layout.bytes() bytes, then increases the device lengths, in `stream`.
+/// Quantizes args.num_tokens tokens of K and V and appends them to every batch entry of
+/// the device cache at args.cache, then increases the device lengths, in `stream`.
 template <class Layout>
-[[nodiscard]] Status quantize_append(const Layout& l, void* cache, const AppendArguments& a, cudaStream_t stream = 0) {
-  return detail::append::launch<Layout>(l, cache, a, stream);
-}
-
-/// can_implement with the layout chosen at run time among the listed ones.
-template <class... Layouts>
-[[nodiscard]] Status can_implement(TypeList<Layouts...> list, const CacheVariant& variant, const layout::CacheShape& shape,
-                                   const void* cache, const AppendArguments& a) {
-  return dispatch_layout(list, variant, [&](auto tag) -> Status {
-    using L = typename decltype(tag)::type;
-    L l;
-    if (L::make(shape, &l) != Status::kSuccess) return Status::kErrorInvalidArgument;
-    return can_implement(l, cache, a);
-  });
+[[nodiscard]] Status quantize_append(const Layout& l, const AppendArguments& a, cudaStream_t stream) {
+  AppendPlan<Layout> plan;
+  const Status s = plan.initialize(l, a);
+  return s != Status::kSuccess ? s : plan.run(a, stream);
 }
 
 /// quantize_append with the layout chosen at run time among the listed ones; a variant
 /// that is not listed gives Status::kErrorNotSupported.
 template <class... Layouts>
 [[nodiscard]] Status quantize_append(TypeList<Layouts...> list, const CacheVariant& variant, const layout::CacheShape& shape,
-                                     void* cache, const AppendArguments& a, cudaStream_t stream = 0) {
+                                     const AppendArguments& a, cudaStream_t stream) {
   return dispatch_layout(list, variant, [&](auto tag) -> Status {
     using L = typename decltype(tag)::type;
     L l;
     if (L::make(shape, &l) != Status::kSuccess) return Status::kErrorInvalidArgument;
-    return quantize_append(l, cache, a, stream);
+    return quantize_append(l, a, stream);
   });
 }
 

@@ -1302,13 +1302,18 @@ __global__ void __launch_bounds__(QuantizeAppendTraits<Layout>::kThreads, kMinBl
 /// quantize_append_kernel). Launched after it in the same stream; on sm_90 as a
 /// programmatic dependent launch that waits for the whole quantize grid first.
 template <class Int = std::int32_t>
-__global__ void update_lengths_kernel(Int* lengths, int batch, std::int64_t num_tokens, std::int64_t capacity) {
+__global__ void update_lengths_kernel(Int* lengths, int batch, std::int64_t num_tokens, std::int64_t capacity,
+                                      std::uint32_t* error) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
   for (int b = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x); b < batch; b += static_cast<int>(gridDim.x * blockDim.x)) {
     const std::int64_t len = lengths[b];
-    if (len >= 0 && len + num_tokens <= capacity) lengths[b] = static_cast<Int>(len + num_tokens);
+    if (len >= 0 && len + num_tokens <= capacity) {
+      lengths[b] = static_cast<Int>(len + num_tokens);
+    } else if (error != nullptr) {  // the entry was left untouched: kvq::AppendError bits
+      atomicOr(error, len < 0 ? 2u : 1u);
+    }
   }
 }
 

@@ -922,6 +922,10 @@ KVQ_DEVICE void consume(const AttentionParams<typename Tr::Layout>& p, const det
 /// The Hopper kernel. Launch with Tr::kThreads threads, Tr::kSmemBytes of dynamic shared
 /// memory and grid (ceil(num_q / Tr::kRows), q_heads, batch). Compiled for sm_90a only
 /// (elsewhere its body traps: kvq::attention never launches it there).
+/// Static shared memory of the Hopper kernel's stub (built without sm_90a features); the
+/// real kernel uses dynamic shared memory only.
+constexpr int kSm90StubSharedBytes = 16;
+
 template <class Tr>
 __global__ void __launch_bounds__(Tr::kThreads, 1) attention_sm90_kernel(const __grid_constant__ AttentionParams<typename Tr::Layout> p) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -973,6 +977,10 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_sm90_kernel(const _
     consume<Tr>(p, c, sm, wg - 1, warp - 4, lane);
   }
 #elif defined(__CUDA_ARCH__)
+  // Built for a target without wgmma: a stub that marks itself with static shared memory
+  // (the real kernel has none), which the host reads through cudaFuncGetAttributes.
+  __shared__ unsigned char stub_marker[kSm90StubSharedBytes];
+  asm volatile("st.shared.u8 [%0], 0;" ::"r"(static_cast<unsigned>(__cvta_generic_to_shared(stub_marker))));
   (void)p;
   __trap();
 #else
