@@ -7,7 +7,13 @@
 //   <variant> = <bits>_<pt|pc><group>_<correction>_d128[_sm90r128|_sm90ov|_sm90pp|_sm90r192|_sm90fma]
 //   (_sm90...: the Hopper kernel with 128-row CTAs (default schedule, overlapped, turns),
 //   192-row CTAs, or the correction unfolded)
-// Timing: CUDA events around one launch (UseManualTime), behind a short spin kernel.
+// Timing: CUDA events around one launch (UseManualTime), behind a short spin kernel; each
+// benchmark runs a kvq::AttentionPlan prepared once with an explicit configuration (the
+// names without _sm90...: the mma.sync kernel's default tiles).
+//
+//   BM_attention_host_run/<variant>: host time of AttentionPlan::run (argument checks,
+//   parameters, launch) per call, measured on the host over 256 calls enqueued behind a
+//   long spin kernel, so that the launch queue never blocks.
 // Counters: TFLOP/s = 4 * B * Hq * Nq * Nkv * D / time, ms per call, cache_GB (size of the
 // packed cache, metadata included).
 #include <benchmark/benchmark.h>
@@ -15,6 +21,7 @@
 #include <kvq/api/attention.cuh>
 #include <kvq/api/default_variants.cuh>
 
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <string>
@@ -114,14 +121,17 @@ void bm_attention(benchmark::State& state, Shape sh) {
   cudaEvent_t start, stop;
   KVQ_TEST_CUDA(cudaEventCreate(&start));
   KVQ_TEST_CUDA(cudaEventCreate(&stop));
-  Status status = kvq::detail::attention_with_config<L, Mode, Config>(l, a, nullptr);  // warm-up
+  kvq::AttentionPlan<L, Mode, Config> plan;
+  Status status = plan.initialize(l, a);
+  if (status != Status::kSuccess) return state.SkipWithError(kvq::to_string(status));
+  status = plan.run(a, nullptr);  // warm-up
   KVQ_TEST_CUDA(cudaDeviceSynchronize());
   if (status != Status::kSuccess) return state.SkipWithError(kvq::to_string(status));
   double total = 0.0;
   for (auto _ : state) {
     spin<<<1, 1>>>(100000);
     KVQ_TEST_CUDA(cudaEventRecord(start, nullptr));
-    status = kvq::detail::attention_with_config<L, Mode, Config>(l, a, nullptr);
+    status = plan.run(a, nullptr);
     KVQ_TEST_CUDA(cudaEventRecord(stop, nullptr));
     KVQ_TEST_CUDA(cudaEventSynchronize(stop));
     float ms = 0.0f;
@@ -137,6 +147,42 @@ void bm_attention(benchmark::State& state, Shape sh) {
   state.counters["TFLOP/s"] = flops / sec / 1e12;
   state.counters["ms"] = sec * 1e3;
   state.counters["cache_GB"] = static_cast<double>(l.bytes()) / 1e9;
+}
+
+/// Host time of AttentionPlan::run per call (the GPU busy with a spin kernel meanwhile).
+template <class L, Correction Mode>
+void bm_host_run(benchmark::State& state) {
+  constexpr int D = L::kHeadDim, kCalls = 256;
+  const Shape sh{1024, 4096, 8, 8};
+  L l;
+  if (L::make({1, sh.hkv, sh.cache, DType::kBFloat16}, &l) != Status::kSuccess) return state.SkipWithError("layout");
+  DeviceBuffer<unsigned char> cache(static_cast<std::size_t>(l.bytes()));
+  KVQ_TEST_CUDA(cudaMemset(cache.get(), 0, cache.size()));
+  DeviceBuffer<std::uint16_t> q(static_cast<std::size_t>(sh.nq * sh.hq * D)), o(q.size()), k(q.size()), v(q.size());
+  DeviceBuffer<std::int32_t> lengths(std::vector<std::int32_t>{static_cast<std::int32_t>(sh.cache)});
+  kvq::AttentionArguments a;
+  a.batch = 1, a.q_heads = sh.hq, a.num_q = sh.nq, a.num_chunk = sh.nq;
+  a.q = kvq::Tensor4::contiguous(q.get(), DType::kBFloat16, sh.nq, sh.hq, D);
+  a.o = kvq::Tensor4::contiguous(o.get(), DType::kBFloat16, sh.nq, sh.hq, D);
+  a.k_chunk = kvq::Tensor4::contiguous(k.get(), DType::kBFloat16, sh.nq, sh.hkv, D);
+  a.v_chunk = kvq::Tensor4::contiguous(v.get(), DType::kBFloat16, sh.nq, sh.hkv, D);
+  a.cache = cache.get(), a.cache_lengths = lengths.get(), a.scale = 0.0884f;
+  kvq::AttentionPlan<L, Mode> plan;
+  Status status = plan.initialize(l, a);
+  if (status != Status::kSuccess) return state.SkipWithError(kvq::to_string(status));
+  double total = 0.0;
+  for (auto _ : state) {
+    spin<<<1, 1>>>(2000000000);  // ~1 s: the calls below only enqueue
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < kCalls && status == Status::kSuccess; ++i) status = plan.run(a, nullptr);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / kCalls;
+    state.SetIterationTime(s);
+    total += s;
+    KVQ_TEST_CUDA(cudaDeviceSynchronize());
+  }
+  if (status != Status::kSuccess) return state.SkipWithError(kvq::to_string(status));
+  state.counters["us_per_run"] = total / static_cast<double>(state.iterations()) * 1e6;
+  state.counters["sm90"] = plan.path() == kvq::AttentionPath::kSm90 ? 1 : 0;
 }
 
 template <class L, Correction Mode, class Config = typename kvq::kernels::AttentionTileHeuristic<L::kHeadDim>::type>
@@ -201,6 +247,15 @@ int main(int argc, char** argv) {
   add<Int4Pt128D128, Correction::kTaylor2>("int4_pt128_taylor2_d128", all);
   add<Int4Pc32D128, Correction::kNone>("int4_pc32_none_d128", all);
   add<Int4Pc32D128, Correction::kTaylor2>("int4_pc32_taylor2_d128", all);
+  // Host time of a prepared plan's run (the default configuration).
+  benchmark::RegisterBenchmark("BM_attention_host_run/int2_pt128_taylor2_d128", bm_host_run<Int2Pt128D128, Correction::kTaylor2>)
+      ->UseManualTime()
+      ->Iterations(5)
+      ->Unit(benchmark::kMicrosecond);
+  benchmark::RegisterBenchmark("BM_attention_host_run/int2_pc32_taylor2_d128", bm_host_run<Int2Pc32D128, Correction::kTaylor2>)
+      ->UseManualTime()
+      ->Iterations(5)
+      ->Unit(benchmark::kMicrosecond);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();

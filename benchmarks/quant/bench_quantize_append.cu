@@ -164,16 +164,18 @@ void bm_append(benchmark::State& state, DType dtype, kvq::detail::append::Launch
     a.v = kvq::Tensor4::contiguous(v.get(), dtype, n, heads, L::kHeadDim);
     a.num_tokens = n;
     a.lengths = lengths.get() + r;
-    a.max_length = start[static_cast<std::size_t>(r)];
+    a.cache = cache.get();
+    a.max_cache_length = start[static_cast<std::size_t>(r)];
   }
   Timer t;
   Status status = Status::kSuccess;
   int blocks_per_sm = 0;
-  if (kvq::detail::append::occupancy<L, kMinBlocks>(dtype, &blocks_per_sm) != Status::kSuccess)
-    return state.SkipWithError("occupancy");
+  kvq::AppendPlan<L, kMinBlocks> plan;
+  if (plan.initialize(l, args[0]) != Status::kSuccess) return state.SkipWithError("initialize");
+  if (plan.occupancy(&blocks_per_sm) != Status::kSuccess) return state.SkipWithError("occupancy");
   auto enqueue = [&] {
     for (int r = 0; r < kReps && status == Status::kSuccess; ++r)
-      status = kvq::detail::append::launch<L, kMinBlocks>(l, cache.get(), args[static_cast<std::size_t>(r)], 0, opt);
+      status = plan.run(args[static_cast<std::size_t>(r)], nullptr, opt);
   };
   auto reset = [&] { KVQ_TEST_CUDA(cudaMemcpyAsync(lengths.get(), start.data(), kReps * 4, cudaMemcpyHostToDevice, 0)); };
   reset();

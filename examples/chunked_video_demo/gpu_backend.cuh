@@ -13,6 +13,9 @@
 #include <cstdlib>
 #include <vector>
 
+// The demo's pairs are instantiated in attention_variants.cu.
+KVQ_FOR_EACH_DEFAULT_ATTENTION_VARIANT(KVQ_DECLARE_ATTENTION)
+
 namespace kvq_demo {
 
 inline void check(cudaError_t e, const char* what) {
@@ -48,13 +51,18 @@ struct Device {
 struct DeviceSequence {
   int tokens, heads, dim;
   Device<std::uint16_t> k, v, q;
+  cudaStream_t stream = nullptr;  ///< kvq's calls run here (explicit, non-blocking)
   DeviceSequence(const std::vector<std::uint16_t>& hk, const std::vector<std::uint16_t>& hv, const std::vector<std::uint16_t>& hq,
                  int tokens_, int heads_, int dim_)
       : tokens(tokens_), heads(heads_), dim(dim_), k(hk.size()), v(hv.size()), q(hq.size()) {
     check(cudaMemcpy(k.p, hk.data(), hk.size() * 2, cudaMemcpyHostToDevice), "upload k");
     check(cudaMemcpy(v.p, hv.data(), hv.size() * 2, cudaMemcpyHostToDevice), "upload v");
     check(cudaMemcpy(q.p, hq.data(), hq.size() * 2, cudaMemcpyHostToDevice), "upload q");
+    check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
   }
+  ~DeviceSequence() { cudaStreamDestroy(stream); }
+  DeviceSequence(const DeviceSequence&) = delete;
+  DeviceSequence& operator=(const DeviceSequence&) = delete;
   kvq::Tensor4 view(Device<std::uint16_t>& x, int first) const {
     return {x.p + static_cast<std::size_t>(first) * heads * dim, kvq::DType::kBFloat16,
             static_cast<std::int64_t>(tokens) * heads * dim, static_cast<std::int64_t>(heads) * dim, dim};
@@ -82,8 +90,8 @@ void attend(DeviceSequence& s, const Layout& l, const void* cache, const std::in
   a.scale = 1.0f / std::sqrt(static_cast<float>(s.dim));
   a.lse = d_lse.p;
   a.mass = d_mass.p;
-  check(kvq::attention<Layout, Mode>(l, a, nullptr), "kvq::attention");
-  check(cudaDeviceSynchronize(), "attention");
+  check(kvq::attention<Mode>(l, a, s.stream), "kvq::attention");
+  check(cudaStreamSynchronize(s.stream), "attention");
   std::vector<std::uint16_t> ho(static_cast<std::size_t>(n) * s.heads * s.dim);
   std::vector<float> hl(static_cast<std::size_t>(s.heads) * n), hm(static_cast<std::size_t>(s.heads) * n * 3);
   check(cudaMemcpy(ho.data(), o.p, ho.size() * 2, cudaMemcpyDeviceToHost), "download o");
@@ -106,8 +114,14 @@ class GpuCache {
   }
   /// Appends tokens [first, first + n) of the sequence (the cache holds exactly `first` tokens).
   void append(int first, int n) {
-    kvq::AppendArguments a{s_.view(s_.k, first), s_.view(s_.v, first), n, lengths_.p, first};
-    check(kvq::quantize_append(l_, cache_.p, a, nullptr), "kvq::quantize_append");
+    kvq::AppendArguments a;
+    a.cache = cache_.p;
+    a.k = s_.view(s_.k, first);
+    a.v = s_.view(s_.v, first);
+    a.num_tokens = n;
+    a.lengths = lengths_.p;
+    a.max_cache_length = first;
+    check(kvq::quantize_append(l_, a, s_.stream), "kvq::quantize_append");
   }
   /// Queries of tokens [first, first + n) attend to the cache and to themselves.
   void attend(int first, int n, kvq::Correction mode, double* mass_current, std::vector<double>* out) {

@@ -156,7 +156,9 @@ std::string run_case(const Case& cs, const std::string& dir, std::uint64_t seed)
   a.scale = scale;
   a.mask = cs.mask;
   a.lse = d_lse;
-  const kvq::Status st = kvq::attention<Layout, Mode>(l, a, nullptr);
+  cudaStream_t stream = nullptr;
+  DUMP_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  const kvq::Status st = kvq::attention<Mode>(l, a, stream);
   if (st != kvq::Status::kSuccess) {
     std::fprintf(stderr, "kvq::attention failed: %s\n", kvq::to_string(st));
     std::exit(5);

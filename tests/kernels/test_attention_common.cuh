@@ -50,6 +50,9 @@
 #include "kvq/reference/quantize_append.hpp"
 #include "support/cuda_check.cuh"
 
+// Each test translation unit instantiates its own pair; the others are declared here.
+KVQ_FOR_EACH_DEFAULT_ATTENTION_VARIANT(KVQ_DECLARE_ATTENTION)
+
 namespace kvq::test {
 
 struct AttentionCase {
@@ -168,39 +171,12 @@ std::vector<unsigned char> build_host_cache(const Layout& l, const std::vector<i
   return full;
 }
 
-/// Whether the Hopper kernel of (Layout, Mode) can run on this device (compute capability
-/// 9.0 and code built for sm_90a); its test cases are skipped with a warning elsewhere.
-template <class Layout, Correction Mode>
-bool hopper_kernel_runs_here() {
-  if constexpr (!kernels::sm90_variant_supported<Layout, Mode>()) {
-    return false;
-  } else {
-    using C = kernels::Sm90DefaultConfig<Layout, Mode>;
-    return kvq::detail::sm90_kernel_usable<kernels::Sm90Traits<Layout, Mode, DType::kBFloat16, C>>() &&
-           kvq::detail::sm90_kernel_usable<kernels::Sm90Traits<Layout, Mode, DType::kFloat16, C>>();
-  }
-}
-
-/// Where the Hopper kernel does not run: a failure on a compute capability 9.0 device when
-/// it implements the variant and the binary was built for compute 9.0 (it must run there),
-/// otherwise a warning (the case is skipped).
-template <class Layout, Correction Mode>
-void require_hopper_kernel_unless_other_device() {
-  int dev = 0, major = 0, minor = 0;
-  KVQ_TEST_CUDA(cudaGetDevice(&dev));
-  KVQ_TEST_CUDA(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-  KVQ_TEST_CUDA(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
-  INFO("compute capability " << major << "." << minor);
-  REQUIRE_FALSE((major == 9 && minor == 0 && kvq::detail::sm90_compiled() &&
-                 kernels::sm90_variant_supported<Layout, Mode>()));
-  WARN("Hopper kernel not implemented for this variant or not runnable on this device: skipped");
-}
-
-/// Runs one case on the device (kvq::attention with tile configuration Config, or the
-/// Hopper kernel with an Sm90ConfigT) and checks it against the reference. Returns
-/// the errors (also printed).
+/// Runs one case on the device through kvq::AttentionPlan<Layout, Mode, Config> (a
+/// forced kernel configuration, or kvq::AutoConfig: then the plan must select `want_auto`)
+/// on test_stream(), and checks it against the reference. Returns the errors (also printed).
 template <class Layout, Correction Mode, class Config = typename kernels::AttentionTileHeuristic<Layout::kHeadDim>::type>
-AttentionErrors run_attention_case(const AttentionCase& tc, const char* variant_name, bool check_visible_correction = false) {
+AttentionErrors run_attention_case(const AttentionCase& tc, const char* variant_name, bool check_visible_correction = false,
+                                   AttentionPath want_auto = AttentionPath::kSm90) {
   constexpr int D = Layout::kHeadDim;
   INFO(variant_name << " " << to_string(Mode) << ": " << tc.describe());
   std::mt19937_64 rng(tc.seed * 0x9E3779B97F4A7C15ull + static_cast<std::uint64_t>(Mode) * 7919 +
@@ -315,8 +291,11 @@ AttentionErrors run_attention_case(const AttentionCase& tc, const char* variant_
   a.mask = tc.mask;
   a.lse = tc.lse ? d_lse.get() : nullptr;
   a.mass = tc.mass ? d_mass.get() : nullptr;
-  REQUIRE(kvq::detail::attention_with_config<Layout, Mode, Config>(l, a, nullptr) == Status::kSuccess);
-  KVQ_TEST_CUDA(cudaDeviceSynchronize());
+  kvq::AttentionPlan<Layout, Mode, Config> plan;
+  REQUIRE(plan.initialize(l, a) == Status::kSuccess);
+  if constexpr (std::is_same_v<Config, kvq::AutoConfig>) REQUIRE(plan.path() == want_auto);
+  REQUIRE(plan.run(a, test_stream()) == Status::kSuccess);
+  KVQ_TEST_CUDA(cudaStreamSynchronize(test_stream()));
   const std::vector<std::uint16_t> out = d_o.download();
   const std::vector<float> lse = d_lse.download(), mass = d_mass.download();
 
@@ -499,7 +478,7 @@ void run_standard_attention_cases(DType dt, const char* name, std::uint64_t seed
   }
 }
 
-/// What kvq::detail::can_implement_with_config answers for a variant (with Config) when one
+/// What kvq::AttentionPlan<Layout, Mode, Config>::can_implement answers for a variant (with Config) when one
 /// argument of an otherwise valid call is bad. The pointers are never dereferenced: these
 /// refusals come before any CUDA call.
 struct RefusalStatuses {
@@ -523,7 +502,7 @@ RefusalStatuses refusal_statuses() {
   auto check = [&](auto change) {
     AttentionArguments a = good;
     change(a);
-    return kvq::detail::can_implement_with_config<Layout, Mode, Config>(l, a);
+    return kvq::AttentionPlan<Layout, Mode, Config>::can_implement(l, a);
   };
   RefusalStatuses r;
   r.null_q = check([](AttentionArguments& a) { a.q.data = nullptr; });
@@ -558,9 +537,8 @@ inline AttentionCase sanitizer_case(std::uint64_t seed) {
     REQUIRE((r).odd_stride == kvq::Status::kErrorMisaligned);            \
   } while (0)
 
-/// One variant's test cases (bf16 and fp16), given its instantiation in the same TU: the
-/// mma.sync kernel, and the Hopper kernel where it implements the variant (skipped with a
-/// warning on devices where it cannot run).
+/// One variant's test cases (bf16 and fp16) on the mma.sync kernel (forced: it runs on
+/// every device), given the variant's instantiation in the same TU.
 #define KVQ_ATTENTION_TEST_CASES(Layout, Mode, Name, Seed)                                                            \
   TEST_CASE("fused attention matches the reference: " Name " bf16", "[attention][gpu]") {                            \
     kvq::test::run_standard_attention_cases<Layout, Mode>(kvq::DType::kBFloat16, Name, Seed);                        \
@@ -570,21 +548,17 @@ inline AttentionCase sanitizer_case(std::uint64_t seed) {
   }                                                                                                                   \
   TEST_CASE("fused attention, small case for the sanitizers: " Name, "[attention][gpu][sanitize]") {                 \
     kvq::test::run_attention_case<Layout, Mode>(kvq::test::sanitizer_case(Seed), Name);                               \
-  }                                                                                                                   \
+  }
+
+/// The Hopper cases of a variant the Hopper kernel implements, through the public
+/// selection (kvq::AutoConfig must pick the Hopper kernel on a compute capability 9.0
+/// device; the [sm90] cases run only there).
+#define KVQ_ATTENTION_SM90_TEST_CASES(Layout, Mode, Name, Seed)                                                       \
+  static_assert(kvq::kernels::sm90_variant_supported<Layout, Mode>(), "the Hopper kernel implements " Name);          \
   TEST_CASE("Hopper attention kernel matches the reference: " Name, "[attention][gpu][sm90]") {                      \
-    if (!kvq::test::hopper_kernel_runs_here<Layout, Mode>()) {                                                        \
-      kvq::test::require_hopper_kernel_unless_other_device<Layout, Mode>();                                           \
-      return;                                                                                                         \
-    }                                                                                                                 \
-    using HopperConfig = kvq::kernels::Sm90DefaultConfig<Layout, Mode>;                                              \
-    kvq::test::run_standard_attention_cases<Layout, Mode, HopperConfig>(kvq::DType::kBFloat16, Name, (Seed) + 3000);  \
-    kvq::test::run_standard_attention_cases<Layout, Mode, HopperConfig>(kvq::DType::kFloat16, Name, (Seed) + 3500);   \
+    kvq::test::run_standard_attention_cases<Layout, Mode, kvq::AutoConfig>(kvq::DType::kBFloat16, Name, (Seed) + 3000); \
+    kvq::test::run_standard_attention_cases<Layout, Mode, kvq::AutoConfig>(kvq::DType::kFloat16, Name, (Seed) + 3500);  \
   }                                                                                                                   \
   TEST_CASE("Hopper attention kernel, small case for the sanitizers: " Name, "[attention][gpu][sm90][sanitize]") {   \
-    if (!kvq::test::hopper_kernel_runs_here<Layout, Mode>()) {                                                        \
-      kvq::test::require_hopper_kernel_unless_other_device<Layout, Mode>();                                           \
-      return;                                                                                                         \
-    }                                                                                                                 \
-    kvq::test::run_attention_case<Layout, Mode, kvq::kernels::Sm90DefaultConfig<Layout, Mode>>(                       \
-        kvq::test::sanitizer_case((Seed) + 50), Name);                                                                \
+    kvq::test::run_attention_case<Layout, Mode, kvq::AutoConfig>(kvq::test::sanitizer_case((Seed) + 50), Name);       \
   }

@@ -30,29 +30,17 @@ TEST_CASE("fused attention, correction per score (not folded): int2_pc32 taylor2
 TEST_CASE("Hopper attention kernel, correction per score (not folded)", "[attention][gpu][config][sm90]") {
   using L = kvq::variants::Int2Pt128D128;
   using HopperFma = kvq::kernels::Sm90ConfigT<false>;
-  if (!kvq::test::hopper_kernel_runs_here<L, kvq::Correction::kTaylor2>()) {
-    kvq::test::require_hopper_kernel_unless_other_device<L, kvq::Correction::kTaylor2>();
-    return;
-  }
   run_config_cases<L, kvq::Correction::kTaylor2, HopperFma>("int2_pt128 t2 sm90 fma", 830001);
   run_config_cases<L, kvq::Correction::kTaylor4, HopperFma>("int2_pt128 t4 sm90 fma", 831001);
 }
 TEST_CASE("Hopper attention kernel, small case for the sanitizers (not folded)", "[attention][gpu][config][sm90][sanitize]") {
   using L = kvq::variants::Int2Pt128D128;
-  if (!kvq::test::hopper_kernel_runs_here<L, kvq::Correction::kTaylor4>()) {
-    kvq::test::require_hopper_kernel_unless_other_device<L, kvq::Correction::kTaylor4>();
-    return;
-  }
   kvq::test::run_attention_case<L, kvq::Correction::kTaylor4, kvq::kernels::Sm90ConfigT<false>>(
       kvq::test::sanitizer_case(832001), "int2_pt128 t4 sm90 fma");
 }
 
 TEST_CASE("Hopper attention kernel, other schedules", "[attention][gpu][config][sm90]") {
   using L = kvq::variants::Int2Pt128D128;
-  if (!kvq::test::hopper_kernel_runs_here<L, kvq::Correction::kTaylor2>()) {
-    kvq::test::require_hopper_kernel_unless_other_device<L, kvq::Correction::kTaylor2>();
-    return;
-  }
   SECTION("overlapped softmax and PV") {
     run_config_cases<L, kvq::Correction::kTaylor2, kvq::kernels::Sm90ConfigOverlap>("sm90 ov", 840001);
   }
@@ -70,10 +58,6 @@ TEST_CASE("Hopper attention kernel, other schedules", "[attention][gpu][config][
 TEST_CASE("Hopper attention kernel, 128- and 192-row CTAs", "[attention][gpu][config][sm90]") {
   using L2 = kvq::variants::Int2Pt128D128;
   using L4 = kvq::variants::Int4Pt128D128;
-  if (!kvq::test::hopper_kernel_runs_here<L2, kvq::Correction::kTaylor2>()) {
-    kvq::test::require_hopper_kernel_unless_other_device<L2, kvq::Correction::kTaylor2>();
-    return;
-  }
   STATIC_REQUIRE(std::is_same_v<kvq::kernels::Sm90DefaultConfig<L2, kvq::Correction::kTaylor2>, kvq::kernels::Sm90ConfigOverlap>);
   STATIC_REQUIRE(std::is_same_v<kvq::kernels::Sm90DefaultConfig<L4, kvq::Correction::kTaylor2>, kvq::kernels::Sm90Config192>);
   STATIC_REQUIRE(
@@ -118,10 +102,6 @@ TEST_CASE("Hopper attention kernel, 128- and 192-row CTAs", "[attention][gpu][co
 }
 TEST_CASE("Hopper attention kernel, other schedules, small case for the sanitizers", "[attention][gpu][config][sm90][sanitize]") {
   using L = kvq::variants::Int2Pt128D128;
-  if (!kvq::test::hopper_kernel_runs_here<L, kvq::Correction::kTaylor2>()) {
-    kvq::test::require_hopper_kernel_unless_other_device<L, kvq::Correction::kTaylor2>();
-    return;
-  }
   kvq::test::run_attention_case<L, kvq::Correction::kTaylor2, kvq::kernels::Sm90ConfigOverlap>(
       kvq::test::sanitizer_case(843001), "sm90 ov");
   kvq::test::run_attention_case<L, kvq::Correction::kTaylor2, kvq::kernels::Sm90ConfigT<true, 64, 4, true>>(

@@ -29,6 +29,9 @@ KVQ_INSTANTIATE_ATTENTION(kvq::test::Int8Pt128D128, kvq::Correction::kTaylor2)
 KVQ_ATTENTION_TEST_CASES(kvq::test::Int2Pt32D128, kvq::Correction::kTaylor2, "int2_pt32 taylor2", 860001)
 KVQ_ATTENTION_TEST_CASES(kvq::test::Int2Pt16D128, kvq::Correction::kTaylor2, "int2_pt16 taylor2", 861001)
 KVQ_ATTENTION_TEST_CASES(kvq::test::Int2Pt8D128, kvq::Correction::kNone, "int2_pt8 none", 862001)
+KVQ_ATTENTION_SM90_TEST_CASES(kvq::test::Int2Pt32D128, kvq::Correction::kTaylor2, "int2_pt32 taylor2", 860001)
+KVQ_ATTENTION_SM90_TEST_CASES(kvq::test::Int2Pt16D128, kvq::Correction::kTaylor2, "int2_pt16 taylor2", 861001)
+KVQ_ATTENTION_SM90_TEST_CASES(kvq::test::Int2Pt8D128, kvq::Correction::kNone, "int2_pt8 none", 862001)
 KVQ_ATTENTION_TEST_CASES(kvq::test::Int8Pt128D128, kvq::Correction::kTaylor2, "int8_pt128 taylor2", 863001)
 
 TEST_CASE("attention refuses bad arguments before any launch: small PerToken groups, int8", "[attention][gpu][api]") {

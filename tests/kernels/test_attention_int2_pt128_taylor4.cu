@@ -3,6 +3,7 @@
 
 KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int2Pt128D128, kvq::Correction::kTaylor4)
 KVQ_ATTENTION_TEST_CASES(kvq::variants::Int2Pt128D128, kvq::Correction::kTaylor4, "int2_pt128 taylor4", 30001)
+KVQ_ATTENTION_SM90_TEST_CASES(kvq::variants::Int2Pt128D128, kvq::Correction::kTaylor4, "int2_pt128 taylor4", 30001)
 
 TEST_CASE("attention refuses bad arguments before any launch: int2_pt128 taylor4", "[attention][gpu][api]") {
   const auto r = kvq::test::refusal_statuses<kvq::variants::Int2Pt128D128, kvq::Correction::kTaylor4>();

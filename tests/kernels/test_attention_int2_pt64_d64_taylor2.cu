@@ -3,6 +3,7 @@
 
 KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int2Pt64D64, kvq::Correction::kTaylor2)
 KVQ_ATTENTION_TEST_CASES(kvq::variants::Int2Pt64D64, kvq::Correction::kTaylor2, "int2_pt64_d64 taylor2", 160001)
+KVQ_ATTENTION_SM90_TEST_CASES(kvq::variants::Int2Pt64D64, kvq::Correction::kTaylor2, "int2_pt64_d64 taylor2", 160001)
 
 TEST_CASE("attention refuses bad arguments before any launch: int2_pt64_d64 taylor2", "[attention][gpu][api]") {
   const auto r = kvq::test::refusal_statuses<kvq::variants::Int2Pt64D64, kvq::Correction::kTaylor2>();

@@ -3,6 +3,7 @@
 
 KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int4Pt128D128, kvq::Correction::kNone)
 KVQ_ATTENTION_TEST_CASES(kvq::variants::Int4Pt128D128, kvq::Correction::kNone, "int4_pt128 none", 80001)
+KVQ_ATTENTION_SM90_TEST_CASES(kvq::variants::Int4Pt128D128, kvq::Correction::kNone, "int4_pt128 none", 80001)
 
 TEST_CASE("attention refuses bad arguments before any launch: int4_pt128 none", "[attention][gpu][api]") {
   const auto r = kvq::test::refusal_statuses<kvq::variants::Int4Pt128D128, kvq::Correction::kNone>();

@@ -29,6 +29,7 @@ using kvq::Tensor4;
 using kvq::layout::CacheLayout;
 using kvq::layout::CacheShape;
 using kvq::test::DeviceBuffer;
+using kvq::test::test_stream;
 
 template <int B, int G, Granularity Gr, ScaleType S>
 using QS = kvq::QuantSpec<B, G, Gr, S>;
@@ -273,10 +274,13 @@ void run_case(const Case& c, std::uint64_t seed, const kvq::detail::append::Laun
     args.v = a.dv;
     args.num_tokens = n;
     args.lengths = dev_lengths.get();
-    args.max_length = *std::max_element(lengths.begin(), lengths.end());
-    const Status gs = kvq::detail::append::launch<Layout>(l, dev.get(), args, 0, opt);
+    args.cache = dev.get();
+    args.max_cache_length = *std::max_element(lengths.begin(), lengths.end());
+    kvq::AppendPlan<Layout> plan;
+    REQUIRE(plan.initialize(l, args) == Status::kSuccess);
+    const Status gs = plan.run(args, test_stream(), opt);
     REQUIRE(kvq::to_string(gs) == std::string(kvq::to_string(Status::kSuccess)));
-    KVQ_TEST_CUDA(cudaDeviceSynchronize());
+    KVQ_TEST_CUDA(cudaStreamSynchronize(test_stream()));
     REQUIRE(kvq::reference::quantize_append(l, host.data(), lengths.data(), a.hk, a.hv, n) == Status::kSuccess);
     require_same_cache(l, dev.download(), host);
     REQUIRE(dev_lengths.download() == lengths);
@@ -414,11 +418,14 @@ TEST_CASE("the quantize kernel alone (no lengths update) writes the same bytes",
   args.v = a.dv;
   args.num_tokens = 100;
   args.lengths = lengths.get();
-  args.max_length = 40;
+  args.cache = cache.get();
+  args.max_cache_length = 40;
   kvq::detail::append::LaunchOptions kernel_only;
   kernel_only.update_lengths = false;
-  REQUIRE(kvq::detail::append::launch(l, cache.get(), args, 0, kernel_only) == Status::kSuccess);
-  KVQ_TEST_CUDA(cudaDeviceSynchronize());
+  kvq::AppendPlan<L> plan;
+  REQUIRE(plan.initialize(l, args) == Status::kSuccess);
+  REQUIRE(plan.run(args, test_stream(), kernel_only) == Status::kSuccess);
+  KVQ_TEST_CUDA(cudaStreamSynchronize(test_stream()));
   CHECK(lengths.download() == len);  // not updated
   REQUIRE(kvq::reference::quantize_append(l, host.data(), len.data(), a.hk, a.hv, 100) == Status::kSuccess);
   require_same_cache(l, cache.download(), host);
@@ -721,59 +728,76 @@ TEST_CASE("bad arguments are refused with their status and nothing is written", 
   good.v = a.dv;
   good.num_tokens = 10;
   good.lengths = lengths.get();
-  good.max_length = 7;
-  REQUIRE(kvq::can_implement(l, cache.get(), good) == Status::kSuccess);
+  good.cache = cache.get();
+  good.max_cache_length = 7;
+  REQUIRE(kvq::AppendPlan<L>::can_implement(l, good) == Status::kSuccess);
 
   struct Bad {
     const char* what;
     Status want;
     kvq::AppendArguments args;
-    void* cache;
     L layout;
   };
   std::vector<Bad> bad;
   auto add = [&](const char* what, Status want, auto mutate) {
-    Bad b{what, want, good, cache.get(), l};
+    Bad b{what, want, good, l};
     mutate(b);
     bad.push_back(b);
   };
   auto* bytes = static_cast<unsigned char*>(cache.get());
-  add("null cache", Status::kErrorInvalidArgument, [](Bad& b) { b.cache = nullptr; });
+  add("null cache", Status::kErrorInvalidArgument, [](Bad& b) { b.args.cache = nullptr; });
   add("null lengths", Status::kErrorInvalidArgument, [](Bad& b) { b.args.lengths = nullptr; });
   add("null k", Status::kErrorInvalidArgument, [](Bad& b) { b.args.k.data = nullptr; });
   add("null v", Status::kErrorInvalidArgument, [](Bad& b) { b.args.v.data = nullptr; });
   add("negative num_tokens", Status::kErrorInvalidArgument, [](Bad& b) { b.args.num_tokens = -1; });
-  add("negative max_length", Status::kErrorInvalidArgument, [](Bad& b) { b.args.max_length = -1; });
+  add("max_cache_length below -1", Status::kErrorInvalidArgument, [](Bad& b) { b.args.max_cache_length = -2; });
   add("fp32 inputs", Status::kErrorNotSupported, [](Bad& b) { b.args.k.dtype = b.args.v.dtype = DType::kFloat32; });
   add("k and v of different dtypes", Status::kErrorInvalidArgument, [](Bad& b) { b.args.v.dtype = DType::kFloat16; });
   add("inputs not of the tail dtype", Status::kErrorInvalidArgument,
       [](Bad& b) { b.args.k.dtype = b.args.v.dtype = DType::kFloat16; });
   add("negative token stride", Status::kErrorInvalidArgument, [](Bad& b) { b.args.k.token_stride = -b.args.k.token_stride; });
   add("negative head stride", Status::kErrorInvalidArgument, [](Bad& b) { b.args.v.head_stride = -1; });
-  add("cache not 16-byte aligned", Status::kErrorMisaligned, [&](Bad& b) { b.cache = bytes + 8; });
+  add("cache not 16-byte aligned", Status::kErrorMisaligned, [&](Bad& b) { b.args.cache = bytes + 8; });
   add("lengths not 4-byte aligned", Status::kErrorMisaligned,
       [](Bad& b) { b.args.lengths = reinterpret_cast<std::int32_t*>(reinterpret_cast<char*>(b.args.lengths) + 2); });
   add("k not 2-byte aligned", Status::kErrorMisaligned,
       [](Bad& b) { b.args.k.data = static_cast<char*>(b.args.k.data) + 1; });
-  add("max_length + num_tokens over the capacity", Status::kErrorCapacityExceeded,
-      [](Bad& b) { b.args.max_length = 250; });
-  add("max_length + num_tokens over INT32_MAX", Status::kErrorCapacityExceeded, [](Bad& b) {
+  add("error word not 4-byte aligned", Status::kErrorMisaligned,
+      [](Bad& b) { b.args.error = reinterpret_cast<std::uint32_t*>(reinterpret_cast<char*>(b.args.lengths) + 2); });
+  add("max_cache_length + num_tokens over the capacity", Status::kErrorCapacityExceeded,
+      [](Bad& b) { b.args.max_cache_length = 250; });
+  add("num_tokens over the capacity with an unknown bound", Status::kErrorCapacityExceeded, [](Bad& b) {
+    b.args.max_cache_length = -1;
+    b.args.num_tokens = 257;
+  });
+  add("max_cache_length + num_tokens over INT32_MAX", Status::kErrorCapacityExceeded, [](Bad& b) {
     b.layout.shape.capacity = std::int64_t{1} << 40;
-    b.args.max_length = std::numeric_limits<std::int32_t>::max() - 5;
+    b.args.max_cache_length = std::numeric_limits<std::int32_t>::max() - 5;
   });
   add("a shape the layout refuses", Status::kErrorInvalidArgument, [](Bad& b) { b.layout.shape.capacity = 100; });
   add("no heads", Status::kErrorInvalidArgument, [](Bad& b) { b.layout.shape.heads = 0; });
 
   for (const Bad& b : bad) {
     INFO(b.what);
-    CHECK(kvq::can_implement(b.layout, b.cache, b.args) == b.want);
-    CHECK(kvq::quantize_append(b.layout, b.cache, b.args) == b.want);
+    CHECK(kvq::AppendPlan<L>::can_implement(b.layout, b.args) == b.want);
+    CHECK(kvq::quantize_append(b.layout, b.args, test_stream()) == b.want);
+    kvq::AppendPlan<L> plan;
+    CHECK(plan.initialize(b.layout, b.args) == b.want);
   }
   // A variant that the dispatching overload does not list.
   const kvq::TypeList<LayoutPt2, LayoutPc2> listed;
-  CHECK(kvq::quantize_append(listed, kvq::variant_of<LayoutPt4>(), shape, cache.get(), good) == Status::kErrorNotSupported);
-  CHECK(kvq::can_implement(listed, kvq::variant_of<LayoutPt4>(), shape, cache.get(), good) == Status::kErrorNotSupported);
-  KVQ_TEST_CUDA(cudaDeviceSynchronize());
+  CHECK(kvq::quantize_append(listed, kvq::variant_of<LayoutPt4>(), shape, good, test_stream()) == Status::kErrorNotSupported);
+  // A plan refuses per-call arguments that break what it was initialized with.
+  kvq::AppendPlan<L> plan;
+  REQUIRE(plan.initialize(l, good) == Status::kSuccess);
+  kvq::AppendArguments other = good;
+  other.k.dtype = other.v.dtype = DType::kFloat16;
+  CHECK(plan.run(other, test_stream()) == Status::kErrorInvalidArgument);
+  other = good;
+  other.num_tokens = -1;
+  CHECK(plan.run(other, test_stream()) == Status::kErrorInvalidArgument);
+  CHECK(kvq::AppendPlan<L>{}.run(good, test_stream()) == Status::kErrorInvalidArgument);  // not initialized
+  KVQ_TEST_CUDA(cudaStreamSynchronize(test_stream()));
   CHECK(cache.download() == poison);
   CHECK(lengths.download() == start);
 }
@@ -781,7 +805,8 @@ TEST_CASE("bad arguments are refused with their status and nothing is written", 
 namespace {
 
 /// Entry 1 starts 28 tokens short of the capacity and entry 2 with a negative length; the
-/// caller lies about max_length, so only the kernel's own guard protects them.
+/// caller lies about max_cache_length, so only the kernels' own guard protects them, and
+/// the error word reports both.
 template <class L>
 void check_capacity_guard(std::uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -798,10 +823,14 @@ void check_capacity_guard(std::uint64_t seed) {
   args.v = a.dv;
   args.num_tokens = 40;
   args.lengths = lengths.get();
-  args.max_length = 0;  // wrong on purpose
-  REQUIRE(kvq::quantize_append(l, cache.get(), args) == Status::kSuccess);
-  KVQ_TEST_CUDA(cudaDeviceSynchronize());
+  args.cache = cache.get();
+  args.max_cache_length = 0;  // wrong on purpose
+  DeviceBuffer<std::uint32_t> error(std::vector<std::uint32_t>{0});
+  args.error = error.get();
+  REQUIRE(kvq::quantize_append(l, args, test_stream()) == Status::kSuccess);
+  KVQ_TEST_CUDA(cudaStreamSynchronize(test_stream()));
   CHECK(lengths.download() == std::vector<std::int32_t>{40, 100, -4});
+  CHECK(error.download() == std::vector<std::uint32_t>{kvq::kAppendErrorCapacity | kvq::kAppendErrorNegativeLength});
   // Expected: entry 0 appended as the reference does it; entries 1 and 2 untouched.
   std::vector<unsigned char> want = poison;
   std::vector<std::int32_t> ref_len = {0, 0, 0};
@@ -841,11 +870,14 @@ TEST_CASE("the runtime-dispatched overload runs the listed layout of the variant
   args.v = a.dv;
   args.num_tokens = 77;
   args.lengths = lengths.get();
-  args.max_length = 40;
+  args.cache = cache.get();
+  args.max_cache_length = 40;
+  DeviceBuffer<std::uint32_t> error(std::vector<std::uint32_t>{0});
+  args.error = error.get();
   const kvq::TypeList<LayoutPt2, LayoutPc2, LayoutPt4> listed;
-  REQUIRE(kvq::can_implement(listed, kvq::variant_of<L>(), shape, cache.get(), args) == Status::kSuccess);
-  REQUIRE(kvq::quantize_append(listed, kvq::variant_of<L>(), shape, cache.get(), args) == Status::kSuccess);
-  KVQ_TEST_CUDA(cudaDeviceSynchronize());
+  REQUIRE(kvq::quantize_append(listed, kvq::variant_of<L>(), shape, args, test_stream()) == Status::kSuccess);
+  KVQ_TEST_CUDA(cudaStreamSynchronize(test_stream()));
+  CHECK(error.download() == std::vector<std::uint32_t>{0});
   REQUIRE(kvq::reference::quantize_append(l, host.data(), len.data(), a.hk, a.hv, 77) == Status::kSuccess);
   require_same_cache(l, cache.download(), host);
   CHECK(lengths.download() == len);

@@ -30,6 +30,14 @@ class DeviceBuffer {
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
   DeviceBuffer(DeviceBuffer&& o) noexcept : p_(o.p_), n_(o.n_) { o.p_ = nullptr; o.n_ = 0; }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    if (this != &o) {
+      if (p_) cudaFree(p_);
+      p_ = o.p_, n_ = o.n_;
+      o.p_ = nullptr, o.n_ = 0;
+    }
+    return *this;
+  }
   ~DeviceBuffer() { if (p_) cudaFree(p_); }
   T* get() const { return p_; }
   std::size_t size() const { return n_; }
@@ -39,11 +47,26 @@ class DeviceBuffer {
     if (n_) KVQ_TEST_CUDA(cudaMemcpy(h.data(), p_, n_ * sizeof(T), cudaMemcpyDeviceToHost));
     return h;
   }
-  void fill_bytes(int byte) { if (n_) KVQ_TEST_CUDA(cudaMemset(p_, byte, n_ * sizeof(T))); }
+  /// Fills and waits: the tests' kernels run on a non-blocking stream that does not order
+  /// itself after the legacy stream's memset.
+  void fill_bytes(int byte) {
+    if (n_) KVQ_TEST_CUDA(cudaMemset(p_, byte, n_ * sizeof(T)));
+    KVQ_TEST_CUDA(cudaDeviceSynchronize());
+  }
 
  private:
   T* p_ = nullptr;
   std::size_t n_ = 0;
 };
+
+/// The stream the tests run kvq on: a non-blocking stream, never the legacy default stream.
+inline cudaStream_t test_stream() {
+  static cudaStream_t s = [] {
+    cudaStream_t x = nullptr;
+    KVQ_TEST_CUDA(cudaStreamCreateWithFlags(&x, cudaStreamNonBlocking));
+    return x;
+  }();
+  return s;
+}
 
 }  // namespace kvq::test
