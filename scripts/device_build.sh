@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Builds everything for the GPU machine (sm_90a) into build-device/ and stages the
-# programs the device run needs into build-stage/ (small enough to carry: the device
-# tool moves at most 64 MiB): GPU test binaries, benchmarks, the dump program of the
-# PyTorch cross-check, the demo, and the Google Benchmark shared library.
+# Builds everything for the GPU machine (sm_90a) into build-device/, stages the programs a
+# GPU run needs into build-stage/ (GPU test binaries, benchmarks, the dump program of the
+# PyTorch cross-check, the demo, and the Google Benchmark shared library) and packs them into
+# one archive, build-carry/stage.tar.gz, to copy to the GPU machine.
 #
-#   scripts/device_build.sh     # then carry build-carry; there: scripts/device_check.sh unpacks it
+#   scripts/device_build.sh     # then, on the GPU machine, in a copy of the tree that holds
+#                               # build-carry/: OUT=<dir> scripts/device_check.sh [full|quick]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${KVQ_BUILD_DIR:-$root/build-device}
@@ -19,9 +20,9 @@ find "$build/tests" "$build/benchmarks" "$build/examples" -type f -perm -u+x \
      -o -name 'chunked_video_demo' \) -exec cp {} "$stage"/ \;
 cp -L /lib/x86_64-linux-gnu/libbenchmark.so.1debian "$stage"/
 strip --strip-debug "$stage"/test_* "$stage"/bench_* "$stage"/attention_dump "$stage"/chunked_video_demo 2>/dev/null || true
-# The device tool carries at most 64 MiB: ship the staged programs as one archive.
+# One archive of the staged programs: a single artifact to copy to the GPU machine.
 mkdir -p "$root/build-carry"
-# The commit the programs were built from (the device's copy of the tree may not carry git state).
+# The commit the programs were built from (the GPU machine's copy of the tree may not carry git state).
 echo "$(git -C "$root" rev-parse --short HEAD)$(git -C "$root" diff --quiet HEAD -- . ':!benchmarks/results' || echo '+dirty')" > "$stage/BUILT_FROM"
 tar -C "$stage" -czf "$root/build-carry/stage.tar.gz" .
 du -sh "$stage" "$root/build-carry/stage.tar.gz"

@@ -3,20 +3,22 @@
 # the PyTorch cross-check and speed anchor, and the demo on the GPU. Logs and raw
 # results go under $OUT (default ./out); a short summary is printed last.
 #
-# Build here first (same nvcc 13.0 on both machines) and carry the staged programs:
+# Build first (same nvcc 13.0 on both machines) and copy the archive of staged programs:
 #   scripts/device_build.sh                       # -> build-carry/stage.tar.gz
-#   device run (carry build-carry):  scripts/device_check.sh [quick]
-# `quick` skips the benchmarks and the torch speed anchor.
+#   on the GPU machine, in a copy of the tree that holds build-carry/:
+#     OUT=<dir> scripts/device_check.sh [full|quick]
+# `quick` skips the benchmarks and the torch speed anchor. $OUT receives logs.tar.gz (every
+# log of the run), summary.txt and the raw JSON results.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 stage=${KVQ_STAGE_DIR:-$root/build-stage}
-if [ -f "$root/build-carry/stage.tar.gz" ]; then  # as carried by the device tool
+if [ -f "$root/build-carry/stage.tar.gz" ]; then  # the archive of scripts/device_build.sh
   rm -rf "$stage" && mkdir -p "$stage" && tar -C "$stage" -xzf "$root/build-carry/stage.tar.gz"
 fi
 final=${OUT:-$root/out}
 mode=${1:-full}
-# The device tool returns at most 8 files: logs go to a scratch folder and come back as
-# one archive; the raw JSON results are copied next to it.
+# Logs go to a scratch folder, packed into $OUT/logs.tar.gz at the end; the summary and the
+# raw JSON results are copied next to the archive.
 logs=$(mktemp -d)
 mkdir -p "$final"
 export LD_LIBRARY_PATH="$stage${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -92,8 +94,8 @@ say "demo gpu: rc=$? $(grep -o '"taylor2_drop_removed".*' "$logs/demo.json")"
 
 cat "$S"
 tar -C "$logs" -czf "$final/logs.tar.gz" .
-for f in bench_quantize_append.json bench_attention.json torch_sdpa.json demo.json summary.txt; do
-  [ -f "$logs/$f" ] && cp "$logs/$f" "$final/"
+for f in "$S" "$logs"/*.json; do
+  [ -f "$f" ] && cp "$f" "$final/"
 done
 echo "==== summary ===="
 cat "$S"

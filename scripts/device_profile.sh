@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# One call on the GPU machine: Nsight Compute stall reasons (aggregate and per SASS
-# line) and the SASS of the attention kernels, for reading offline
-# (writes $OUT/profile.tar.gz; prints the key metrics).
-#   scripts/device_build.sh; device run (carry build-carry): scripts/device_profile.sh [FILTER]
+# On the GPU machine: Nsight Compute stall reasons (aggregate and per SASS line) and the
+# SASS of the attention kernels, for reading offline (writes $OUT/profile.tar.gz; prints the
+# key metrics).
+#   scripts/device_build.sh    # then, on the GPU machine, in a copy of the tree that holds
+#                              # build-carry/: OUT=<dir> scripts/device_profile.sh [FILTER [BENCH_FILTER]]
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 stage=${KVQ_STAGE_DIR:-$root/build-stage}
