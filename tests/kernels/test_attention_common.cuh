@@ -172,12 +172,12 @@ std::vector<unsigned char> build_host_cache(const Layout& l, const std::vector<i
 /// 9.0 and code built for sm_90a); its test cases are skipped with a warning elsewhere.
 template <class Layout, Correction Mode>
 bool hopper_kernel_runs_here() {
-  if constexpr (!kernels::sm90_variant_supported<Layout, Mode>()) {
+  if constexpr (!kernels::sm90::variant_supported<Layout, Mode>()) {
     return false;
   } else {
-    using C = kernels::Sm90DefaultConfig<Layout, Mode>;
-    return kvq::detail::sm90_kernel_usable<kernels::Sm90Traits<Layout, Mode, DType::kBFloat16, C>>() &&
-           kvq::detail::sm90_kernel_usable<kernels::Sm90Traits<Layout, Mode, DType::kFloat16, C>>();
+    using C = kernels::sm90::DefaultConfig<Layout, Mode>;
+    return kvq::detail::sm90_kernel_usable<kernels::sm90::Traits<Layout, Mode, DType::kBFloat16, C>>() &&
+           kvq::detail::sm90_kernel_usable<kernels::sm90::Traits<Layout, Mode, DType::kFloat16, C>>();
   }
 }
 
@@ -192,14 +192,14 @@ void require_hopper_kernel_unless_other_device() {
   KVQ_TEST_CUDA(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
   INFO("compute capability " << major << "." << minor);
   REQUIRE_FALSE((major == 9 && minor == 0 && kvq::detail::sm90_compiled() &&
-                 kernels::sm90_variant_supported<Layout, Mode>()));
+                 kernels::sm90::variant_supported<Layout, Mode>()));
   WARN("Hopper kernel not implemented for this variant or not runnable on this device: skipped");
 }
 
 /// Runs one case on the device (kvq::attention with tile configuration Config, or the
-/// Hopper kernel with an Sm90ConfigT) and checks it against the reference. Returns
+/// Hopper kernel with a kernels::sm90::Config) and checks it against the reference. Returns
 /// the errors (also printed).
-template <class Layout, Correction Mode, class Config = typename kernels::AttentionTileHeuristic<Layout::kHeadDim>::type>
+template <class Layout, Correction Mode, class Config = kernels::sm80::DefaultTileConfig<Layout::kHeadDim>>
 AttentionErrors run_attention_case(const AttentionCase& tc, const char* variant_name, bool check_visible_correction = false) {
   constexpr int D = Layout::kHeadDim;
   INFO(variant_name << " " << to_string(Mode) << ": " << tc.describe());
@@ -476,7 +476,7 @@ inline std::vector<AttentionCase> standard_cases(DType dt, std::uint64_t seed0) 
 }
 
 /// Runs the standard cases, plus one where the correction must visibly matter.
-template <class Layout, Correction Mode, class Config = typename kernels::AttentionTileHeuristic<Layout::kHeadDim>::type>
+template <class Layout, Correction Mode, class Config = kernels::sm80::DefaultTileConfig<Layout::kHeadDim>>
 void run_standard_attention_cases(DType dt, const char* name, std::uint64_t seed0) {
   for (const auto& c : standard_cases(dt, seed0)) {
     DYNAMIC_SECTION(c.describe()) { run_attention_case<Layout, Mode, Config>(c, name); }
@@ -505,7 +505,7 @@ void run_standard_attention_cases(DType dt, const char* name, std::uint64_t seed
 struct RefusalStatuses {
   Status null_q, misaligned_o, zero_scale, q_heads_not_multiple, batch_mismatch, odd_stride;
 };
-template <class Layout, Correction Mode, class Config = typename kernels::AttentionTileHeuristic<Layout::kHeadDim>::type>
+template <class Layout, Correction Mode, class Config = kernels::sm80::DefaultTileConfig<Layout::kHeadDim>>
 RefusalStatuses refusal_statuses() {
   constexpr int D = Layout::kHeadDim;
   Layout l;
@@ -576,7 +576,7 @@ inline AttentionCase sanitizer_case(std::uint64_t seed) {
       kvq::test::require_hopper_kernel_unless_other_device<Layout, Mode>();                                           \
       return;                                                                                                         \
     }                                                                                                                 \
-    using HopperConfig = kvq::kernels::Sm90DefaultConfig<Layout, Mode>;                                              \
+    using HopperConfig = kvq::kernels::sm90::DefaultConfig<Layout, Mode>;                                             \
     kvq::test::run_standard_attention_cases<Layout, Mode, HopperConfig>(kvq::DType::kBFloat16, Name, (Seed) + 3000);  \
     kvq::test::run_standard_attention_cases<Layout, Mode, HopperConfig>(kvq::DType::kFloat16, Name, (Seed) + 3500);   \
   }                                                                                                                   \
@@ -585,6 +585,6 @@ inline AttentionCase sanitizer_case(std::uint64_t seed) {
       kvq::test::require_hopper_kernel_unless_other_device<Layout, Mode>();                                           \
       return;                                                                                                         \
     }                                                                                                                 \
-    kvq::test::run_attention_case<Layout, Mode, kvq::kernels::Sm90DefaultConfig<Layout, Mode>>(                       \
+    kvq::test::run_attention_case<Layout, Mode, kvq::kernels::sm90::DefaultConfig<Layout, Mode>>(                     \
         kvq::test::sanitizer_case((Seed) + 50), Name);                                                                \
   }

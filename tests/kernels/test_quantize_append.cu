@@ -435,7 +435,7 @@ TEST_CASE("the quantize kernel alone (no lengths update) writes the same bytes",
 
 namespace {
 
-namespace ap = kvq::detail::append;
+namespace ap = kvq::kernels::quantize;
 
 template <DType kIn>
 float value_of(std::uint16_t b) {

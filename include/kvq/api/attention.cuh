@@ -5,9 +5,9 @@
 //   kvq::AttentionArguments a;  // device pointers, shapes, strides
 //   kvq::Status s = kvq::attention<Layout, kvq::Correction::kTaylor2>(layout, a, stream);
 //
-// Two kernels implement it: the Hopper kernel (kernels/sm90/attention_sm90.cuh, wgmma,
+// Two kernels implement it: the Hopper kernel (kernels/sm90/attention.cuh, wgmma,
 // warp-specialised) for PerToken keys on compute capability 9.0 when the caller is
-// compiled for sm_90a, and the mma.sync kernel (kernels/attention_kernel.cuh, sm_80+)
+// compiled for sm_90a, and the mma.sync kernel (kernels/sm80/attention.cuh, sm_80+)
 // for everything else; attention_path() tells which one a call uses.
 //
 // Every entry point returns a Status and never throws, prints or exits. Bad arguments
@@ -29,8 +29,8 @@
 #include <cstring>
 #include <type_traits>
 
-#include "kvq/kernels/attention_kernel.cuh"
-#include "kvq/kernels/sm90/attention_sm90.cuh"
+#include "kvq/kernels/sm80/attention.cuh"
+#include "kvq/kernels/sm90/attention.cuh"
 #include "kvq/layout/cache_layout.hpp"
 #include "kvq/spec/tensor.hpp"
 #include "kvq/spec/types.hpp"
@@ -73,7 +73,7 @@ struct AttentionVariant {
 /// Whether the mma.sync kernel (every architecture) implements a (layout, correction)
 /// pair (compile time): head dim 64 or 128, groups of at least 8, code words of a multiple
 /// of 4 codes (2, 4 and 8 bits), and Exact only with PerChannel keys.
-/// kernels::sm90_variant_supported says the same of the Hopper kernel; attention<> refuses
+/// kernels::sm90::variant_supported says the same of the Hopper kernel; attention<> refuses
 /// a pair that no kernel implements with Status::kErrorNotSupported.
 template <class Layout, Correction Mode>
 constexpr bool attention_variant_supported() {
@@ -94,8 +94,8 @@ inline bool strides_aligned(const Tensor4& t) {
 
 /// The kernel parameters of one call (both kernels take the same).
 template <class Layout>
-kernels::AttentionParams<Layout> make_params(const Layout& layout, const AttentionArguments& a) {
-  kernels::AttentionParams<Layout> p{};
+kernels::common::AttentionParams<Layout> make_params(const Layout& layout, const AttentionArguments& a) {
+  kernels::common::AttentionParams<Layout> p{};
   p.layout = layout;
   if (a.cache != nullptr) {  // null: empty cache, never dereferenced
     const auto ptr = layout::CachePointers<Layout>::from_base(layout, const_cast<void*>(a.cache));
@@ -191,7 +191,7 @@ struct ChunkMapTokens<Tr, std::void_t<decltype(Tr::kChunkMapTokens)>> {
 /// (ceil(num_q / Tr::kRows), q_heads, batch).
 template <class Tr, class Kernel>
 Status launch_kernel(Kernel kernel, const typename Tr::Layout& layout, const AttentionArguments& a, cudaStream_t stream) {
-  kernels::AttentionParams<typename Tr::Layout> p = make_params(layout, a);
+  kernels::common::AttentionParams<typename Tr::Layout> p = make_params(layout, a);
   if constexpr (ChunkMapTokens<Tr>::value > 0) {
     // Both or neither: the kernel copies the chunk with cp.async where chunk_maps is 0.
     constexpr int kBox = ChunkMapTokens<Tr>::value;
@@ -213,7 +213,7 @@ Status launch_kernel(Kernel kernel, const typename Tr::Layout& layout, const Att
 
 template <class Tr>
 Status launch_attention(const typename Tr::Layout& layout, const AttentionArguments& a, cudaStream_t stream) {
-  return launch_kernel<Tr>(kernels::attention_kernel<Tr>, layout, a, stream);
+  return launch_kernel<Tr>(kernels::sm80::attention_kernel<Tr>, layout, a, stream);
 }
 
 /// Whether this translation unit was compiled with device code for compute capability 9.0
@@ -246,7 +246,7 @@ bool sm90_kernel_usable() {
     if (major != 9 || minor != 0) return false;
     static const bool built = [] {
       cudaFuncAttributes attr{};
-      if (cudaFuncGetAttributes(&attr, kernels::attention_sm90_kernel<Tr>) != cudaSuccess) {
+      if (cudaFuncGetAttributes(&attr, kernels::sm90::attention_kernel<Tr>) != cudaSuccess) {
         (void)cudaGetLastError();
         return false;
       }
@@ -274,15 +274,15 @@ inline Status check_device(int smem_bytes) {
 }
 
 template <class Layout, Correction Mode>
-inline constexpr bool sm90_variant_supported_v = kernels::sm90_variant_supported<Layout, Mode>();
+inline constexpr bool sm90_variant_supported_v = kernels::sm90::variant_supported<Layout, Mode>();
 
 template <class Config>
 constexpr bool is_sm90_config() {
-  return kernels::IsSm90Config<Config>::value;
+  return kernels::sm90::IsConfig<Config>::value;
 }
 
 /// can_implement with an explicit kernel choice: an mma.sync tile configuration (see
-/// kernels::AttentionTileConfig) or a kernels::Sm90ConfigT (the Hopper kernel: refused with
+/// kernels::sm80::TileConfig) or a kernels::sm90::Config (the Hopper kernel: refused with
 /// kErrorNotSupported where it cannot run or does not implement the variant).
 template <class Layout, Correction Mode, class Config>
 Status can_implement_with_config(const Layout& layout, const AttentionArguments& a) {
@@ -323,14 +323,14 @@ Status can_implement_with_config(const Layout& layout, const AttentionArguments&
     if (a.lse != nullptr && (reinterpret_cast<std::uintptr_t>(a.lse) & 3u) != 0) return Status::kErrorMisaligned;
     if (a.mass != nullptr && (reinterpret_cast<std::uintptr_t>(a.mass) & 3u) != 0) return Status::kErrorMisaligned;
     if constexpr (is_sm90_config<Config>()) {
-      using Tr = kernels::Sm90Traits<Layout, Mode, DType::kBFloat16, Config>;
+      using Tr = kernels::sm90::Traits<Layout, Mode, DType::kBFloat16, Config>;
       const Status s = check_device(Tr::kSmemBytes);
       if (s != Status::kSuccess) return s;
-      using Tr16 = kernels::Sm90Traits<Layout, Mode, DType::kFloat16, Config>;
+      using Tr16 = kernels::sm90::Traits<Layout, Mode, DType::kFloat16, Config>;
       const bool usable = a.q.dtype == DType::kBFloat16 ? sm90_kernel_usable<Tr>() : sm90_kernel_usable<Tr16>();
       return usable ? Status::kSuccess : Status::kErrorNotSupported;
     } else {
-      using Tr = kernels::AttentionTraits<Layout, Mode, DType::kBFloat16, Config>;
+      using Tr = kernels::sm80::Traits<Layout, Mode, DType::kBFloat16, Config>;
       return check_device(Tr::kSmemBytes);
     }
   }
@@ -345,11 +345,11 @@ Status attention_with_config(const Layout& layout, const AttentionArguments& a, 
     if constexpr (sm90_variant_supported_v<Layout, Mode>) {
       if (a.batch == 0 || a.num_q == 0) return Status::kSuccess;
       if (a.q.dtype == DType::kBFloat16) {
-        using Tr = kernels::Sm90Traits<Layout, Mode, DType::kBFloat16, Config>;
-        return launch_kernel<Tr>(kernels::attention_sm90_kernel<Tr>, layout, a, stream);
+        using Tr = kernels::sm90::Traits<Layout, Mode, DType::kBFloat16, Config>;
+        return launch_kernel<Tr>(kernels::sm90::attention_kernel<Tr>, layout, a, stream);
       }
-      using Tr = kernels::Sm90Traits<Layout, Mode, DType::kFloat16, Config>;
-      return launch_kernel<Tr>(kernels::attention_sm90_kernel<Tr>, layout, a, stream);
+      using Tr = kernels::sm90::Traits<Layout, Mode, DType::kFloat16, Config>;
+      return launch_kernel<Tr>(kernels::sm90::attention_kernel<Tr>, layout, a, stream);
     } else {
       (void)stream;
       return Status::kErrorNotSupported;
@@ -357,9 +357,9 @@ Status attention_with_config(const Layout& layout, const AttentionArguments& a, 
   } else if constexpr (attention_variant_supported<Layout, Mode>()) {
     if (a.batch == 0 || a.num_q == 0) return Status::kSuccess;
     if (a.q.dtype == DType::kBFloat16) {
-      return launch_attention<kernels::AttentionTraits<Layout, Mode, DType::kBFloat16, Config>>(layout, a, stream);
+      return launch_attention<kernels::sm80::Traits<Layout, Mode, DType::kBFloat16, Config>>(layout, a, stream);
     }
-    return launch_attention<kernels::AttentionTraits<Layout, Mode, DType::kFloat16, Config>>(layout, a, stream);
+    return launch_attention<kernels::sm80::Traits<Layout, Mode, DType::kFloat16, Config>>(layout, a, stream);
   } else {
     (void)stream;
     return Status::kErrorNotSupported;
@@ -371,18 +371,17 @@ Status attention_with_config(const Layout& layout, const AttentionArguments& a, 
 /// Checks the arguments of attention<Layout, Mode> without launching anything.
 template <class Layout, Correction Mode>
 [[nodiscard]] Status can_implement(const Layout& layout, const AttentionArguments& a) {
-  return detail::can_implement_with_config<Layout, Mode, typename kernels::AttentionTileHeuristic<Layout::kHeadDim>::type>(
-      layout, a);
+  return detail::can_implement_with_config<Layout, Mode, kernels::sm80::DefaultTileConfig<Layout::kHeadDim>>(layout, a);
 }
 
 /// Which kernel attention<Layout, Mode> runs for these arguments on the current device:
-/// the Hopper kernel (in its configuration kernels::Sm90DefaultConfig<Layout, Mode>) when
+/// the Hopper kernel (in its configuration kernels::sm90::DefaultConfig<Layout, Mode>) when
 /// it implements the variant and can run here, else the mma.sync kernel.
 enum class AttentionPath { kMmaSync, kSm90 };
 template <class Layout, Correction Mode>
 [[nodiscard]] AttentionPath attention_path(const Layout& layout, const AttentionArguments& a) {
-  if constexpr (kernels::sm90_variant_supported<Layout, Mode>()) {
-    if (detail::can_implement_with_config<Layout, Mode, kernels::Sm90DefaultConfig<Layout, Mode>>(layout, a) ==
+  if constexpr (kernels::sm90::variant_supported<Layout, Mode>()) {
+    if (detail::can_implement_with_config<Layout, Mode, kernels::sm90::DefaultConfig<Layout, Mode>>(layout, a) ==
         Status::kSuccess)
       return AttentionPath::kSm90;
   }
@@ -398,9 +397,8 @@ template <class Layout, Correction Mode>
 template <class Layout, Correction Mode>
 [[nodiscard]] Status attention(const Layout& layout, const AttentionArguments& a, cudaStream_t stream) {
   if (attention_path<Layout, Mode>(layout, a) == AttentionPath::kSm90)
-    return detail::attention_with_config<Layout, Mode, kernels::Sm90DefaultConfig<Layout, Mode>>(layout, a, stream);
-  return detail::attention_with_config<Layout, Mode, typename kernels::AttentionTileHeuristic<Layout::kHeadDim>::type>(
-      layout, a, stream);
+    return detail::attention_with_config<Layout, Mode, kernels::sm90::DefaultConfig<Layout, Mode>>(layout, a, stream);
+  return detail::attention_with_config<Layout, Mode, kernels::sm80::DefaultTileConfig<Layout::kHeadDim>>(layout, a, stream);
 }
 
 /// Runtime dispatch: runs the first listed AttentionVariant whose layout matches `variant`

@@ -12,7 +12,7 @@
 //                          different dtypes, or (PerChannel keys) a dtype other than the
 //                          layout's tail dtype; a layout shape that CacheLayout::make refuses.
 //   kErrorNotSupported     k/v dtype other than bf16 and fp16; a layout the kernel does not
-//                          implement (QuantizeAppendTraits::kSupported: head dim a multiple
+//                          implement (kernels::quantize::Traits::kSupported: head dim a multiple
 //                          of 32 up to 512, groups of at least 8); with the dispatching
 //                          overload, a variant not listed.
 //   kErrorMisaligned       cache not 16-byte aligned, lengths not 4-byte aligned, k/v data
@@ -36,7 +36,7 @@
 #include <cstdint>
 #include <initializer_list>
 
-#include "kvq/kernels/quantize_append_kernel.cuh"
+#include "kvq/kernels/quantize/quantize_append.cuh"
 #include "kvq/layout/cache_layout.hpp"
 #include "kvq/spec/tensor.hpp"
 #include "kvq/spec/types.hpp"
@@ -82,7 +82,7 @@ inline Status launch_update_lengths(const AppendArguments& a, int batch, std::in
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
   cfg.numAttrs = major >= 9 ? 1 : 0;
-  const cudaError_t e = cudaLaunchKernelEx(&cfg, &kernels::update_lengths_kernel<std::int32_t>, a.lengths, batch,
+  const cudaError_t e = cudaLaunchKernelEx(&cfg, &kernels::quantize::update_lengths_kernel<std::int32_t>, a.lengths, batch,
                                            a.num_tokens, capacity);
   const cudaError_t last = cudaGetLastError();
   return e == cudaSuccess && last == cudaSuccess ? Status::kSuccess : Status::kErrorCudaRuntime;
@@ -93,7 +93,7 @@ inline Status launch_update_lengths(const AppendArguments& a, int batch, std::in
 /// Checks everything quantize_append checks, without launching anything.
 template <class Layout>
 [[nodiscard]] Status can_implement(const Layout& l, const void* cache, const AppendArguments& a) {
-  using Tr = kernels::QuantizeAppendTraits<Layout>;
+  using Tr = kernels::quantize::Traits<Layout>;
   namespace ap = detail::append;
   if (!Tr::kSupported) return Status::kErrorNotSupported;
   Layout checked;
@@ -122,12 +122,12 @@ struct LaunchOptions {
 
 /// Resident blocks per SM of the quantize kernel of a layout for inputs of dtype `in` on the
 /// current device (for the benchmarks' reports).
-template <class Layout, int kMinBlocks = kernels::QuantizeAppendTraits<Layout>::kMinBlocks>
+template <class Layout, int kMinBlocks = kernels::quantize::Traits<Layout>::kMinBlocks>
 [[nodiscard]] Status occupancy(DType in, int* blocks_per_sm) {
-  using Tr = kernels::QuantizeAppendTraits<Layout>;
+  using Tr = kernels::quantize::Traits<Layout>;
   if constexpr (Tr::kSupported) {
-    auto* kernel = in == DType::kFloat16 ? &kernels::quantize_append_kernel<Layout, DType::kFloat16, kMinBlocks>
-                                         : &kernels::quantize_append_kernel<Layout, DType::kBFloat16, kMinBlocks>;
+    auto* kernel = in == DType::kFloat16 ? &kernels::quantize::quantize_append_kernel<Layout, DType::kFloat16, kMinBlocks>
+                                         : &kernels::quantize::quantize_append_kernel<Layout, DType::kBFloat16, kMinBlocks>;
     if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks_per_sm, kernel, Tr::kThreads, 0) != cudaSuccess)
       return (void)cudaGetLastError(), Status::kErrorCudaRuntime;
     return Status::kSuccess;
@@ -138,10 +138,10 @@ template <class Layout, int kMinBlocks = kernels::QuantizeAppendTraits<Layout>::
 
 /// The launches behind quantize_append, with the knobs of LaunchOptions; kMinBlocks selects the
 /// register budget of the quantize kernel (benchmarks only).
-template <class Layout, int kMinBlocks = kernels::QuantizeAppendTraits<Layout>::kMinBlocks>
+template <class Layout, int kMinBlocks = kernels::quantize::Traits<Layout>::kMinBlocks>
 [[nodiscard]] Status launch(const Layout& l, void* cache, const AppendArguments& a, cudaStream_t stream,
                             const LaunchOptions& opt = {}) {
-  using Tr = kernels::QuantizeAppendTraits<Layout>;
+  using Tr = kernels::quantize::Traits<Layout>;
   const Status s = can_implement(l, cache, a);
   if (s != Status::kSuccess) return s;
   if (a.num_tokens == 0) return Status::kSuccess;
@@ -151,17 +151,18 @@ template <class Layout, int kMinBlocks = kernels::QuantizeAppendTraits<Layout>::
     // (tile, head, batch) grid when heads and batch fit its y and z; else one dimension.
     const bool grid_3d = l.shape.heads <= 65535 && l.shape.batch <= 65535;
     if ((grid_3d ? tiles : blocks) > 0x7fffffff) return Status::kErrorNotSupported;
-    const kernels::QuantizeAppendParams<Layout> p{l,
-                                                  layout::CachePointers<Layout>::from_base(l, cache),
-                                                  a.k,
-                                                  a.v,
-                                                  a.num_tokens,
-                                                  a.lengths,
-                                                  tiles,
-                                                  vector_loads_ok(a.k) && vector_loads_ok(a.v),
-                                                  grid_3d};
-    auto* kernel = a.k.dtype == DType::kBFloat16 ? &kernels::quantize_append_kernel<Layout, DType::kBFloat16, kMinBlocks>
-                                                 : &kernels::quantize_append_kernel<Layout, DType::kFloat16, kMinBlocks>;
+    const kernels::quantize::Params<Layout> p{l,
+                                              layout::CachePointers<Layout>::from_base(l, cache),
+                                              a.k,
+                                              a.v,
+                                              a.num_tokens,
+                                              a.lengths,
+                                              tiles,
+                                              vector_loads_ok(a.k) && vector_loads_ok(a.v),
+                                              grid_3d};
+    auto* kernel = a.k.dtype == DType::kBFloat16
+                       ? &kernels::quantize::quantize_append_kernel<Layout, DType::kBFloat16, kMinBlocks>
+                       : &kernels::quantize::quantize_append_kernel<Layout, DType::kFloat16, kMinBlocks>;
     const dim3 grid = grid_3d ? dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(l.shape.heads),
                                      static_cast<unsigned>(l.shape.batch))
                               : dim3(static_cast<unsigned>(blocks));
