@@ -53,12 +53,12 @@ struct CodeWindows {
   static_assert(codes_aligned(), "codes never straddle a window");
   /// Mantissa bit of code i after its window's shift (the code's bit in the word:
   /// math::slot_shift, a multiple of Bits).
-  static constexpr int position(int i) { return 12 + math::slot_shift<Bits>(i) % kWindowBits; }
+  static KVQ_HOST_DEVICE constexpr int position(int i) { return 12 + math::slot_shift<Bits>(i) % kWindowBits; }
   /// Left shift (negative: right) that moves code i's window to bit 12.
-  static constexpr int shift(int i) { return 12 - kWindowBits * (math::slot_shift<Bits>(i) / kWindowBits); }
+  static KVQ_HOST_DEVICE constexpr int shift(int i) { return 12 - kWindowBits * (math::slot_shift<Bits>(i) / kWindowBits); }
   /// 2^-p and 2^(23-p) for code i.
-  static constexpr float step_scale(int i) { return 1.0f / static_cast<float>(1u << position(i)); }
-  static constexpr float zero_scale(int i) { return static_cast<float>(1u << (23 - position(i))); }
+  static KVQ_HOST_DEVICE constexpr float step_scale(int i) { return 1.0f / static_cast<float>(1u << position(i)); }
+  static KVQ_HOST_DEVICE constexpr float zero_scale(int i) { return static_cast<float>(1u << (23 - position(i))); }
 };
 
 /// Code i of a word as the float 2^23 + c 2^position(i).

@@ -3,6 +3,7 @@
 // shared-memory plan.
 #pragma once
 
+#include "kvq/detail/macros.hpp"
 #include "kvq/kernels/common/traits.cuh"
 #include "kvq/kernels/sm80/config.cuh"
 #include "kvq/layout/cache_layout.hpp"
@@ -80,7 +81,7 @@ struct Traits {
   static constexpr int kKMetaBytesPerToken = kKeyPerToken ? kKGroupsPerToken * static_cast<int>(sizeof(KMeta)) : 0;
   static constexpr int kVMetaBytesPerToken = kVGroupsPerToken * static_cast<int>(sizeof(VMeta));
   /// cp.async size for per-token metadata: a power of two <= 16 that divides the bytes per token.
-  static constexpr int meta_copy_bytes(int per_token) { return per_token >= 16 ? 16 : per_token; }
+  static KVQ_HOST_DEVICE constexpr int meta_copy_bytes(int per_token) { return per_token >= 16 ? 16 : per_token; }
   static_assert(kKMetaBytesPerToken == 0 || kKMetaBytesPerToken % meta_copy_bytes(kKMetaBytesPerToken) == 0, "k meta copy");
   static_assert(kVMetaBytesPerToken % meta_copy_bytes(kVMetaBytesPerToken) == 0, "v meta copy");
 
