@@ -70,13 +70,10 @@ using Config128NoFold = Config<128, 128, 2, ScheduleCooperative, false>;
 /// tile serves 1.5x the rows.
 using Config192 = Config<192, 64, 4, ScheduleCooperative>;
 
-/// The configuration kvq::attention runs on the Hopper kernel for a variant, chosen by
-/// measurement on the H200 (benchmarks/RESULTS.md, same call, 8192/65536, the benchmark's
-/// random data): 2-bit keys and values at head dim 128 on Config128Overlap (INT2 PerToken
-/// None / Taylor2 +8 % / +3 % over 192-row CTAs; turns, Config128Pingpong, +5 % / +2 %),
-/// the others on Config192, which dequantizes each tile once for 1.5x the query rows
-/// (INT4 Taylor2 and INT2 at head dim 64 measured slower on 128-row CTAs: the longer
-/// dequantization of 4-bit codes, the shorter MMAs of D 64).
+/// The configuration kvq::attention runs for a variant, the faster one on the H200
+/// (docs/performance.md): Config128Overlap for 2-bit keys and values at head dim 128;
+/// Config192 for the others, whose longer dequantization (4-bit codes) or shorter MMAs
+/// (head dim 64) gain more from dequantizing each tile once for 1.5x the rows.
 template <class Layout, Correction Mode>
 using DefaultConfig = std::conditional_t<Layout::KSpec::kBits == 2 && Layout::VSpec::kBits == 2 && Layout::kHeadDim == 128,
                                          Config128Overlap, Config192>;

@@ -48,8 +48,7 @@ struct Plan {
   /// moved by setmaxnreg from the producer to the consumers.
   static constexpr int kLaunchRegs = (65536 / kThreads) / 8 * 8;
   static constexpr int kProducerRegs = 88;
-  // 192-row CTAs: 88/136 leaves every instantiation without spills (72/144 spilled 8
-  // bytes in INT4 None, 80/144 in INT4 Taylor2) and measured faster with corrections.
+  // 192-row CTAs: 88/136 leaves every instantiation without spills.
   static constexpr int kConsumerRegs = kConsumerGroups == 2 ? 208 : 136;
   static_assert(kProducerRegs * 128 + kConsumerRegs * 128 * kConsumerGroups <= kLaunchRegs * kThreads, "register pool");
 

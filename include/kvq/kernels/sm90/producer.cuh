@@ -287,8 +287,8 @@ KVQ_DEVICE void produce(const common::AttentionParams<typename Tr::Layout>& p, c
       const auto* meta = reinterpret_cast<const typename H::Meta*>(slot + H::kSlotMeta + skew);
       constexpr int kRows = Tr::kTileN / H::kThreads;  // tokens per thread
       // 2-bit codes, a whole tile: every token's packed data first, then the tokens'
-      // dequantization, which the compiler interleaves (INT2 128-token tiles +1.7 %; the
-      // arithmetic form of 4-bit codes measured 15-24 % slower so: one token at a time).
+      // dequantization, which the compiler interleaves. Wider codes go one token at a time:
+      // their arithmetic form, doubled, costs more than the interleaving gains.
       constexpr bool kInterleave = H::Spec::kBits == 2;
       if (kInterleave && valid == Tr::kTileN) {
         PackedToken<Tr, typename H::Spec, H::kWords> pk[kRows];
@@ -302,7 +302,7 @@ KVQ_DEVICE void produce(const common::AttentionParams<typename Tr::Layout>& p, c
 #pragma unroll 1
         for (int j = 0; j < kRows; ++j) {
           const int tok = lt + j * H::kThreads;
-          const RowOffsets<Tr> rt(tok);  // per token (held offsets measured slower here: INT4 -6 %)
+          const RowOffsets<Tr> rt(tok);  // per token: offsets held across this loop are slower
           if (tok < valid) {
             PackedToken<Tr, typename H::Spec, H::kWords> pk;
             pk.load(codes, meta, tok);
