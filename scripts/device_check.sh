@@ -81,7 +81,7 @@ fi
 # memory) and the MMA instructions of the Hopper kernel.
 if [ -x "$stage/bench_attention" ] && command -v cuobjdump > /dev/null; then
   cuobjdump -res-usage "$stage/bench_attention" > "$logs/res_usage.txt" 2>&1
-  grep -A1 "attention_sm90_kernel" "$logs/res_usage.txt" | grep -o "REG:[0-9]* STACK:[0-9]* SHARED:[0-9]* LOCAL:[0-9]*" | sort | uniq -c \
+  grep -A1 "4sm9016attention_kernel" "$logs/res_usage.txt" | grep -o "REG:[0-9]* STACK:[0-9]* SHARED:[0-9]* LOCAL:[0-9]*" | sort | uniq -c \
     | sed 's/^/sm90 kernel resources: /' >> "$S"
   cuobjdump -sass "$stage/bench_attention" > "$logs/bench_attention.sass" 2>&1
   say "sm90 SASS (all kernels of bench_attention): HGMMA $(grep -c HGMMA "$logs/bench_attention.sass"), LDL $(grep -c 'LDL' "$logs/bench_attention.sass"), STL $(grep -c 'STL' "$logs/bench_attention.sass")"

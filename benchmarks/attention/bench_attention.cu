@@ -185,7 +185,7 @@ void bm_host_run(benchmark::State& state) {
   state.counters["sm90"] = plan.path() == kvq::AttentionPath::kSm90 ? 1 : 0;
 }
 
-template <class L, Correction Mode, class Config = typename kvq::kernels::AttentionTileHeuristic<L::kHeadDim>::type>
+template <class L, Correction Mode, class Config = kvq::kernels::sm80::DefaultTileConfig<L::kHeadDim>>
 void add(const std::string& variant, const std::vector<Shape>& shapes) {
   for (const Shape& s : shapes) {
     std::string name = "BM_attention/" + variant + "/nq:" + std::to_string(s.nq) + "/cache:" + std::to_string(s.cache) +
@@ -213,15 +213,15 @@ int main(int argc, char** argv) {
   using namespace kvq::variants;
   // DESIGN.md section 6 shapes and one GQA shape.
   const std::vector<Shape> all = {{8192, 65536, 24, 24}, {4096, 16384, 24, 24}, {8192, 65536, 48, 8}};
-  // Hopper kernel (sm_90a; PerToken keys) with 128-row CTAs (kernels::Sm90Config), the same
-  // with the PV MMA overlapping the softmax (kernels::Sm90ConfigOverlap) or with turns at the
-  // softmax (kernels::Sm90ConfigPingpong), and 192-row CTAs (kernels::Sm90Config192);
-  // kvq::attention runs the one of kernels::Sm90DefaultConfig: ov for 2-bit keys and values
+  // Hopper kernel (sm_90a; PerToken keys) with 128-row CTAs (kernels::sm90::Config128), the same
+  // with the PV MMA overlapping the softmax (kernels::sm90::Config128Overlap) or with turns at the
+  // softmax (kernels::sm90::Config128Pingpong), and 192-row CTAs (kernels::sm90::Config192);
+  // kvq::attention runs the one of kernels::sm90::DefaultConfig: ov for 2-bit keys and values
   // at head dim 128, r192 otherwise.
-  using C128 = kvq::kernels::Sm90Config;
-  using COV = kvq::kernels::Sm90ConfigOverlap;
-  using CPP = kvq::kernels::Sm90ConfigPingpong;
-  using C192 = kvq::kernels::Sm90Config192;
+  using C128 = kvq::kernels::sm90::Config128;
+  using COV = kvq::kernels::sm90::Config128Overlap;
+  using CPP = kvq::kernels::sm90::Config128Pingpong;
+  using C192 = kvq::kernels::sm90::Config192;
   add<Int2Pt128D128, Correction::kNone, COV>("int2_pt128_none_d128_sm90ov", all);
   add<Int2Pt128D128, Correction::kTaylor2, COV>("int2_pt128_taylor2_d128_sm90ov", all);
   add<Int2Pt128D128, Correction::kNone, CPP>("int2_pt128_none_d128_sm90pp", all);
@@ -238,7 +238,7 @@ int main(int argc, char** argv) {
   add<Int4Pt128D128, Correction::kTaylor2, C192>("int4_pt128_taylor2_d128_sm90r192", all);
   // The PerToken correction as one FMA per score (not folded).
   const std::vector<Shape> main_shape = {{8192, 65536, 24, 24}};
-  add<Int2Pt128D128, Correction::kTaylor2, kvq::kernels::Sm90ConfigT<false>>("int2_pt128_taylor2_d128_sm90fma", main_shape);
+  add<Int2Pt128D128, Correction::kTaylor2, kvq::kernels::sm90::Config128NoFold>("int2_pt128_taylor2_d128_sm90fma", main_shape);
   // mma.sync kernel (every architecture; PerChannel keys run on it on Hopper too).
   add<Int2Pt128D128, Correction::kNone>("int2_pt128_none_d128", all);
   add<Int2Pt128D128, Correction::kTaylor2>("int2_pt128_taylor2_d128", all);

@@ -223,7 +223,7 @@ void bm_copy(benchmark::State& state) {
 }
 
 /// Registers BM_quantize_append<suffix>/<name>/n:N/h:H and the BM_copy of the same bytes.
-template <class L, int kMinBlocks = kvq::kernels::QuantizeAppendTraits<L>::kMinBlocks>
+template <class L, int kMinBlocks = kvq::kernels::quantize::Traits<L>::kMinBlocks>
 void add(const std::string& name, DType dtype, std::vector<std::pair<std::int64_t, std::int64_t>> shapes,
          kvq::detail::append::LaunchOptions opt = {}) {
   const std::string prefix = opt.update_lengths ? "BM_quantize_append/" : "BM_quantize_append_kernel/";

@@ -1,4 +1,4 @@
-# GPU tests of the fused chunk attention (include/kvq/kernels/attention_*.cuh,
+# GPU tests of the fused chunk attention (include/kvq/kernels/sm80/, sm90/, common/,
 # include/kvq/api/attention.cuh), one executable per cache layout with one translation
 # unit per correction mode (each instantiates its variant for bf16 and fp16), and the
 # standalone dump program that tests/kernels/torch_check.py reads.

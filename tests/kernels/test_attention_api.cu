@@ -240,13 +240,13 @@ TEST_CASE("kernel selection: the Hopper kernel exactly where it implements the v
   CHECK(kvq::attention_path<kvq::Correction::kNone>(lpc, a, &s) == kvq::AttentionPath::kSm80);
   CHECK(s == kvq::Status::kSuccess);
   // Forcing a configuration: the Hopper kernel is refused off 9.0 devices, the mma.sync kernel runs anywhere.
-  kvq::AttentionPlan<L, kvq::Correction::kTaylor2, kvq::kernels::Sm90Config192> hopper;
+  kvq::AttentionPlan<L, kvq::Correction::kTaylor2, kvq::kernels::sm90::Config192> hopper;
   CHECK(hopper.initialize(f.layout, f.a) == (sm90 ? kvq::Status::kSuccess : kvq::Status::kErrorNotSupported));
-  kvq::AttentionPlan<L, kvq::Correction::kTaylor2, kvq::kernels::AttentionTileHeuristic<128>::type> mma;
+  kvq::AttentionPlan<L, kvq::Correction::kTaylor2, kvq::kernels::sm80::DefaultTileConfig<128>> mma;
   REQUIRE(mma.initialize(f.layout, f.a) == kvq::Status::kSuccess);
   CHECK(mma.path() == kvq::AttentionPath::kSm80);
   // A variant no kernel of the configuration implements.
-  CHECK(kvq::AttentionPlan<Lpc, kvq::Correction::kNone, kvq::kernels::Sm90Config>::can_implement(lpc, a) ==
+  CHECK(kvq::AttentionPlan<Lpc, kvq::Correction::kNone, kvq::kernels::sm90::Config128>::can_implement(lpc, a) ==
         kvq::Status::kErrorNotSupported);
 }
 

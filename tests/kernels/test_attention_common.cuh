@@ -174,7 +174,7 @@ std::vector<unsigned char> build_host_cache(const Layout& l, const std::vector<i
 /// Runs one case on the device through kvq::AttentionPlan<Layout, Mode, Config> (a
 /// forced kernel configuration, or kvq::AutoConfig: then the plan must select `want_auto`)
 /// on test_stream(), and checks it against the reference. Returns the errors (also printed).
-template <class Layout, Correction Mode, class Config = typename kernels::AttentionTileHeuristic<Layout::kHeadDim>::type>
+template <class Layout, Correction Mode, class Config = kernels::sm80::DefaultTileConfig<Layout::kHeadDim>>
 AttentionErrors run_attention_case(const AttentionCase& tc, const char* variant_name, bool check_visible_correction = false,
                                    AttentionPath want_auto = AttentionPath::kSm90) {
   constexpr int D = Layout::kHeadDim;
@@ -455,7 +455,7 @@ inline std::vector<AttentionCase> standard_cases(DType dt, std::uint64_t seed0) 
 }
 
 /// Runs the standard cases, plus one where the correction must visibly matter.
-template <class Layout, Correction Mode, class Config = typename kernels::AttentionTileHeuristic<Layout::kHeadDim>::type>
+template <class Layout, Correction Mode, class Config = kernels::sm80::DefaultTileConfig<Layout::kHeadDim>>
 void run_standard_attention_cases(DType dt, const char* name, std::uint64_t seed0) {
   for (const auto& c : standard_cases(dt, seed0)) {
     DYNAMIC_SECTION(c.describe()) { run_attention_case<Layout, Mode, Config>(c, name); }
@@ -484,7 +484,7 @@ void run_standard_attention_cases(DType dt, const char* name, std::uint64_t seed
 struct RefusalStatuses {
   Status null_q, misaligned_o, zero_scale, q_heads_not_multiple, batch_mismatch, odd_stride;
 };
-template <class Layout, Correction Mode, class Config = typename kernels::AttentionTileHeuristic<Layout::kHeadDim>::type>
+template <class Layout, Correction Mode, class Config = kernels::sm80::DefaultTileConfig<Layout::kHeadDim>>
 RefusalStatuses refusal_statuses() {
   constexpr int D = Layout::kHeadDim;
   Layout l;
@@ -554,7 +554,7 @@ inline AttentionCase sanitizer_case(std::uint64_t seed) {
 /// selection (kvq::AutoConfig must pick the Hopper kernel on a compute capability 9.0
 /// device; the [sm90] cases run only there).
 #define KVQ_ATTENTION_SM90_TEST_CASES(Layout, Mode, Name, Seed)                                                       \
-  static_assert(kvq::kernels::sm90_variant_supported<Layout, Mode>(), "the Hopper kernel implements " Name);          \
+  static_assert(kvq::kernels::sm90::variant_supported<Layout, Mode>(), "the Hopper kernel implements " Name);          \
   TEST_CASE("Hopper attention kernel matches the reference: " Name, "[attention][gpu][sm90]") {                      \
     kvq::test::run_standard_attention_cases<Layout, Mode, kvq::AutoConfig>(kvq::DType::kBFloat16, Name, (Seed) + 3000); \
     kvq::test::run_standard_attention_cases<Layout, Mode, kvq::AutoConfig>(kvq::DType::kFloat16, Name, (Seed) + 3500);  \

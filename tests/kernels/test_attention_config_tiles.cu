@@ -2,8 +2,8 @@
 #include "kernels/test_attention_common.cuh"
 
 namespace {
-using Warps4 = kvq::kernels::AttentionTileConfig<4, 64, 4>;
-using Tile32 = kvq::kernels::AttentionTileConfig<8, 32, 4>;
+using Warps4 = kvq::kernels::sm80::TileConfig<4, 64, 4>;
+using Tile32 = kvq::kernels::sm80::TileConfig<8, 32, 4>;
 
 template <class Layout, kvq::Correction Mode, class Config>
 void run_tile_cases(const char* name, std::uint64_t seed0) {

@@ -21,6 +21,6 @@ TEST_CASE("without sm_90a code the automatic selection runs the mma.sync kernel"
   kvq::AttentionArguments a;
   a.batch = 1, a.q_heads = 2, a.num_q = 8, a.num_chunk = 8, a.scale = 0.1f;
   a.q = a.o = a.k_chunk = a.v_chunk = kvq::Tensor4::contiguous(buf.get(), kvq::DType::kBFloat16, 8, 2, 128);
-  kvq::AttentionPlan<L, kvq::Correction::kTaylor2, kvq::kernels::Sm90ConfigOverlap> hopper;
+  kvq::AttentionPlan<L, kvq::Correction::kTaylor2, kvq::kernels::sm90::Config128Overlap> hopper;
   CHECK(hopper.initialize(l, a) == kvq::Status::kErrorNotSupported);
 }

@@ -13,11 +13,11 @@ using Int2Pt16D128 = layout::CacheLayout<variants::PerTokenFp16<2, 16>, variants
 using Int2Pt8D128 = layout::CacheLayout<variants::PerTokenFp16<2, 8>, variants::PerTokenFp16<2, 8>, 128>;
 using Int8Pt128D128 = layout::CacheLayout<variants::PerTokenFp16<8, 128>, variants::PerTokenFp16<8, 128>, 128>;
 // Which kernel implements what (the cases below rely on it).
-static_assert(kernels::sm90_variant_supported<Int2Pt32D128, Correction::kTaylor2>() &&
-                  kernels::sm90_variant_supported<Int2Pt16D128, Correction::kTaylor2>() &&
-                  kernels::sm90_variant_supported<Int2Pt8D128, Correction::kNone>(),
+static_assert(kernels::sm90::variant_supported<Int2Pt32D128, Correction::kTaylor2>() &&
+                  kernels::sm90::variant_supported<Int2Pt16D128, Correction::kTaylor2>() &&
+                  kernels::sm90::variant_supported<Int2Pt8D128, Correction::kNone>(),
               "the Hopper kernel implements these variants");
-static_assert(!kernels::sm90_variant_supported<Int8Pt128D128, Correction::kTaylor2>() &&
+static_assert(!kernels::sm90::variant_supported<Int8Pt128D128, Correction::kTaylor2>() &&
                   attention_variant_supported<Int8Pt128D128, Correction::kTaylor2>(),
               "INT8 PerToken runs on the mma.sync kernel");
 }  // namespace kvq::test
@@ -37,7 +37,8 @@ KVQ_ATTENTION_TEST_CASES(kvq::test::Int8Pt128D128, kvq::Correction::kTaylor2, "i
 TEST_CASE("attention refuses bad arguments before any launch: small PerToken groups, int8", "[attention][gpu][api]") {
   const auto a = kvq::test::refusal_statuses<kvq::test::Int2Pt32D128, kvq::Correction::kTaylor2>();
   KVQ_REQUIRE_REFUSALS(a);
-  const auto b = kvq::test::refusal_statuses<kvq::test::Int2Pt16D128, kvq::Correction::kTaylor2, kvq::kernels::Sm90Config>();
+  const auto b =
+      kvq::test::refusal_statuses<kvq::test::Int2Pt16D128, kvq::Correction::kTaylor2, kvq::kernels::sm90::Config128>();
   KVQ_REQUIRE_REFUSALS(b);
   const auto c = kvq::test::refusal_statuses<kvq::test::Int8Pt128D128, kvq::Correction::kTaylor2>();
   KVQ_REQUIRE_REFUSALS(c);

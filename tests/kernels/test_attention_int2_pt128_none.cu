@@ -8,8 +8,9 @@ KVQ_ATTENTION_SM90_TEST_CASES(kvq::variants::Int2Pt128D128, kvq::Correction::kNo
 TEST_CASE("attention refuses bad arguments before any launch: int2_pt128 none", "[attention][gpu][api]") {
   const auto r = kvq::test::refusal_statuses<kvq::variants::Int2Pt128D128, kvq::Correction::kNone>();
   KVQ_REQUIRE_REFUSALS(r);
-  if constexpr (kvq::kernels::sm90_variant_supported<kvq::variants::Int2Pt128D128, kvq::Correction::kNone>()) {
-    const auto h = kvq::test::refusal_statuses<kvq::variants::Int2Pt128D128, kvq::Correction::kNone, kvq::kernels::Sm90Config>();
+  if constexpr (kvq::kernels::sm90::variant_supported<kvq::variants::Int2Pt128D128, kvq::Correction::kNone>()) {
+    const auto h =
+        kvq::test::refusal_statuses<kvq::variants::Int2Pt128D128, kvq::Correction::kNone, kvq::kernels::sm90::Config128>();
     KVQ_REQUIRE_REFUSALS(h);
   }
 }

@@ -8,8 +8,9 @@ KVQ_ATTENTION_SM90_TEST_CASES(kvq::variants::Int4Pt128D128, kvq::Correction::kTa
 TEST_CASE("attention refuses bad arguments before any launch: int4_pt128 taylor2", "[attention][gpu][api]") {
   const auto r = kvq::test::refusal_statuses<kvq::variants::Int4Pt128D128, kvq::Correction::kTaylor2>();
   KVQ_REQUIRE_REFUSALS(r);
-  if constexpr (kvq::kernels::sm90_variant_supported<kvq::variants::Int4Pt128D128, kvq::Correction::kTaylor2>()) {
-    const auto h = kvq::test::refusal_statuses<kvq::variants::Int4Pt128D128, kvq::Correction::kTaylor2, kvq::kernels::Sm90Config>();
+  if constexpr (kvq::kernels::sm90::variant_supported<kvq::variants::Int4Pt128D128, kvq::Correction::kTaylor2>()) {
+    const auto h = kvq::test::refusal_statuses<kvq::variants::Int4Pt128D128, kvq::Correction::kTaylor2,
+                                               kvq::kernels::sm90::Config128>();
     KVQ_REQUIRE_REFUSALS(h);
   }
 }

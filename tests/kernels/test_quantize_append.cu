@@ -442,7 +442,7 @@ TEST_CASE("the quantize kernel alone (no lengths update) writes the same bytes",
 
 namespace {
 
-namespace ap = kvq::detail::append;
+namespace ap = kvq::kernels::quantize;
 
 template <DType kIn>
 float value_of(std::uint16_t b) {
@@ -485,6 +485,14 @@ std::uint16_t special_element(std::mt19937_64& rng, int flavour) {
   }
 }
 
+/// Lane `lane`'s local element i -> its index in the group's order, for run_partial (a
+/// host-device functor: a host lambda's call operator is host-only).
+template <int kRun>
+struct RunOrder {
+  int lane;
+  KVQ_HOST_DEVICE int operator()(int i) const { return lane * kRun + i; }
+};
+
 /// Host: groups of G = lanes · run elements, runs of `run` elements each reduced by
 /// run_partial, combined by the lanes' xor butterfly (PerToken segments) or folded in order
 /// (PerChannel partials); the metadata must be the reference's for every group and lane.
@@ -504,7 +512,7 @@ void check_host_statistics(std::uint64_t seed, int lanes, bool butterfly) {
       for (int i = 0; i < kRun / 2; ++i)
         w[i] = static_cast<std::uint32_t>(x[static_cast<std::size_t>(l * kRun + 2 * i)]) |
                (static_cast<std::uint32_t>(x[static_cast<std::size_t>(l * kRun + 2 * i + 1)]) << 16);
-      part[static_cast<std::size_t>(l)] = ap::run_partial<kIn, 0, kRun>(w, [l](int i) { return l * kRun + i; });
+      part[static_cast<std::size_t>(l)] = ap::run_partial<kIn, 0, kRun>(w, RunOrder<kRun>{l});
     }
     if (butterfly) {
       for (int m = 1; m < lanes; m *= 2) {

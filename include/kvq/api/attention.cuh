@@ -29,8 +29,8 @@
 #include "kvq/device/launch.cuh"
 #include "kvq/device/properties.cuh"
 #include "kvq/device/tensor_map.cuh"
-#include "kvq/kernels/attention_kernel.cuh"
-#include "kvq/kernels/sm90/attention_sm90.cuh"
+#include "kvq/kernels/sm80/attention.cuh"
+#include "kvq/kernels/sm90/attention.cuh"
 #include "kvq/layout/cache_layout.hpp"
 #include "kvq/spec/tensor.hpp"
 #include "kvq/spec/types.hpp"
@@ -71,9 +71,9 @@ struct AttentionVariant {
 };
 
 /// The kernel configuration an AttentionPlan selects at initialize: the Hopper kernel in
-/// kernels::Sm90DefaultConfig<Layout, Mode> where it implements the variant and runs on the
+/// kernels::sm90::DefaultConfig<Layout, Mode> where it implements the variant and runs on the
 /// device, else the mma.sync kernel in its default tiles. The other configurations
-/// (kernels::Sm90Config192, kernels::AttentionTileConfig<...>, ...) force one kernel.
+/// (kernels::sm90::Config192, kernels::sm80::TileConfig<...>, ...) force one kernel.
 struct AutoConfig {};
 
 /// Which kernel a plan runs.
@@ -148,8 +148,8 @@ Status check_arguments(const Layout& layout, const AttentionArguments& a) {
 
 /// The kernel parameters of one call (both kernels take the same).
 template <class Layout>
-kernels::AttentionParams<Layout> make_params(const Layout& layout, const AttentionArguments& a) {
-  kernels::AttentionParams<Layout> p{};
+kernels::common::AttentionParams<Layout> make_params(const Layout& layout, const AttentionArguments& a) {
+  kernels::common::AttentionParams<Layout> p{};
   p.layout = layout;
   if (a.cache != nullptr) {  // null: empty cache, never dereferenced
     const auto ptr = layout::CachePointers<Layout>::from_base(layout, const_cast<void*>(a.cache));
@@ -190,13 +190,13 @@ kernels::AttentionParams<Layout> make_params(const Layout& layout, const Attenti
 
 template <class Config>
 constexpr bool is_sm90_config() {
-  return kernels::IsSm90Config<Config>::value;
+  return kernels::sm90::IsConfig<Config>::value;
 }
 
 /// The kernel of (Layout, Mode, Config) for one element type, with its launch shape.
 template <class Layout>
 struct KernelChoice {
-  using Kernel = void (*)(kernels::AttentionParams<Layout>);
+  using Kernel = void (*)(kernels::common::AttentionParams<Layout>);
   Kernel kernel = nullptr;
   int threads = 0;
   int rows = 0;
@@ -207,11 +207,11 @@ struct KernelChoice {
 
 template <class Tr, class Layout>
 KernelChoice<Layout> sm80_kernel() {
-  return {&kernels::attention_kernel<Tr>, Tr::kThreads, Tr::kRows, Tr::kSmemBytes, 0, AttentionPath::kSm80};
+  return {&kernels::sm80::attention_kernel<Tr>, Tr::kThreads, Tr::kRows, Tr::kSmemBytes, 0, AttentionPath::kSm80};
 }
 template <class Tr, class Layout>
 KernelChoice<Layout> sm90_kernel() {
-  return {&kernels::attention_sm90_kernel<Tr>, Tr::kThreads, Tr::kRows, Tr::kSmemBytes, Tr::kChunkMapTokens,
+  return {&kernels::sm90::attention_kernel<Tr>, Tr::kThreads, Tr::kRows, Tr::kSmemBytes, Tr::kChunkMapTokens,
           AttentionPath::kSm90};
 }
 
@@ -223,9 +223,9 @@ KernelChoice<Layout> sm90_kernel() {
 ///
 /// \tparam Config  AutoConfig (the default: the Hopper kernel where it implements the
 ///                 variant and runs on the device, else the mma.sync kernel), or a kernel
-///                 configuration that forces one kernel: a kernels::Sm90ConfigT (the Hopper
+///                 configuration that forces one kernel: a kernels::sm90::Config (the Hopper
 ///                 kernel; kErrorNotSupported where it cannot run) or a
-///                 kernels::AttentionTileConfig (the mma.sync kernel).
+///                 kernels::sm80::TileConfig (the mma.sync kernel).
 ///
 /// A plan belongs to the device that was current at initialize(); it keeps the chunk's
 /// TMA descriptors of the last call, so one plan must not run concurrently from several
@@ -236,7 +236,7 @@ class AttentionPlan {
  public:
   static constexpr bool kForcedSm90 = detail::attention::is_sm90_config<Config>();
   static constexpr bool kAuto = std::is_same_v<Config, AutoConfig>;
-  static constexpr bool kSm90Implemented = kernels::sm90_variant_supported<Layout, Mode>();
+  static constexpr bool kSm90Implemented = kernels::sm90::variant_supported<Layout, Mode>();
   static constexpr bool kSm80Implemented = attention_variant_supported<Layout, Mode>();
   /// Whether some kernel of this Config implements the variant (compile time).
   static constexpr bool kImplemented = kForcedSm90 ? kSm90Implemented : kSm80Implemented || (kAuto && kSm90Implemented);
@@ -291,14 +291,14 @@ Status AttentionPlan<Layout, Mode, Config>::initialize(const Layout& layout, con
     at::KernelChoice<Layout> c{};
     bool chosen = false;
     if constexpr (kForcedSm90 || (kAuto && kSm90Implemented)) {
-      using Sm90Config = std::conditional_t<kForcedSm90, Config, kernels::Sm90DefaultConfig<Layout, Mode>>;
-      using TrB = kernels::Sm90Traits<Layout, Mode, DType::kBFloat16, Sm90Config>;
-      using TrH = kernels::Sm90Traits<Layout, Mode, DType::kFloat16, Sm90Config>;
+      using Sm90Config = std::conditional_t<kForcedSm90, Config, kernels::sm90::DefaultConfig<Layout, Mode>>;
+      using TrB = kernels::sm90::Traits<Layout, Mode, DType::kBFloat16, Sm90Config>;
+      using TrH = kernels::sm90::Traits<Layout, Mode, DType::kFloat16, Sm90Config>;
       const at::KernelChoice<Layout> k = bf16 ? at::sm90_kernel<TrB, Layout>() : at::sm90_kernel<TrH, Layout>();
       bool runnable = dev.is_sm90() && dev.smem_optin >= k.smem_bytes;
       if (runnable) {
         // The kernel's own build says whether it has the wgmma code: built for any target
-        // but sm_90a it is a stub that declares kernels::kSm90StubSharedBytes of static
+        // but sm_90a it is a stub that declares kernels::sm90::kStubSharedBytes of static
         // shared memory (the real kernel declares none).
         cudaFuncAttributes attr{};
         if ((s = device::check(cudaFuncGetAttributes(&attr, k.kernel))) != Status::kSuccess) return s;
@@ -313,9 +313,9 @@ Status AttentionPlan<Layout, Mode, Config>::initialize(const Layout& layout, con
     }
     if constexpr (!kForcedSm90 && kSm80Implemented) {
       if (!chosen) {
-        using Tiles = std::conditional_t<kAuto, typename kernels::AttentionTileHeuristic<Layout::kHeadDim>::type, Config>;
-        using TrB = kernels::AttentionTraits<Layout, Mode, DType::kBFloat16, Tiles>;
-        using TrH = kernels::AttentionTraits<Layout, Mode, DType::kFloat16, Tiles>;
+        using Tiles = std::conditional_t<kAuto, kernels::sm80::DefaultTileConfig<Layout::kHeadDim>, Config>;
+        using TrB = kernels::sm80::Traits<Layout, Mode, DType::kBFloat16, Tiles>;
+        using TrH = kernels::sm80::Traits<Layout, Mode, DType::kFloat16, Tiles>;
         c = bf16 ? at::sm80_kernel<TrB, Layout>() : at::sm80_kernel<TrH, Layout>();
         if (dev.smem_optin < c.smem_bytes) return Status::kErrorNotSupported;
         chosen = true;
@@ -346,7 +346,7 @@ Status AttentionPlan<Layout, Mode, Config>::run(const AttentionArguments& a, cud
   const Status s = detail::attention::check_arguments(layout_, a);
   if (s != Status::kSuccess) return s;
   if (a.batch == 0 || a.num_q == 0) return Status::kSuccess;
-  kernels::AttentionParams<Layout> p = detail::attention::make_params(layout_, a);
+  kernels::common::AttentionParams<Layout> p = detail::attention::make_params(layout_, a);
   if (choice_.chunk_map_tokens > 0) {
     if (!maps_.matches(a.k_chunk, a.v_chunk, a.num_chunk))
       maps_.update(a.k_chunk, a.v_chunk, a.num_chunk, Layout::kHeadDim, layout_.shape.heads, a.batch,

@@ -32,7 +32,7 @@
 #include "kvq/device/error.cuh"
 #include "kvq/device/launch.cuh"
 #include "kvq/device/properties.cuh"
-#include "kvq/kernels/quantize_append_kernel.cuh"
+#include "kvq/kernels/quantize/quantize_append.cuh"
 #include "kvq/layout/cache_layout.hpp"
 #include "kvq/spec/tensor.hpp"
 #include "kvq/spec/types.hpp"
@@ -76,7 +76,7 @@ inline bool is_16bit_activation(DType d) { return d == DType::kBFloat16 || d == 
 /// The checks of one call's arguments that need no device.
 template <class Layout>
 Status check_arguments(const Layout& l, const AppendArguments& a) {
-  using Tr = kernels::QuantizeAppendTraits<Layout>;
+  using Tr = kernels::quantize::Traits<Layout>;
   if (!Tr::kSupported) return Status::kErrorNotSupported;
   if (a.cache == nullptr || a.lengths == nullptr) return Status::kErrorInvalidArgument;
   if (a.num_tokens < 0 || a.max_cache_length < -1) return Status::kErrorInvalidArgument;
@@ -106,10 +106,10 @@ struct LaunchOptions {
 /// and the lengths update.
 /// \tparam MinBlocks  resident blocks per SM asked of ptxas for the quantize kernel (its
 ///                    register budget); the default is the tuned one.
-template <class Layout, int MinBlocks = kernels::QuantizeAppendTraits<Layout>::kMinBlocks>
+template <class Layout, int MinBlocks = kernels::quantize::Traits<Layout>::kMinBlocks>
 class AppendPlan {
  public:
-  using Traits = kernels::QuantizeAppendTraits<Layout>;
+  using Traits = kernels::quantize::Traits<Layout>;
 
   /// The checks of initialize() that need no device.
   [[nodiscard]] static Status can_implement(const Layout& l, const AppendArguments& a) {
@@ -154,8 +154,8 @@ Status AppendPlan<Layout, MinBlocks>::initialize(const Layout& l, const AppendAr
 template <class Layout, int MinBlocks>
 Status AppendPlan<Layout, MinBlocks>::occupancy(int* blocks_per_sm) const {
   if constexpr (Traits::kSupported) {
-    auto* kernel = dtype_ == DType::kFloat16 ? &kernels::quantize_append_kernel<Layout, DType::kFloat16, MinBlocks>
-                                             : &kernels::quantize_append_kernel<Layout, DType::kBFloat16, MinBlocks>;
+    auto* kernel = dtype_ == DType::kFloat16 ? &kernels::quantize::quantize_append_kernel<Layout, DType::kFloat16, MinBlocks>
+                                             : &kernels::quantize::quantize_append_kernel<Layout, DType::kBFloat16, MinBlocks>;
     return device::check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks_per_sm, kernel, Traits::kThreads, 0));
   } else {
     (void)blocks_per_sm;
@@ -179,7 +179,7 @@ Status AppendPlan<Layout, MinBlocks>::run(const AppendArguments& a, cudaStream_t
     // (tile, head, batch) grid when heads and batch fit its y and z; else one dimension.
     const bool grid_3d = l.shape.heads <= 65535 && l.shape.batch <= 65535;
     if ((grid_3d ? tiles : blocks) > 0x7fffffff) return Status::kErrorNotSupported;
-    const kernels::QuantizeAppendParams<Layout> p{l,
+    const kernels::quantize::Params<Layout> p{l,
                                                   layout::CachePointers<Layout>::from_base(l, a.cache),
                                                   a.k,
                                                   a.v,
@@ -188,8 +188,8 @@ Status AppendPlan<Layout, MinBlocks>::run(const AppendArguments& a, cudaStream_t
                                                   tiles,
                                                   ap::vector_loads_ok(a.k) && ap::vector_loads_ok(a.v),
                                                   grid_3d};
-    auto* kernel = dtype_ == DType::kBFloat16 ? &kernels::quantize_append_kernel<Layout, DType::kBFloat16, MinBlocks>
-                                              : &kernels::quantize_append_kernel<Layout, DType::kFloat16, MinBlocks>;
+    auto* kernel = dtype_ == DType::kBFloat16 ? &kernels::quantize::quantize_append_kernel<Layout, DType::kBFloat16, MinBlocks>
+                                              : &kernels::quantize::quantize_append_kernel<Layout, DType::kFloat16, MinBlocks>;
     device::LaunchShape shape;
     shape.grid = grid_3d ? dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(l.shape.heads),
                                 static_cast<unsigned>(l.shape.batch))
@@ -201,7 +201,7 @@ Status AppendPlan<Layout, MinBlocks>::run(const AppendArguments& a, cudaStream_t
     upd.grid = dim3(static_cast<unsigned>((l.shape.batch + 255) / 256));
     upd.block = dim3(256);
     upd.programmatic = programmatic_;
-    return device::launch(&kernels::update_lengths_kernel<std::int32_t>, upd, stream, a.lengths, l.shape.batch,
+    return device::launch(&kernels::quantize::update_lengths_kernel<std::int32_t>, upd, stream, a.lengths, l.shape.batch,
                           a.num_tokens, l.shape.capacity, a.error);
   } else {
     return Status::kErrorNotSupported;

@@ -1,6 +1,6 @@
-// Hopper (sm_90a) building blocks of the fused attention kernel: warpgroup MMA
-// (wgmma.mma_async) with shared-memory descriptors, mbarriers, named barriers,
-// the generic -> async proxy fence and register reallocation (setmaxnreg).
+// Hopper (sm_90a) PTX wrappers: warpgroup MMA (wgmma.mma_async) with shared-memory
+// descriptors, mbarriers, TMA and bulk copies, named barriers, the generic -> async proxy
+// fence and register reallocation (setmaxnreg).
 //
 // Everything here is device code for sm_90a; it compiles for any architecture but
 // must only run where __CUDA_ARCH_FEAT_SM90_ALL is defined (the kernel checks).
@@ -11,7 +11,7 @@
 #include "kvq/detail/macros.hpp"
 #include "kvq/spec/types.hpp"
 
-namespace kvq::sm90 {
+namespace kvq::arch {
 
 // ---- shared-memory matrix descriptors ------------------------------------------------------
 
@@ -205,4 +205,4 @@ KVQ_DEVICE void regs_alloc() {
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(Regs));
 }
 
-}  // namespace kvq::sm90
+}  // namespace kvq::arch

@@ -1,16 +1,28 @@
-// Step 3 of the fused attention kernel: online softmax in the exp2 domain
-// (kvq::math::OnlineSoftmax semantics, kept in registers) and O += P V on tensor
-// cores with P converted in registers to the A operand.
+// The online softmax of both attention kernels in the exp2 domain (kvq::math::OnlineSoftmax
+// semantics, kept in registers): running max and sum of the lane's two rows, the rescale
+// of the output accumulator, an optional per-row bias constant over blocks of columns, and
+// the per-segment mass.
 #pragma once
 
 #include <cstdint>
 
-#include "kvq/kernels/attention_scores.cuh"
+#include "kvq/arch/intrinsics.cuh"
+#include "kvq/detail/macros.hpp"
+#include "kvq/kernels/common/warp_state.cuh"
 
-namespace kvq::kernels::detail {
+namespace kvq::kernels::common {
 
-using kvq::detail::ex2;
-using kvq::detail::ldsm_x4_trans;
+/// A per-row bias of the scores constant over blocks of columns: PerChannel keys subtract
+/// the correction of each key group from the scores of its tokens, and a tile's columns
+/// split into kBlocks equal runs of n8 tiles, one group each. NoBias: none.
+template <int kBlocks_>
+struct ColumnBias {
+  static constexpr int kBlocks = kBlocks_;
+  float sub[2][kBlocks_];  ///< subtracted from the scores of rows (g, g + 8), block b
+};
+struct NoBias {
+  static constexpr int kBlocks = 0;
+};
 
 /// Folds one tile of raw scores (minus `bias`) into the running max and sum of both rows
 /// of the lane; on return s holds the weights 2^((s - bias - m) scale log2e) (0 for -inf
@@ -30,20 +42,20 @@ KVQ_DEVICE void softmax_weights(WarpState<Tr>& st, float sl2, bool track_mass, f
   float base[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    float mx = neg_inf();
+    float mx = arch::neg_inf();
 #pragma unroll
     for (int b = 0; b < kBlocks; ++b) {
-      float mb = neg_inf();
+      float mb = arch::neg_inf();
 #pragma unroll
       for (int nt = b * kPerBlock; nt < (b + 1) * kPerBlock; ++nt) mb = fmaxf(mb, fmaxf(s[nt][2 * h], s[nt][2 * h + 1]));
       if constexpr (Bias::kBlocks > 0) mb -= bias.sub[h][b];
       mx = b == 0 ? mb : fmaxf(mx, mb);
     }
-    mx = kvq::detail::quad_max(mx);
+    mx = arch::quad_max(mx);
     const float m_new = fmaxf(st.m[h], mx);
-    base[h] = m_new == neg_inf() ? 0.0f : m_new * sl2;
+    base[h] = m_new == arch::neg_inf() ? 0.0f : m_new * sl2;
     // Exactly 1 when the max did not move (the common case after the first tiles).
-    factor[h] = m_new == st.m[h] ? 1.0f : ex2(__fmaf_rn(st.m[h], sl2, -base[h]));
+    factor[h] = m_new == st.m[h] ? 1.0f : arch::ex2(__fmaf_rn(st.m[h], sl2, -base[h]));
     st.m[h] = m_new;
     st.l[h] *= factor[h];
     if (track_mass) {
@@ -61,8 +73,8 @@ KVQ_DEVICE void softmax_weights(WarpState<Tr>& st, float sl2, bool track_mass, f
       if constexpr (Bias::kBlocks > 0) nb = __fmaf_rn(-bias.sub[h][b], sl2, nb);
 #pragma unroll
       for (int nt = b * kPerBlock; nt < (b + 1) * kPerBlock; ++nt) {
-        s[nt][2 * h] = ex2(__fmaf_rn(s[nt][2 * h], sl2, nb));
-        s[nt][2 * h + 1] = ex2(__fmaf_rn(s[nt][2 * h + 1], sl2, nb));
+        s[nt][2 * h] = arch::ex2(__fmaf_rn(s[nt][2 * h], sl2, nb));
+        s[nt][2 * h + 1] = arch::ex2(__fmaf_rn(s[nt][2 * h + 1], sl2, nb));
         sum += s[nt][2 * h] + s[nt][2 * h + 1];
       }
     }
@@ -125,30 +137,4 @@ KVQ_DEVICE void add_segment_mass(WarpState<Tr>& st, bool quantized, std::int64_t
   }
 }
 
-/// O += P V for one V tile: P (the weights, rounded to the element type) is the A
-/// operand straight from the score accumulators; V rows are tokens, so ldmatrix.trans
-/// yields B fragments.
-template <class Tr>
-KVQ_DEVICE void pv_accumulate(WarpState<Tr>& st, std::uint32_t v_tile, int lane, const float (&p)[Tr::kNTiles][4]) {
-  using Ops = kvq::detail::ElementOps<Tr::kElement>;
-  // Matrix i = lane / 8: tokens 16 kk + 8 (i & 1) + lane % 8, chunk 2 np + (i >> 1).
-  std::uint32_t off[4];
-  ldsm_offsets<Tr>(8 * ((lane >> 3) & 1) + (lane & 7), lane >> 4, lane, off);
-#pragma unroll
-  for (int kk = 0; kk < Tr::kPSteps; ++kk) {
-    std::uint32_t a[4];
-    a[0] = Ops::pack(p[2 * kk][0], p[2 * kk][1]);
-    a[1] = Ops::pack(p[2 * kk][2], p[2 * kk][3]);
-    a[2] = Ops::pack(p[2 * kk + 1][0], p[2 * kk + 1][1]);
-    a[3] = Ops::pack(p[2 * kk + 1][2], p[2 * kk + 1][3]);
-#pragma unroll
-    for (int np = 0; np < Tr::kOTiles / 2; ++np) {
-      std::uint32_t b[4];
-      ldsm_x4_trans(v_tile + off[np & 3] + (np >> 2) * 128 + kk * 16 * Tr::kChunksPerRow * 16, b);
-      Ops::mma(st.o[2 * np], a, b[0], b[1]);
-      Ops::mma(st.o[2 * np + 1], a, b[2], b[3]);
-    }
-  }
-}
-
-}  // namespace kvq::kernels::detail
+}  // namespace kvq::kernels::common

@@ -1,52 +1,20 @@
-// Compile-time shape of the fused chunk-attention kernel: tile sizes from a
-// heuristic keyed on head dim, everything derived from the cache layout and the
-// correction mode, the shared-memory plan, and the kernel's Params.
+// Compile-time shape of the mma.sync attention kernel: everything derived from the cache
+// layout, the correction mode, the element type and the tile configuration, and the
+// shared-memory plan.
 #pragma once
 
-#include <cstdint>
-
+#include "kvq/detail/macros.hpp"
+#include "kvq/kernels/common/traits.cuh"
+#include "kvq/kernels/sm80/config.cuh"
 #include "kvq/layout/cache_layout.hpp"
 #include "kvq/spec/types.hpp"
 
-namespace kvq::kernels {
+namespace kvq::kernels::sm80 {
 
-/// An explicit tile configuration.
-/// \tparam Warps   warps per CTA; each owns 16 query rows (CTA = 16*Warps rows)
-/// \tparam TileN   key/value tokens per tile (a multiple of 16)
-/// \tparam Stages  depth of the ring of packed (quantized) tiles in shared memory (>= 3)
-/// \tparam FoldCorrection  apply the PerToken Taylor corrections as one extra k16 step of the
-///                         S = Q K^T MMA (per-row coefficients x per-token coefficients, split
-///                         hi/lo in bf16: relative error ~2^-16) instead of one FMA per score
-///                         and group (PerChannel corrections are a softmax bias either way)
-template <int Warps, int TileN, int Stages, bool FoldCorrection = true>
-struct AttentionTileConfig {
-  static_assert(Warps == 4 || Warps == 8, "Warps must be 4 or 8");
-  static_assert(TileN % 16 == 0 && TileN >= 32 && TileN <= 128, "TileN must be 32, 48, ..., 128");
-  static_assert(Stages >= 3 && Stages <= 8, "Stages must be in [3, 8]");
-  static constexpr int kWarps = Warps;
-  static constexpr int kTileN = TileN;
-  static constexpr int kStages = Stages;
-  static constexpr bool kFoldCorrection = FoldCorrection;
-};
-
-/// The default tile configuration for a head dim (FA3's tile_size.h pattern): 128 query
-/// rows per CTA (8 warps x 16 rows, Q fragments kept in registers), 64-token K/V tiles,
-/// 4 packed stages in flight.
-template <int HeadDim>
-struct AttentionTileHeuristic {
-  static_assert(HeadDim == 64 || HeadDim == 128, "HeadDim must be 64 or 128 for the fused attention kernel");
-  using type = AttentionTileConfig<8, 64, 4>;
-};
-
-namespace detail {
-constexpr int clamp_int(int x, int lo, int hi) { return x < lo ? lo : x > hi ? hi : x; }
-constexpr int align_up_int(int x, int a) { return (x + a - 1) / a * a; }
-constexpr int max_int(int a, int b) { return a > b ? a : b; }
-}  // namespace detail
-
-/// Everything the kernel derives from (layout, correction mode, element type, tiles).
-template <class Layout_, Correction Mode_, DType Element_, class Config_ = typename AttentionTileHeuristic<Layout_::kHeadDim>::type>
-struct AttentionTraits {
+/// Everything the kernel derives from (layout, correction mode, element type, tiles). It
+/// provides what the common device functions read of a traits type (common::TraitsProtocol).
+template <class Layout_, Correction Mode_, DType Element_, class Config_ = DefaultTileConfig<Layout_::kHeadDim>>
+struct Traits {
   using Layout = Layout_;
   using Config = Config_;
   using KSpec = typename Layout::KSpec;
@@ -113,14 +81,14 @@ struct AttentionTraits {
   static constexpr int kKMetaBytesPerToken = kKeyPerToken ? kKGroupsPerToken * static_cast<int>(sizeof(KMeta)) : 0;
   static constexpr int kVMetaBytesPerToken = kVGroupsPerToken * static_cast<int>(sizeof(VMeta));
   /// cp.async size for per-token metadata: a power of two <= 16 that divides the bytes per token.
-  static constexpr int meta_copy_bytes(int per_token) { return per_token >= 16 ? 16 : per_token; }
+  static KVQ_HOST_DEVICE constexpr int meta_copy_bytes(int per_token) { return per_token >= 16 ? 16 : per_token; }
   static_assert(kKMetaBytesPerToken == 0 || kKMetaBytesPerToken % meta_copy_bytes(kKMetaBytesPerToken) == 0, "k meta copy");
   static_assert(kVMetaBytesPerToken % meta_copy_bytes(kVMetaBytesPerToken) == 0, "v meta copy");
 
   // ---- PerChannel key stages: the (step, zero) of kStageGroups groups travel together, and
   // the correction of a query row against all of them is one small MMA --------------------
   static constexpr int kKeyGroup = KSpec::kGroupSize;
-  static constexpr int kStageGroups = kKeyPerToken ? 1 : detail::clamp_int(256 / kKeyGroup, 1, 8);
+  static constexpr int kStageGroups = kKeyPerToken ? 1 : common::clamp_int(256 / kKeyGroup, 1, 8);
   static constexpr int kStageTokens = kKeyPerToken ? kTileN : kStageGroups * kKeyGroup;
   static_assert(kStageTokens % kTileN == 0, "a stage of PerChannel key groups must hold whole tiles (GroupSize >= TileN/8)");
   static constexpr int kSubTiles = kStageTokens / kTileN;
@@ -135,9 +103,8 @@ struct AttentionTraits {
   // (-step^2; Taylor4 adds three for step^4). PerChannel corrections are constant over each
   // key group's columns of a tile: they enter the softmax as a bias (channel_bias).
   static constexpr int kFoldColsPerGroup = kTaylor4 ? 6 : 3;
-  static constexpr bool kFoldPerToken =
+  static constexpr bool kFold =
       Config::kFoldCorrection && kKeyPerToken && kCorrect && kKGroupsPerToken * kFoldColsPerGroup <= 16;
-  static constexpr bool kFold = kFoldPerToken;
 
   // ---- shared memory plan (bytes, 128-aligned regions) -------------------------------------
   // [K0 V0][K1 V1]: two buffers of 16-bit K/V tiles (swizzled rows); Q aliases buffer 1 in
@@ -145,20 +112,20 @@ struct AttentionTraits {
   static constexpr int kOffKV = 0;
   static constexpr int kKVBufferBytes = 2 * kTileBytes;
   static constexpr int kOffQ = kKVBufferBytes;
-  static constexpr int kKVBytes = kKVBufferBytes + detail::max_int(kKVBufferBytes, kQBytes);
+  static constexpr int kKVBytes = kKVBufferBytes + common::max_int(kKVBufferBytes, kQBytes);
   // Ring of packed tiles: codes and per-token metadata of K and V.
   static constexpr int kSlotKCodes = 0;
   static constexpr int kSlotVCodes = kSlotKCodes + kTileN * kKCodeBytes;
   static constexpr int kSlotKMeta = kSlotVCodes + kTileN * kVCodeBytes;
-  static constexpr int kSlotVMeta = kSlotKMeta + detail::align_up_int(kTileN * kKMetaBytesPerToken, 16);
-  static constexpr int kSlotBytes = detail::align_up_int(kSlotVMeta + kTileN * kVMetaBytesPerToken, 128);
-  static constexpr int kOffRing = detail::align_up_int(kOffKV + kKVBytes, 128);
+  static constexpr int kSlotVMeta = kSlotKMeta + common::align_up_int(kTileN * kKMetaBytesPerToken, 16);
+  static constexpr int kSlotBytes = common::align_up_int(kSlotVMeta + kTileN * kVMetaBytesPerToken, 128);
+  static constexpr int kOffRing = common::align_up_int(kOffKV + kKVBytes, 128);
   // Ring of PerChannel key metadata stages.
   static constexpr int kOffMetaRing = kOffRing + kStages * kSlotBytes;
   // Correction tables.
-  static constexpr int kOffCorr = detail::align_up_int(kOffMetaRing + kMetaSlots * kStageMetaBytes, 128);
+  static constexpr int kOffCorr = common::align_up_int(kOffMetaRing + kMetaSlots * kStageMetaBytes, 128);
   // PerToken keys: per tile buffer, kc2[g][token] = -step^2 and (Taylor4) kc4[g][token] = step^4.
-  static constexpr int kKcBytes = (kKeyPerToken && kCorrect && !kFoldPerToken) ? kKGroupsPerToken * kTileN * 4 : 0;
+  static constexpr int kKcBytes = (kKeyPerToken && kCorrect && !kFold) ? kKGroupsPerToken * kTileN * 4 : 0;
   static constexpr int kOffKc2 = kOffCorr;
   static constexpr int kOffKc4 = kOffKc2 + 2 * kKcBytes;
   // PerChannel Taylor: per stage buffer, B tables [8 groups][HeadDim] (elements, swizzled) of
@@ -174,53 +141,10 @@ struct AttentionTraits {
   // Folded correction: B tiles [TileN][16] bf16 (32-byte rows, swizzled by row bit 2).
   // One per K/V buffer.
   static constexpr int kFoldTileBytes = kTileN * 32;
-  static constexpr int kFoldTiles = kFoldPerToken ? 2 : 0;
-  static constexpr int kOffFold = detail::align_up_int(kOffDelta + 2 * kDeltaBytes, 128);
-  static constexpr int kSmemBytes = detail::align_up_int(kOffFold + kFoldTiles * kFoldTileBytes, 128);
+  static constexpr int kFoldTiles = kFold ? 2 : 0;
+  static constexpr int kOffFold = common::align_up_int(kOffDelta + 2 * kDeltaBytes, 128);
+  static constexpr int kSmemBytes = common::align_up_int(kOffFold + kFoldTiles * kFoldTileBytes, 128);
   static_assert(kSmemBytes <= 227 * 1024, "shared memory plan exceeds 227 KB");
 };
 
-/// Kernel parameters: plain pointers, strides (elements) and shapes, built on the host
-/// by kvq::attention from the user's AttentionArguments.
-template <class Layout>
-struct AttentionParams {
-  Layout layout;
-  const std::uint32_t* k_codes;
-  const typename Layout::KMeta* k_meta;
-  const std::uint32_t* v_codes;
-  const typename Layout::VMeta* v_meta;
-  const void* k_tail;
-  const void* v_tail;
-
-  const void* q;
-  const void* k_chunk;
-  const void* v_chunk;
-  void* o;
-  std::int64_t q_stride[3];  ///< batch, token, head
-  std::int64_t k_stride[3];
-  std::int64_t v_stride[3];
-  std::int64_t o_stride[3];
-
-  const std::int32_t* cache_lengths;  ///< null: empty cache
-  const std::int32_t* q_lengths;      ///< null: num_q
-  const std::int32_t* chunk_lengths;  ///< null: num_chunk
-  std::int64_t num_q;
-  std::int64_t num_chunk;
-  std::int64_t max_cache_length;  ///< clamp for cache lengths (<= capacity)
-  int q_heads;
-  int q_per_kv;  ///< Hq / Hkv
-  float scale;
-  float scale_log2;  ///< scale * log2(e)
-  int causal;
-  float* lse;   ///< optional [batch, q_heads, num_q]
-  float* mass;  ///< optional [batch, q_heads, num_q, 3]
-  /// Hopper kernel: TMA descriptors (CUtensorMap) of the chunk's keys and values, as
-  /// dims (D, num_chunk, kv heads, batch) with the caller's strides, boxes of 64 channels x
-  /// kTileN tokens, 128-byte swizzle; used when chunk_maps is 1 (set by the host when
-  /// both encode).
-  alignas(64) unsigned char k_chunk_map[128];
-  alignas(64) unsigned char v_chunk_map[128];
-  int chunk_maps;
-};
-
-}  // namespace kvq::kernels
+}  // namespace kvq::kernels::sm80

@@ -1,4 +1,4 @@
-// The fused chunk-attention kernel: one CTA per (128 query rows, q head, batch entry)
+// The mma.sync attention kernel (sm_80+): one CTA per (128 query rows, q head, batch entry)
 // attends to [quantized cache ; cache tail ; current chunk] in one pass.
 //
 // Pipeline (one __syncthreads per tile). Tiles 0..n_qtiles-1 cover the quantized cache,
@@ -15,101 +15,95 @@
 
 #include <cstdint>
 
-#include "kvq/kernels/attention_epilogue.cuh"
+#include "kvq/arch/sm80_mma.cuh"
+#include "kvq/detail/macros.hpp"
+#include "kvq/kernels/common/correction.cuh"
+#include "kvq/kernels/common/epilogue.cuh"
+#include "kvq/kernels/common/masks.cuh"
+#include "kvq/kernels/common/params.cuh"
+#include "kvq/kernels/common/softmax.cuh"
+#include "kvq/kernels/common/traits.cuh"
+#include "kvq/kernels/common/warp_state.cuh"
+#include "kvq/kernels/sm80/correction.cuh"
+#include "kvq/kernels/sm80/dequant.cuh"
+#include "kvq/kernels/sm80/load.cuh"
+#include "kvq/kernels/sm80/mma.cuh"
+#include "kvq/kernels/sm80/smem.cuh"
+#include "kvq/kernels/sm80/traits.cuh"
 
-namespace kvq::kernels {
-
-namespace detail {
+namespace kvq::kernels::sm80 {
 
 /// Compute step of one quantized tile (buffer buf): scores, correction, mask, softmax, PV.
 /// kMasked: the tile ends past the quantized length (only the last quantized tile).
 template <class Tr, bool kMasked>
-KVQ_DEVICE void compute_quantized_tile(const AttentionParams<typename Tr::Layout>& p, const CtaContext<Tr>& c,
-                                       WarpState<Tr>& st, int n, int buf, int warp, int lane) {
+KVQ_DEVICE void compute_quantized_tile(const common::AttentionParams<typename Tr::Layout>& p, const CtaContext<Tr>& c,
+                                       common::WarpState<Tr>& st, int n, int buf, int warp, int lane) {
   if constexpr (Tr::kCorrectionMma) {
     if (n % Tr::kSubTiles == 0) stage_correction_mma<Tr>(st, c, n / Tr::kSubTiles, lane);
   } else if constexpr (Tr::kCorrectionExact) {
     if (n % Tr::kSubTiles == 0) stage_correction_exact<Tr>(st, p, c, n / Tr::kSubTiles, warp, lane);
   }
-  const std::uint32_t k_tile = smem_u32(c.kv_buffer(buf));
+  const std::uint32_t k_tile = arch::smem_u32(c.kv_buffer(buf));
   float s[Tr::kNTiles][4];
   qk_scores<Tr>(st, k_tile, lane, s);
-  if constexpr (Tr::kFoldPerToken) {
-    fold_correction<Tr>(st, smem_u32(c.smem + Tr::kOffFold + buf * Tr::kFoldTileBytes), lane, s);
+  if constexpr (Tr::kFold) {
+    fold_correction<Tr>(st, arch::smem_u32(c.smem + Tr::kOffFold + buf * Tr::kFoldTileBytes), lane, s);
   } else {
-    correct_per_token<Tr>(st, c, buf, lane, s);
+    common::correct_per_token<Tr>(st, c, buf, lane, s);
   }
-  if constexpr (kMasked) mask_columns<Tr>(static_cast<int>(c.qlen - static_cast<std::int64_t>(n) * Tr::kTileN), lane, s);
+  if constexpr (kMasked)
+    common::mask_columns<Tr>(static_cast<int>(c.qlen - static_cast<std::int64_t>(n) * Tr::kTileN), lane, s);
   float rowsum[2];
   const bool track_mass = p.mass != nullptr;
   if constexpr (!Tr::kKeyPerToken && Tr::kCorrect) {
     // PerChannel keys: the correction is constant over each key group's columns, a bias of
     // the softmax (one FADD and one FFMA per row and group, none per score).
-    softmax_update<Tr>(st, p.scale_log2, track_mass, s, rowsum, channel_bias<Tr>(st, n, lane));
+    common::softmax_update<Tr>(st, p.scale_log2, track_mass, s, rowsum, channel_bias<Tr>(st, n, lane));
   } else {
-    softmax_update<Tr>(st, p.scale_log2, track_mass, s, rowsum);
+    common::softmax_update<Tr>(st, p.scale_log2, track_mass, s, rowsum);
   }
-  if (track_mass) add_segment_mass<Tr>(st, true, 0, c.tlen, rowsum, s, lane);
+  if (track_mass) common::add_segment_mass<Tr>(st, true, 0, c.tlen, rowsum, s, lane);
   pv_accumulate<Tr>(st, k_tile + Tr::kTileBytes, lane, s);
-}
-
-/// The last visible index u of [tail ; chunk] for the lane's two rows: u_total - 1, or with
-/// the causal mask the row's diagonal (never before the tail's end).
-template <class Tr>
-KVQ_DEVICE void plain_limits(const AttentionParams<typename Tr::Layout>& p, const CtaContext<Tr>& c, int warp, int lane,
-                             std::int64_t (&limit)[2]) {
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    std::int64_t lim = c.u_total - 1;
-    if (p.causal) {
-      const std::int64_t i = c.r0 + 16 * warp + (lane >> 2) + 8 * h;
-      std::int64_t diag = c.tlen + i + c.nc - c.nq;
-      diag = diag < c.tlen - 1 ? c.tlen - 1 : diag;
-      lim = diag < lim ? diag : lim;
-    }
-    limit[h] = lim;
-  }
 }
 
 /// Compute step of one unquantized tile of [tail ; chunk]: no correction; with kMasked,
 /// columns past a row's limit (valid tokens, causal diagonal) are masked.
 template <class Tr, bool kMasked>
-KVQ_DEVICE void compute_plain_tile(const AttentionParams<typename Tr::Layout>& p, const CtaContext<Tr>& c, WarpState<Tr>& st,
-                                   int n, int buf, int warp, int lane) {
-  const std::uint32_t k_tile = smem_u32(c.kv_buffer(buf));
+KVQ_DEVICE void compute_plain_tile(const common::AttentionParams<typename Tr::Layout>& p, const CtaContext<Tr>& c,
+                                   common::WarpState<Tr>& st, int n, int buf, int warp, int lane) {
+  const std::uint32_t k_tile = arch::smem_u32(c.kv_buffer(buf));
   float s[Tr::kNTiles][4];
   qk_scores<Tr>(st, k_tile, lane, s);
   const std::int64_t u0 = static_cast<std::int64_t>(n - c.n_qtiles) * Tr::kTileN;
   if constexpr (kMasked) {
     std::int64_t limit[2];
-    plain_limits<Tr>(p, c, warp, lane, limit);
-    mask_limits<Tr>(u0, limit, lane, s);
+    common::plain_limits<Tr>(p, c, warp, lane, limit);
+    common::mask_limits<Tr>(u0, limit, lane, s);
   }
   float rowsum[2];
   const bool track_mass = p.mass != nullptr;
-  softmax_update<Tr>(st, p.scale_log2, track_mass, s, rowsum);
-  if (track_mass) add_segment_mass<Tr>(st, false, u0, c.tlen, rowsum, s, lane);
+  common::softmax_update<Tr>(st, p.scale_log2, track_mass, s, rowsum);
+  if (track_mass) common::add_segment_mass<Tr>(st, false, u0, c.tlen, rowsum, s, lane);
   pv_accumulate<Tr>(st, k_tile + Tr::kTileBytes, lane, s);
 }
 
 /// Does any row of the warp need masking in unquantized tile n?
 template <class Tr>
-KVQ_DEVICE bool plain_tile_masked(const AttentionParams<typename Tr::Layout>& p, const CtaContext<Tr>& c, int n, int warp,
-                                  int lane) {
+KVQ_DEVICE bool plain_tile_masked(const common::AttentionParams<typename Tr::Layout>& p, const CtaContext<Tr>& c, int n,
+                                  int warp, int lane) {
   std::int64_t limit[2];
-  plain_limits<Tr>(p, c, warp, lane, limit);
+  common::plain_limits<Tr>(p, c, warp, lane, limit);
   const std::int64_t u_last = static_cast<std::int64_t>(n - c.n_qtiles + 1) * Tr::kTileN - 1;
   return __any_sync(0xffffffffu, u_last > limit[0] || u_last > limit[1]);
 }
 
-}  // namespace detail
-
 /// The kernel. Launch with Tr::kThreads threads, Tr::kSmemBytes of dynamic shared memory and
 /// grid (ceil(num_q / Tr::kRows), q_heads, batch).
 template <class Tr>
-__global__ void __launch_bounds__(Tr::kThreads, 1) attention_kernel(const __grid_constant__ AttentionParams<typename Tr::Layout> p) {
+__global__ void __launch_bounds__(Tr::kThreads, 1)
+    attention_kernel(const __grid_constant__ common::AttentionParams<typename Tr::Layout> p) {
+  static_assert(common::TraitsProtocol<Tr>::value, "the traits the common device functions read");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  using namespace detail;
   constexpr int kS = Tr::kStages;
   extern __shared__ __align__(128) unsigned char smem[];
   const int tid = threadIdx.x;
@@ -118,24 +112,24 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_kernel(const __grid
 
   CtaContext<Tr> c;
   if (!c.init(p, smem)) return;
-  WarpState<Tr> st;
+  common::WarpState<Tr> st;
   st.init();
 
   // ---- prologue: Q, the first kStages-1 packed tiles, tile 0 -------------------------------
   init_fold_tiles<Tr>(c, tid);
   issue_q<Tr>(p, c, tid);
-  kvq::detail::cp_async_commit();
+  arch::cp_async_commit();
 #pragma unroll 1
   for (int m = 0; m < kS - 1; ++m) {
     if (m < c.n_qtiles) issue_packed<Tr>(p, c, m, tid);
-    kvq::detail::cp_async_commit();
+    arch::cp_async_commit();
   }
   if (c.n_qtiles == 0) {
     if (c.n_tiles > 0) issue_plain<Tr>(p, c, 0, 0, tid);
-    kvq::detail::cp_async_commit();
-    kvq::detail::cp_async_wait<0>();
+    arch::cp_async_commit();
+    arch::cp_async_wait<0>();
   } else {
-    kvq::detail::cp_async_wait<kS - 2>();  // Q and packed tile 0
+    arch::cp_async_wait<kS - 2>();  // Q and packed tile 0
   }
   __syncthreads();
   load_q_fragments<Tr>(st, c, warp, lane);
@@ -144,7 +138,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_kernel(const __grid
     dequant_tile<Tr>(c, 0, 0, tid);
     build_stage_tables<Tr>(p, c, 0, warp, lane);
   }
-  kvq::detail::cp_async_wait<kS - 3>();  // packed tile 1
+  arch::cp_async_wait<kS - 3>();  // packed tile 1
   // Q (which aliases K/V buffer 1) is in registers before the first barrier of the loop.
 
   // ---- main loop ---------------------------------------------------------------------------
@@ -155,7 +149,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_kernel(const __grid
     if (n + kS - 1 < c.n_qtiles) issue_packed<Tr>(p, c, n + kS - 1, tid);
     const bool next_plain = n + 1 < c.n_tiles && n + 1 >= c.n_qtiles;
     if (next_plain) issue_plain<Tr>(p, c, n + 1, buf ^ 1, tid);
-    kvq::detail::cp_async_commit();
+    arch::cp_async_commit();
     if (n + 1 < c.n_qtiles) {
       dequant_tile<Tr>(c, n + 1, buf ^ 1, tid);
       if ((n + 1) % Tr::kSubTiles == 0) build_stage_tables<Tr>(p, c, (n + 1) / Tr::kSubTiles, warp, lane);
@@ -173,18 +167,18 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) attention_kernel(const __grid
       compute_plain_tile<Tr, false>(p, c, st, n, buf, warp, lane);
     }
     if (next_plain) {
-      kvq::detail::cp_async_wait<0>();
+      arch::cp_async_wait<0>();
     } else {
-      kvq::detail::cp_async_wait<kS - 3>();
+      arch::cp_async_wait<kS - 3>();
     }
   }
-  kvq::detail::cp_async_wait<0>();
+  arch::cp_async_wait<0>();
 
   // ---- epilogue ----------------------------------------------------------------------------
-  write_outputs<Tr>(p, c, st, warp, lane);
+  common::write_outputs<Tr>(p, c, st, warp, lane);
 #else
   (void)p;
 #endif
 }
 
-}  // namespace kvq::kernels
+}  // namespace kvq::kernels::sm80

@@ -1,29 +1,34 @@
-// Step 4 of the fused attention kernel: normalise and write O (rows below the batch
+// The epilogue of both attention kernels: normalise and write O (rows below the batch
 // entry's q length only), and the optional LSE (natural log) and per-segment mass.
 #pragma once
 
 #include <cstdint>
 
-#include "kvq/kernels/attention_softmax.cuh"
+#include "kvq/arch/intrinsics.cuh"
+#include "kvq/arch/sm80_mma.cuh"
+#include "kvq/detail/macros.hpp"
+#include "kvq/kernels/common/cta.cuh"
+#include "kvq/kernels/common/params.cuh"
+#include "kvq/kernels/common/warp_state.cuh"
 
-namespace kvq::kernels::detail {
+namespace kvq::kernels::common {
 
 /// Writes the warp's rows. A row with no visible key (sum 0) gets output 0, LSE -inf and
 /// mass 0, as the reference.
 template <class Tr>
 KVQ_DEVICE void write_outputs(const AttentionParams<typename Tr::Layout>& p, const CtaContext<Tr>& c, WarpState<Tr>& st,
                               int warp, int lane) {
-  using Ops = kvq::detail::ElementOps<Tr::kElement>;
+  using Ops = arch::ElementOps<Tr::kElement>;
   const int g = lane >> 2;
   const int t = lane & 3;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    const float l = quad_sum(st.l[h]);
+    const float l = arch::quad_sum(st.l[h]);
     const std::int64_t row = c.r0 + 16 * warp + g + 8 * h;
     float seg[3] = {0.0f, 0.0f, 0.0f};
     if (p.mass) {
 #pragma unroll
-      for (int k = 0; k < 3; ++k) seg[k] = quad_sum(st.seg[h][k]);
+      for (int k = 0; k < 3; ++k) seg[k] = arch::quad_sum(st.seg[h][k]);
     }
     if (row >= c.nq) continue;
     const bool empty = l == 0.0f;
@@ -37,7 +42,7 @@ KVQ_DEVICE void write_outputs(const AttentionParams<typename Tr::Layout>& p, con
     }
     if (t == 0) {
       const std::int64_t r = (static_cast<std::int64_t>(c.b) * p.q_heads + c.hq) * p.num_q + row;
-      if (p.lse) p.lse[r] = l > 0.0f ? st.m[h] * p.scale + logf(l) : neg_inf();
+      if (p.lse) p.lse[r] = l > 0.0f ? st.m[h] * p.scale + logf(l) : arch::neg_inf();
       if (p.mass) {
 #pragma unroll
         for (int k = 0; k < 3; ++k) p.mass[r * 3 + k] = l > 0.0f ? seg[k] / l : 0.0f;
@@ -46,4 +51,4 @@ KVQ_DEVICE void write_outputs(const AttentionParams<typename Tr::Layout>& p, con
   }
 }
 
-}  // namespace kvq::kernels::detail
+}  // namespace kvq::kernels::common

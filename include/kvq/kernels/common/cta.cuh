@@ -1,0 +1,63 @@
+// The runtime state of one CTA of either attention kernel: its (batch entry, q head,
+// query rows) and the key segments [quantized cache ; cache tail ; current chunk] those
+// rows see, in tiles of Tr::kTileN tokens.
+#pragma once
+
+#include <cstdint>
+
+#include "kvq/detail/macros.hpp"
+#include "kvq/kernels/common/params.cuh"
+
+namespace kvq::kernels::common {
+
+/// Runtime state of one CTA: which (batch, q head, query rows) it owns and the key
+/// segments those rows see.
+template <class Tr>
+struct CtaContext {
+  unsigned char* smem;     ///< base of the kernel's shared-memory plan
+  int b;
+  int hq;
+  int h;                   ///< kv head
+  std::int64_t r0;         ///< first query row of the CTA
+  std::int64_t nq;         ///< valid query rows of this batch entry
+  std::int64_t nc;         ///< valid chunk tokens
+  std::int64_t qlen;       ///< quantized cache tokens
+  std::int64_t tlen;       ///< cache tail tokens
+  std::int64_t u_total;    ///< tail + chunk tokens
+  std::int64_t u_needed;   ///< tail + chunk tokens that some row of the CTA may see
+  int n_qtiles;            ///< tiles of the quantized segment
+  int n_tiles;             ///< all tiles (quantized, then [tail ; chunk])
+
+  /// Reads the lengths of this batch entry (clamped into range) and returns false when
+  /// the CTA has no valid query row.
+  KVQ_DEVICE bool init(const AttentionParams<typename Tr::Layout>& p, unsigned char* smem_base) {
+    using Layout = typename Tr::Layout;
+    smem = smem_base;
+    b = blockIdx.z;
+    hq = blockIdx.y;
+    h = hq / p.q_per_kv;
+    r0 = static_cast<std::int64_t>(blockIdx.x) * Tr::kRows;
+    nq = p.q_lengths ? p.q_lengths[b] : p.num_q;
+    nq = nq < 0 ? 0 : nq > p.num_q ? p.num_q : nq;
+    if (r0 >= nq) return false;
+    std::int64_t len = p.cache_lengths ? p.cache_lengths[b] : 0;
+    len = len < 0 ? 0 : len > p.max_cache_length ? p.max_cache_length : len;
+    nc = p.chunk_lengths ? p.chunk_lengths[b] : p.num_chunk;
+    nc = nc < 0 ? 0 : nc > p.num_chunk ? p.num_chunk : nc;
+    qlen = Layout::quantized_length(len);
+    tlen = Layout::tail_length(len);
+    u_total = tlen + nc;
+    std::int64_t visible_chunk = nc;
+    if (p.causal) {
+      const std::int64_t last_row = (r0 + Tr::kRows < nq ? r0 + Tr::kRows : nq) - 1;
+      visible_chunk = last_row + nc - nq + 1;
+      visible_chunk = visible_chunk < 0 ? 0 : visible_chunk > nc ? nc : visible_chunk;
+    }
+    u_needed = tlen + visible_chunk;
+    n_qtiles = static_cast<int>((qlen + Tr::kTileN - 1) / Tr::kTileN);
+    n_tiles = n_qtiles + static_cast<int>((u_needed + Tr::kTileN - 1) / Tr::kTileN);
+    return true;
+  }
+};
+
+}  // namespace kvq::kernels::common
