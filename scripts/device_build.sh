@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds everything for the GPU machine (sm_90a) into build-device/, stages the programs a
 # GPU run needs into build-stage/ (GPU test binaries, benchmarks, the dump program of the
-# PyTorch cross-check, the demo, and the Google Benchmark shared library) and packs them into
+# PyTorch cross-check, the demo, the CUDA consumer projects, and the Google Benchmark shared library) and packs them into
 # one archive, build-carry/stage.tar.gz, to copy to the GPU machine.
 #
 #   scripts/device_build.sh     # then, on the GPU machine, in a copy of the tree that holds
@@ -14,10 +14,15 @@ stage=$root/build-stage
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVQ_CUDA_ARCHITECTURES=90a \
   -DKVQ_BUILD_TESTS=ON -DKVQ_BUILD_BENCHMARKS=ON -DKVQ_BUILD_EXAMPLES=ON >/dev/null
 cmake --build "$build" -j "$(nproc)"
+# The CUDA consumer projects (built by their CTest tests: add_subdirectory and find_package).
+ctest --test-dir "$build" -R 'consumer_cuda_build' --output-on-failure >/dev/null
 rm -rf "$stage" && mkdir -p "$stage"
 find "$build/tests" "$build/benchmarks" "$build/examples" -type f -perm -u+x \
   \( -name 'test_quantize_append' -o -name 'test_attention_*' -o -name 'attention_dump' -o -name 'bench_*' \
      -o -name 'chunked_video_demo' \) -exec cp {} "$stage"/ \;
+for way in subdirectory package; do
+  cp "$build/tests/consumer/cuda_$way/build/cuda_consumer" "$stage/test_consumer_cuda_$way"
+done
 cp -L /lib/x86_64-linux-gnu/libbenchmark.so.1debian "$stage"/
 strip --strip-debug "$stage"/test_* "$stage"/bench_* "$stage"/attention_dump "$stage"/chunked_video_demo 2>/dev/null || true
 # One archive of the staged programs: a single artifact to copy to the GPU machine.
