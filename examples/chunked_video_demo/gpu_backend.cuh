@@ -59,6 +59,7 @@ struct DeviceSequence {
     check(cudaMemcpy(v.p, hv.data(), hv.size() * 2, cudaMemcpyHostToDevice), "upload v");
     check(cudaMemcpy(q.p, hq.data(), hq.size() * 2, cudaMemcpyHostToDevice), "upload q");
     check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
+    check(cudaDeviceSynchronize(), "uploads");  // legacy-stream copies before the non-blocking stream reads
   }
   ~DeviceSequence() { cudaStreamDestroy(stream); }
   DeviceSequence(const DeviceSequence&) = delete;
@@ -110,7 +111,7 @@ template <class Layout>
 class GpuCache {
  public:
   GpuCache(const Layout& l, DeviceSequence& s) : l_(l), s_(s), cache_(static_cast<std::size_t>(l.bytes())), lengths_(1) {
-    check(cudaMemset(lengths_.p, 0, sizeof(std::int32_t)), "cudaMemset");
+    check(cudaMemsetAsync(lengths_.p, 0, sizeof(std::int32_t), s.stream), "cudaMemsetAsync");
   }
   /// Appends tokens [first, first + n) of the sequence (the cache holds exactly `first` tokens).
   void append(int first, int n) {

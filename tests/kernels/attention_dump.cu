@@ -142,6 +142,7 @@ std::string run_case(const Case& cs, const std::string& dir, std::uint64_t seed)
   DUMP_CHECK(cudaMemcpy(d_k, kc.data(), nc_el * 2, cudaMemcpyHostToDevice));
   DUMP_CHECK(cudaMemcpy(d_v, vc.data(), nc_el * 2, cudaMemcpyHostToDevice));
   DUMP_CHECK(cudaMemcpy(d_lens, lens.data(), cs.batch * 4, cudaMemcpyHostToDevice));
+  DUMP_CHECK(cudaDeviceSynchronize());  // the copies are on the legacy stream; kvq runs on its own
   kvq::AttentionArguments a;
   a.batch = cs.batch;
   a.q_heads = cs.q_heads;

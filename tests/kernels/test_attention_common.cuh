@@ -259,6 +259,7 @@ AttentionErrors run_attention_case(const AttentionCase& tc, const char* variant_
   // ---- device ------------------------------------------------------------------------------
   DeviceBuffer<unsigned char> d_cache(cache.size());
   KVQ_TEST_CUDA(cudaMemcpy(d_cache.get(), cache.data(), cache.size(), cudaMemcpyHostToDevice));
+  KVQ_TEST_CUDA(cudaDeviceSynchronize());  // the copy is on the legacy stream; the case runs on test_stream()
   DeviceBuffer<std::uint16_t> d_q(q.data), d_k(kc.data), d_v(vc.data), d_o(o.data);
   const float poison = std::numeric_limits<float>::quiet_NaN();
   std::uint32_t poison_bits;

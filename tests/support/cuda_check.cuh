@@ -41,7 +41,12 @@ class DeviceBuffer {
   ~DeviceBuffer() { if (p_) cudaFree(p_); }
   T* get() const { return p_; }
   std::size_t size() const { return n_; }
-  void upload(const std::vector<T>& h) { KVQ_TEST_CUDA(cudaMemcpy(p_, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice)); }
+  /// Copies and waits: a pageable copy may still be in flight when cudaMemcpy returns, and
+  /// the non-blocking stream the tests run on does not order itself after it.
+  void upload(const std::vector<T>& h) {
+    KVQ_TEST_CUDA(cudaMemcpy(p_, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
+    KVQ_TEST_CUDA(cudaDeviceSynchronize());
+  }
   std::vector<T> download() const {
     std::vector<T> h(n_);
     if (n_) KVQ_TEST_CUDA(cudaMemcpy(h.data(), p_, n_ * sizeof(T), cudaMemcpyDeviceToHost));
