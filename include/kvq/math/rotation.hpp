@@ -85,7 +85,7 @@ KVQ_HOST_DEVICE constexpr bool rotation_sign_negative(int j) { return ((rotation
 KVQ_HOST_DEVICE constexpr float rotation_sign(int j) { return rotation_sign_negative(j) ? -1.0f : 1.0f; }
 
 /// Whether D is a head dim the rotation supports: a power of two in [32, 512].
-constexpr bool rotation_supports(int d) { return d >= 32 && d <= kRotationMaxDim && (d & (d - 1)) == 0; }
+KVQ_HOST_DEVICE constexpr bool rotation_supports(int d) { return d >= 32 && d <= kRotationMaxDim && (d & (d - 1)) == 0; }
 
 /// c = 1/sqrt(D) rounded once to T (float or double) from its exact value: 2^-k for
 /// D = 4^k, 2^-k · (1/sqrt(2) rounded to T) for D = 2·4^k (a power-of-two scaling is exact).
