@@ -10,9 +10,11 @@ Writes into DIR:
                              profile, query std 1.5, every value configuration;
   bias_removed_vs_query_std.png  share of the mass bias Taylor2 removes against the query std, for
                              the INT2 key configurations at G128 (PerChannel G32), per profile;
-and prints Markdown tables of the numbers docs/fidelity.md quotes.
+and tables.md, the Markdown tables of the numbers docs/fidelity.md quotes.
 """
+import contextlib
 import csv
+import io
 import os
 import sys
 
@@ -20,7 +22,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 
 PROFILES = ["mild", "strong", "extreme", "spread"]
 MODES = ["none", "taylor2", "taylor4", "exact"]
@@ -101,13 +102,14 @@ def plot_mass(rows, d):
     fig.suptitle("Current-chunk softmax mass bias vs key bytes per token (D 128, query std 1.5; 2-bit left, 4-bit right)",
                  fontsize=11)
     fig.tight_layout(rect=(0, 0.07, 1, 0.97))
-    fig.savefig(os.path.join(d, "mass_bias_vs_bytes.png"), dpi=80)
+    fig.savefig(os.path.join(d, "mass_bias_vs_bytes.png"), dpi=72)
     plt.close(fig)
 
 
 def plot_output(rows, values, d):
     vcolors = {"fp": "black", "v2_g128": "tab:orange", "v4_g128": "tab:blue", "v2_g32": "tab:purple",
                "v2_g128_rot": "tab:green"}
+    hollow = {"v2_g128_rot"}  # drawn hollow and shifted right: it lies on v2_g128
     vbytes = {v["name"]: v["v_bytes_per_token"] for v in values}
     fig, axes = plt.subplots(2, 2, figsize=(12, 9), sharex=True)
     for ax, prof in zip(axes.flat, PROFILES):
@@ -118,9 +120,13 @@ def plot_output(rows, values, d):
                 name = v["name"]
                 if r["k_bits"] == 16 and name == "fp":
                     continue
-                x = r["k_bytes_per_token"] + vbytes[name]
-                ax.scatter(x, r["out_err_" + name], color=vcolors[name], marker=FAMILY_MARKERS[family(r)], s=26,
-                           alpha=0.85, edgecolors="none")
+                x = (r["k_bytes_per_token"] + vbytes[name]) * (1.03 if name in hollow else 1.0)
+                if name in hollow:
+                    ax.scatter(x, r["out_err_" + name], facecolors="none", edgecolors=vcolors[name],
+                               marker=FAMILY_MARKERS[family(r)], s=30, linewidths=1.0)
+                else:
+                    ax.scatter(x, r["out_err_" + name], color=vcolors[name], marker=FAMILY_MARKERS[family(r)], s=26,
+                               alpha=0.85, edgecolors="none")
         ax.set_yscale("log")
         ax.set_xscale("log")
         ax.set_title(f"{prof} outliers", fontsize=10)
@@ -128,12 +134,15 @@ def plot_output(rows, values, d):
         ax.grid(alpha=0.3, which="both")
     for ax in axes[1]:
         ax.set_xlabel("K + V bytes per token (log)")
-    handles = [plt.Line2D([], [], color=c, marker="o", ls="", label=f"values {n}") for n, c in vcolors.items()]
-    handles += [plt.Line2D([], [], color="black", marker=mk, ls="", label=f"keys {fam}") for fam, mk in FAMILY_MARKERS.items()]
+    handles = [plt.Line2D([], [], color=c, marker="o", ls="", label=f"values {n}",
+                          markerfacecolor="none" if n in hollow else c) for n, c in vcolors.items()]
+    handles += [plt.Line2D([], [], color="gray", marker=mk, ls="", markerfacecolor="none", label=f"keys {fam}")
+                for fam, mk in FAMILY_MARKERS.items()]
     fig.legend(handles=handles, loc="lower center", ncol=6, fontsize=8.5, frameon=False)
-    fig.suptitle("Output error vs bytes per token, keys corrected with Taylor2 (D 128, query std 1.5)", fontsize=11)
+    fig.suptitle("Output error vs K+V bytes per token, keys corrected with Taylor2 (fp16 keys uncorrected; D 128, "
+                 "query std 1.5)", fontsize=11)
     fig.tight_layout(rect=(0, 0.08, 1, 0.97))
-    fig.savefig(os.path.join(d, "output_error_vs_bytes.png"), dpi=80)
+    fig.savefig(os.path.join(d, "output_error_vs_bytes.png"), dpi=72)
     plt.close(fig)
 
 
@@ -151,14 +160,14 @@ def plot_query_std(rows, d):
         ax.axhline(90, color="black", lw=0.5, ls=":")
         ax.set_title(f"{prof} outliers", fontsize=10)
         ax.set_xlabel("query std")
-        ax.set_ylim(-100, 130)
+        ax.set_ylim(-230, 125)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("% of the mass bias removed by Taylor2")
     axes[0].legend(fontsize=7.5, loc="lower left")
-    fig.suptitle("Share of the current-chunk mass bias that Taylor2 removes, INT2 keys (over 100%: over-correction)",
-                 fontsize=11)
+    fig.suptitle("Share of the current-chunk mass bias that Taylor2 removes, INT2 keys: 1 - |bias T2| / |bias none| "
+                 "(below 0: overshoots by more than the bias)", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.94))
-    fig.savefig(os.path.join(d, "bias_removed_vs_query_std.png"), dpi=80)
+    fig.savefig(os.path.join(d, "bias_removed_vs_query_std.png"), dpi=72)
     plt.close(fig)
 
 
@@ -213,14 +222,63 @@ def tables(rows, values):
                   + " / ".join(f"{r['mass_fp']:.3f}" for r in sel) + " |")
 
 
+
+
+def compare_int2_int4(rows, values):
+    """INT2 keys with Taylor2 against INT4 keys without correction (query std 1.5): |mass bias| and
+    output error, at the bytes per token of K + V."""
+    vbytes = {v["name"]: v["v_bytes_per_token"] for v in values}
+    out = []
+    for prof in PROFILES:
+        sel = [r for r in rows if r["profile"] == prof and r["query_std"] == 1.5]
+        int4 = [r for r in sel if r["k_bits"] == 4 and r["correction"] == "none" and not r["k_centered"]]
+        int2 = [r for r in sel if r["k_bits"] == 2 and r["correction"] == "taylor2"]
+        print(f"\n### {prof}: INT4 keys uncorrected (INT4 G128 values) vs INT2 keys + Taylor2, query std 1.5\n")
+        print("| keys | values | K+V B/tok | abs(mass bias) | output error |")
+        print("|---|---|---|---|---|")
+        for r in sorted(int4, key=lambda r: abs(r["mass_bias"])):
+            print(f"| {key_label(r)} none | v4_g128 | {r['k_bytes_per_token'] + vbytes['v4_g128']:.0f} | "
+                  f"{abs(r['mass_bias']):.4f} | {r['out_err_v4_g128']:.3f} |")
+        best_bias = min(abs(r["mass_bias"]) for r in int4)
+        best_err = min(r["out_err_v4_g128"] for r in int4)
+        ref = [r for r in int4 if r["k_granularity"] == "per_token" and r["k_group"] == 128 and r["k_rotation"] == "none"][0]
+        for r in sorted(int2, key=lambda r: abs(r["mass_bias"])):
+            for v in ("v2_g128", "v2_g32", "v4_g128"):
+                tag = []
+                if abs(r["mass_bias"]) <= abs(ref["mass_bias"]) and r["out_err_" + v] <= ref["out_err_v4_g128"]:
+                    tag.append("beats INT4 PT G128 in both")
+                if abs(r["mass_bias"]) <= best_bias:
+                    tag.append("bias <= best INT4")
+                if r["out_err_" + v] <= best_err:
+                    tag.append("error <= best INT4")
+                if tag:
+                    print(f"| {key_label(r)} T2 | {v} | {r['k_bytes_per_token'] + vbytes[v]:.0f} | {abs(r['mass_bias']):.4f} | "
+                          f"{r['out_err_' + v]:.3f} ({', '.join(tag)}) |")
+                    out.append((prof, key_label(r), v))
+    return out
+
+
+
 def main():
     d = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "docs", "fidelity")
     rows, values = load(d)
     plot_mass(rows, d)
     plot_output(rows, values, d)
     plot_query_std(rows, d)
-    tables(rows, values)
-    print(f"\nwrote plots to {d}")
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        print("# Fidelity study tables\n\nGenerated by tools/plot_fidelity.py from fidelity.csv (means over 3 seeds; "
+              "T2 = Taylor2, T4 = Taylor4; `err v2` = output error with INT2 G128 values, `fp-V` full-precision values).")
+        tables(rows, values)
+        print("\n## INT2 keys with Taylor2 against INT4 keys without correction")
+        print("\nEvery INT4 key configuration (no correction, INT4 G128 values), then the INT2 key configurations "
+              "(Taylor2) with a value configuration that beats INT4 PT G128 in both metrics, or the best INT4 "
+              "configuration in one.")
+        compare_int2_int4(rows, values)
+    with open(os.path.join(d, "tables.md"), "w") as f:
+        f.write(text.getvalue())
+    print(text.getvalue())
+    print(f"wrote plots and tables.md to {d}")
 
 
 if __name__ == "__main__":
