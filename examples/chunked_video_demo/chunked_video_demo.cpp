@@ -3,17 +3,28 @@
 // Each step, the queries of the current chunk attend to [KV cache of all earlier
 // chunks ; the current chunk's own keys and values]; then the chunk is appended to
 // the cache. The demo compares, per chunk, a bf16 cache with INT2/INT4 caches
-// (PerToken and PerChannel keys) with and without the Taylor2 Jensen correction:
+// (PerToken and PerChannel keys, and PerToken keys rotated by the randomized Hadamard
+// matrix of kvq/math/rotation.hpp) with and without the Taylor2 Jensen correction:
 // the softmax mass that the current chunk's queries put on the current chunk, and
 // the output error against the bf16 cache.
 //
-// Keys are synthetic with a few outlier channels (a large per-channel offset and
-// spread, as in real attention keys); queries and values are Gaussian.
+// Keys are synthetic with a few fixed outlier channels, large for every token mostly
+// through a per-channel offset, as measured in video DiT keys (synthetic_kv.hpp states
+// the model). Ordinary key channels: mean U(-0.5, 0.5), std 1. Outlier channels, per
+// head, with a magnitude a drawn per channel:
+//   --outliers mild     4 channels, a in [2.5, 3.5], mean ±a, std a/4
+//   --outliers strong   4 channels, a in [10, 20],  mean ±a, std a/4   (the default)
+//   --outliers extreme  8 channels, a in [30, 60],  mean ±a, std a/4
+//   --outliers spread   4 channels, a in [10, 20],  mean 0,  std a     (a pure scale)
+// Queries: N(0, 1.5²) per element. Values: N(0, 1). Everything is rounded to bf16.
 //
 // With CUDA and a GPU present, quantize-and-append and attention run on the GPU
-// kernels; otherwise on the CPU reference (float64). --cpu forces the reference.
+// kernels; otherwise on the CPU reference (float64). --cpu forces the reference. The
+// GPU kernels do not implement rotated caches yet: those rows always come from the CPU
+// reference (JSON "backend": "cpu_reference"), against the same bf16 baseline.
 //
-//   chunked_video_demo [--chunks N] [--chunk-tokens N] [--heads N] [--seed S] [--json] [--cpu]
+//   chunked_video_demo [--chunks N] [--chunk-tokens N] [--heads N] [--seed S]
+//                      [--outliers mild|strong|extreme|spread] [--json] [--cpu]
 #include <kvq/kvq.hpp>
 
 #include <cmath>
@@ -25,6 +36,8 @@
 #include <string>
 #include <vector>
 
+#include "synthetic_kv.hpp"
+
 #if KVQ_DEMO_WITH_CUDA
 #include "gpu_backend.cuh"
 #endif
@@ -32,12 +45,14 @@
 namespace {
 
 constexpr int kHeadDim = 128;
+constexpr float kQueryStd = 1.5f;
 
 struct Options {
   int chunks = 4;
   int chunk_tokens = 512;
   int heads = 2;
   unsigned seed = 1;
+  kvq_demo::Outliers outliers = kvq_demo::Outliers::kStrong;
   bool json = false;
   bool force_cpu = false;
 };
@@ -56,6 +71,7 @@ bool parse(int argc, char** argv, Options* o) {
     else if (a == "--chunk-tokens") { if (!next(&o->chunk_tokens)) return false; }
     else if (a == "--heads") { if (!next(&o->heads)) return false; }
     else if (a == "--seed") { int s; if (!next(&s)) return false; o->seed = static_cast<unsigned>(s); }
+    else if (a == "--outliers") { if (i + 1 >= argc || !kvq_demo::parse_outliers(argv[++i], &o->outliers)) return false; }
     else return false;
   }
   return true;
@@ -67,27 +83,13 @@ struct Sequence {
   std::vector<std::uint16_t> k, v, q;
 
   Sequence(const Options& o) : tokens(o.chunks * o.chunk_tokens), heads(o.heads) {
-    std::mt19937 rng(o.seed);
-    std::normal_distribution<float> n01;
-    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-    const std::size_t count = static_cast<std::size_t>(tokens) * heads * kHeadDim;
-    k.resize(count), v.resize(count), q.resize(count);
-    // Per head: 4 outlier key channels with a large offset and spread.
-    std::vector<float> mean(heads * kHeadDim), spread(heads * kHeadDim);
-    for (int h = 0; h < heads; ++h)
-      for (int c = 0; c < kHeadDim; ++c) {
-        const bool outlier = (c * 7 + h * 3) % 32 == 5;
-        mean[h * kHeadDim + c] = outlier ? 6.0f * (u(rng) > 0 ? 1.0f : -1.0f) : 0.5f * u(rng);
-        spread[h * kHeadDim + c] = outlier ? 3.0f : 1.0f;
-      }
-    for (int t = 0; t < tokens; ++t)
-      for (int h = 0; h < heads; ++h)
-        for (int c = 0; c < kHeadDim; ++c) {
-          const std::size_t i = (static_cast<std::size_t>(t) * heads + h) * kHeadDim + c;
-          k[i] = kvq::math::float_to_bf16_bits_rn(mean[h * kHeadDim + c] + spread[h * kHeadDim + c] * n01(rng));
-          v[i] = kvq::math::float_to_bf16_bits_rn(n01(rng));
-          q[i] = kvq::math::float_to_bf16_bits_rn(n01(rng));
-        }
+    const kvq_demo::SyntheticKV x(tokens, heads, kHeadDim, o.outliers, kQueryStd, o.seed);
+    auto bf16 = [](const std::vector<float>& f) {
+      std::vector<std::uint16_t> b(f.size());
+      for (std::size_t i = 0; i < f.size(); ++i) b[i] = kvq::math::float_to_bf16_bits_rn(f[i]);
+      return b;
+    };
+    k = bf16(x.k), v = bf16(x.v), q = bf16(x.q);
   }
   kvq::Tensor4 view(std::vector<std::uint16_t>& x, int first_token) const {
     return {x.data() + static_cast<std::size_t>(first_token) * heads * kHeadDim, kvq::DType::kBFloat16,
@@ -110,6 +112,13 @@ using PerTokenInt4 = kvq::layout::CacheLayout<kvq::QuantSpec<4, 128, kvq::Granul
                                               kvq::QuantSpec<4, 128, kvq::Granularity::kPerToken>, kHeadDim>;
 using PerChannelInt4 = kvq::layout::CacheLayout<kvq::QuantSpec<4, 32, kvq::Granularity::kPerChannel>,
                                                 kvq::QuantSpec<4, 128, kvq::Granularity::kPerToken>, kHeadDim>;
+// Rotated keys (the CPU reference only, for now).
+using PerTokenInt2Rotated = kvq::layout::CacheLayout<kvq::QuantSpec<2, 128, kvq::Granularity::kPerToken>,
+                                                     kvq::QuantSpec<2, 128, kvq::Granularity::kPerToken>, kHeadDim,
+                                                     kvq::Rotation::kHadamard>;
+using PerTokenInt4Rotated = kvq::layout::CacheLayout<kvq::QuantSpec<4, 128, kvq::Granularity::kPerToken>,
+                                                     kvq::QuantSpec<4, 128, kvq::Granularity::kPerToken>, kHeadDim,
+                                                     kvq::Rotation::kHadamard>;
 
 /// Attention of chunk `c`'s queries on the CPU reference, with `cache` (or none) before the chunk.
 template <class Layout>
@@ -168,13 +177,17 @@ struct Row {
   int chunk;
   int bits;
   const char* key_granularity;
+  kvq::Rotation rotation;
   kvq::Correction correction;
   double mass_current, mass_current_ref, output_rel_err;
   long long cache_bytes;
+  double bytes_per_token;  ///< K and V of one token of one head, metadata included
+  const char* backend;     ///< "gpu" or "cpu_reference"
 };
 
 /// Runs every chunk for one quantized layout: quantize-and-append, attention with and
-/// without the correction. `baseline[c]` is the bf16-cache result of chunk c.
+/// without the correction. `baseline[c]` is the bf16-cache result of chunk c. Layouts
+/// with rotated keys run on the CPU reference even when the GPU runs the others.
 template <class Layout>
 void run_layout(const Options& o, Sequence& s, bool gpu, DeviceSequencePtr dseq, const std::vector<StepResult>& baseline,
                 std::vector<Row>* rows) {
@@ -184,21 +197,25 @@ void run_layout(const Options& o, Sequence& s, bool gpu, DeviceSequencePtr dseq,
   if (Layout::make({1, o.heads, capacity, kvq::DType::kBFloat16}, &l) != kvq::Status::kSuccess) std::exit(1);
   const int bits = Layout::KSpec::kBits;
   const char* gran = kvq::to_string(Layout::KSpec::kGranularity);
+  const kvq::Rotation rot = Layout::kKeyRotation;
+  const double bpt = Layout::kBytesPerToken;
   const kvq::Correction modes[] = {kvq::Correction::kNone, kvq::Correction::kTaylor2};
 #if KVQ_DEMO_WITH_CUDA
-  if (gpu) {
-    kvq_demo::GpuCache<Layout> cache(l, *dseq);
-    for (int c = 0; c < o.chunks; ++c) {
-      if (c > 0)
-        for (kvq::Correction m : modes) {
-          StepResult r;
-          cache.attend(c * o.chunk_tokens, o.chunk_tokens, m, &r.mass_current, &r.out);
-          rows->push_back({c, bits, gran, m, r.mass_current, baseline[c].mass_current, rel_err(r.out, baseline[c].out),
-                           static_cast<long long>(l.bytes())});
-        }
-      cache.append(c * o.chunk_tokens, o.chunk_tokens);
+  if constexpr (!Layout::kRotatedKeys) {
+    if (gpu) {
+      kvq_demo::GpuCache<Layout> cache(l, *dseq);
+      for (int c = 0; c < o.chunks; ++c) {
+        if (c > 0)
+          for (kvq::Correction m : modes) {
+            StepResult r;
+            cache.attend(c * o.chunk_tokens, o.chunk_tokens, m, &r.mass_current, &r.out);
+            rows->push_back({c, bits, gran, rot, m, r.mass_current, baseline[c].mass_current, rel_err(r.out, baseline[c].out),
+                             static_cast<long long>(l.bytes()), bpt, "gpu"});
+          }
+        cache.append(c * o.chunk_tokens, o.chunk_tokens);
+      }
+      return;
     }
-    return;
   }
 #else
   (void)gpu, (void)dseq;
@@ -209,8 +226,8 @@ void run_layout(const Options& o, Sequence& s, bool gpu, DeviceSequencePtr dseq,
     if (c > 0)
       for (kvq::Correction m : modes) {
         const StepResult r = cpu_attend(o, s, l, cache.data(), &length, c * o.chunk_tokens, o.chunk_tokens, c * o.chunk_tokens, m);
-        rows->push_back({c, bits, gran, m, r.mass_current, baseline[c].mass_current, rel_err(r.out, baseline[c].out),
-                         static_cast<long long>(l.bytes())});
+        rows->push_back({c, bits, gran, rot, m, r.mass_current, baseline[c].mass_current, rel_err(r.out, baseline[c].out),
+                         static_cast<long long>(l.bytes()), bpt, "cpu_reference"});
       }
     if (kvq::reference::quantize_append(l, cache.data(), &length, s.view(s.k, c * o.chunk_tokens),
                                         s.view(s.v, c * o.chunk_tokens), o.chunk_tokens) != kvq::Status::kSuccess)
@@ -223,12 +240,15 @@ void run_layout(const Options& o, Sequence& s, bool gpu, DeviceSequencePtr dseq,
 int main(int argc, char** argv) {
   Options o;
   if (!parse(argc, argv, &o)) {
-    std::fprintf(stderr, "usage: %s [--chunks N] [--chunk-tokens N] [--heads N] [--seed S] [--json] [--cpu]\n", argv[0]);
+    std::fprintf(stderr,
+                 "usage: %s [--chunks N] [--chunk-tokens N] [--heads N] [--seed S] [--outliers mild|strong|extreme|spread] "
+                 "[--json] [--cpu]\n",
+                 argv[0]);
     return 2;
   }
   Sequence s(o);
   bool gpu = false;
-DeviceSequencePtr dseq = nullptr;
+  DeviceSequencePtr dseq = nullptr;
 #if KVQ_DEMO_WITH_CUDA
   gpu = !o.force_cpu && kvq_demo::gpu_available();
   std::unique_ptr<kvq_demo::DeviceSequence> device_sequence;
@@ -256,57 +276,102 @@ DeviceSequencePtr dseq = nullptr;
     baseline[c].mass_current = mean_mass_from_lse(own.lse, baseline[c].lse);
   }
   const long long bf16_bytes = 2LL * 2 * kHeadDim * o.heads * o.chunks * o.chunk_tokens;
+  const char* main_backend = gpu ? "gpu" : "cpu_reference";
 
   std::vector<Row> rows;
   for (int c = 1; c < o.chunks; ++c)
-    rows.push_back({c, 16, "none", kvq::Correction::kNone, baseline[c].mass_current, baseline[c].mass_current, 0.0, bf16_bytes});
+    rows.push_back({c, 16, "none", kvq::Rotation::kNone, kvq::Correction::kNone, baseline[c].mass_current,
+                    baseline[c].mass_current, 0.0, bf16_bytes, 2.0 * 2 * kHeadDim, main_backend});
   run_layout<PerTokenInt2>(o, s, gpu, dseq, baseline, &rows);
+  run_layout<PerTokenInt2Rotated>(o, s, gpu, dseq, baseline, &rows);
   run_layout<PerChannelInt2>(o, s, gpu, dseq, baseline, &rows);
   run_layout<PerTokenInt4>(o, s, gpu, dseq, baseline, &rows);
+  run_layout<PerTokenInt4Rotated>(o, s, gpu, dseq, baseline, &rows);
   run_layout<PerChannelInt4>(o, s, gpu, dseq, baseline, &rows);
 
-  // Share of the drop in current-chunk mass (quantized, no correction vs bf16) that Taylor2 removes.
-  struct Summary { int bits; const char* gran; double removed; };
+  // Per configuration: the mean current-chunk mass bias (quantized − bf16) without and with
+  // Taylor2, the share of the drop that Taylor2 removes, and the mean output error.
+  struct Summary {
+    int bits;
+    const char* gran;
+    kvq::Rotation rotation;
+    double bytes_per_token;
+    const char* backend;
+    double bias_none, bias_t2, removed, err_none, err_t2;
+  };
   std::vector<Summary> summary;
-  for (int bits : {2, 4})
-    for (const char* gran : {"per_token", "per_channel"}) {
-      double drop_none = 0.0, drop_t2 = 0.0;
-      for (const Row& r : rows)
-        if (r.bits == bits && std::strcmp(r.key_granularity, gran) == 0) {
-          (r.correction == kvq::Correction::kNone ? drop_none : drop_t2) += r.mass_current_ref - r.mass_current;
-        }
-      summary.push_back({bits, gran, drop_none != 0.0 ? 1.0 - std::fabs(drop_t2) / std::fabs(drop_none) : 1.0});
-    }
+  for (const Row& first : rows) {
+    if (first.bits == 16 || first.correction != kvq::Correction::kNone) continue;
+    bool seen = false;
+    for (const Summary& x : summary)
+      seen = seen || (x.bits == first.bits && std::strcmp(x.gran, first.key_granularity) == 0 && x.rotation == first.rotation);
+    if (seen) continue;
+    Summary x{first.bits, first.key_granularity, first.rotation, first.bytes_per_token, first.backend, 0, 0, 0, 0, 0};
+    double drop_none = 0.0, drop_t2 = 0.0;
+    int n = 0;
+    for (const Row& r : rows)
+      if (r.bits == x.bits && std::strcmp(r.key_granularity, x.gran) == 0 && r.rotation == x.rotation) {
+        const bool none = r.correction == kvq::Correction::kNone;
+        (none ? drop_none : drop_t2) += r.mass_current_ref - r.mass_current;
+        (none ? x.err_none : x.err_t2) += r.output_rel_err;
+        n += none ? 1 : 0;
+      }
+    x.bias_none = -drop_none / n;
+    x.bias_t2 = -drop_t2 / n;
+    x.err_none /= n;
+    x.err_t2 /= n;
+    x.removed = drop_none != 0.0 ? 1.0 - std::fabs(drop_t2) / std::fabs(drop_none) : 1.0;
+    summary.push_back(x);
+  }
+  const char* outliers = kvq_demo::outlier_profile(o.outliers).name;
 
   if (o.json) {
-    std::printf("{\"backend\": \"%s\", \"head_dim\": %d, \"heads\": %d, \"chunks\": %d, \"chunk_tokens\": %d, \"rows\": [\n",
-                gpu ? "gpu" : "cpu", kHeadDim, o.heads, o.chunks, o.chunk_tokens);
+    std::printf("{\"backend\": \"%s\", \"head_dim\": %d, \"heads\": %d, \"chunks\": %d, \"chunk_tokens\": %d, "
+                "\"outliers\": \"%s\", \"query_std\": %.2f, \"rows\": [\n",
+                gpu ? "gpu" : "cpu", kHeadDim, o.heads, o.chunks, o.chunk_tokens, outliers, kQueryStd);
     for (std::size_t i = 0; i < rows.size(); ++i) {
       const Row& r = rows[i];
-      std::printf("  {\"chunk\": %d, \"bits\": %d, \"key_granularity\": \"%s\", \"correction\": \"%s\", \"mass_current\": %.8f, "
-                  "\"mass_current_ref\": %.8f, \"output_rel_err\": %.8f, \"cache_bytes\": %lld}%s\n",
-                  r.chunk, r.bits, r.key_granularity, kvq::to_string(r.correction), r.mass_current, r.mass_current_ref,
-                  r.output_rel_err, r.cache_bytes, i + 1 < rows.size() ? "," : "");
+      std::printf("  {\"chunk\": %d, \"bits\": %d, \"key_granularity\": \"%s\", \"rotation\": \"%s\", \"correction\": \"%s\", "
+                  "\"mass_current\": %.8f, \"mass_current_ref\": %.8f, \"output_rel_err\": %.8f, \"cache_bytes\": %lld, "
+                  "\"bytes_per_token\": %.2f, \"backend\": \"%s\"}%s\n",
+                  r.chunk, r.bits, r.key_granularity, kvq::to_string(r.rotation), kvq::to_string(r.correction), r.mass_current,
+                  r.mass_current_ref, r.output_rel_err, r.cache_bytes, r.bytes_per_token, r.backend,
+                  i + 1 < rows.size() ? "," : "");
     }
     std::printf("], \"taylor2_drop_removed\": [");
-    for (std::size_t i = 0; i < summary.size(); ++i)
-      std::printf("%s{\"bits\": %d, \"key_granularity\": \"%s\", \"fraction\": %.6f}", i ? ", " : "", summary[i].bits,
-                  summary[i].gran, summary[i].removed);
+    for (std::size_t i = 0; i < summary.size(); ++i) {
+      const Summary& x = summary[i];
+      std::printf("%s{\"bits\": %d, \"key_granularity\": \"%s\", \"rotation\": \"%s\", \"fraction\": %.6f, "
+                  "\"mass_bias_none\": %.8f, \"mass_bias_taylor2\": %.8f, \"output_rel_err_none\": %.6f, "
+                  "\"output_rel_err_taylor2\": %.6f, \"bytes_per_token\": %.2f, \"backend\": \"%s\"}",
+                  i ? ", " : "", x.bits, x.gran, kvq::to_string(x.rotation), x.removed, x.bias_none, x.bias_t2, x.err_none,
+                  x.err_t2, x.bytes_per_token, x.backend);
+    }
     std::printf("]}\n");
     return 0;
   }
 
-  std::printf("kvq chunked video demo (%s): D=%d, %d heads, %d chunks of %d tokens\n", gpu ? "GPU kernels" : "CPU reference",
-              kHeadDim, o.heads, o.chunks, o.chunk_tokens);
-  std::printf("%-5s %-6s %-12s %-9s %14s %14s %12s %12s\n", "chunk", "cache", "keys", "corr", "mass_current", "mass_bf16",
-              "out_rel_err", "cache_bytes");
+  std::printf("kvq chunked video demo (%s): D=%d, %d heads, %d chunks of %d tokens, %s key outliers, query std %.1f\n",
+              gpu ? "GPU kernels; rotated caches on the CPU reference" : "CPU reference", kHeadDim, o.heads, o.chunks,
+              o.chunk_tokens, outliers, kQueryStd);
+  std::printf("%-5s %-6s %-12s %-9s %-9s %14s %14s %12s %12s\n", "chunk", "cache", "keys", "rotation", "corr", "mass_current",
+              "mass_bf16", "out_rel_err", "cache_bytes");
   for (const Row& r : rows) {
     char cache_name[16];
     std::snprintf(cache_name, sizeof cache_name, r.bits == 16 ? "bf16" : "int%d", r.bits);
-    std::printf("%-5d %-6s %-12s %-9s %14.6f %14.6f %12.5f %12lld\n", r.chunk, cache_name, r.key_granularity,
-                kvq::to_string(r.correction), r.mass_current, r.mass_current_ref, r.output_rel_err, r.cache_bytes);
+    std::printf("%-5d %-6s %-12s %-9s %-9s %14.6f %14.6f %12.5f %12lld%s\n", r.chunk, cache_name, r.key_granularity,
+                kvq::to_string(r.rotation), kvq::to_string(r.correction), r.mass_current, r.mass_current_ref, r.output_rel_err,
+                r.cache_bytes, gpu && std::strcmp(r.backend, "gpu") != 0 ? "  (CPU reference)" : "");
   }
-  std::printf("\nShare of the current-chunk mass drop removed by Taylor2:\n");
-  for (const Summary& x : summary) std::printf("  int%d %-12s %6.1f%%\n", x.bits, x.gran, 100.0 * x.removed);
+  std::printf("\nPer configuration, means over chunks 1..%d: the current chunk's mass bias (quantized - bf16)\n"
+              "without and with Taylor2, the share of it Taylor2 removes, and the output error vs the bf16 cache.\n",
+              o.chunks - 1);
+  std::printf("%-6s %-12s %-9s %8s %10s %13s %8s %9s %12s\n", "cache", "keys", "rotation", "B/token", "bias none",
+              "bias taylor2", "removed", "err none", "err taylor2");
+  for (const Summary& x : summary)
+    std::printf("int%-3d %-12s %-9s %8.1f %10.4f %13.4f %7.1f%% %9.3f %12.3f%s\n", x.bits, x.gran, kvq::to_string(x.rotation),
+                x.bytes_per_token, x.bias_none, x.bias_t2, 100.0 * x.removed, x.err_none, x.err_t2,
+                gpu && std::strcmp(x.backend, "gpu") != 0 ? "  (CPU reference)" : "");
+  std::printf("(bf16: %.0f bytes per token of one head. Full sweep: docs/fidelity.md.)\n", 2.0 * 2 * kHeadDim);
   return 0;
 }

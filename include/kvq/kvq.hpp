@@ -8,6 +8,7 @@
 #include "kvq/math/online_softmax.hpp"
 #include "kvq/math/pack.hpp"
 #include "kvq/math/quantize.hpp"
+#include "kvq/math/rotation.hpp"
 #include "kvq/math/scale_traits.hpp"
 #include "kvq/reference/attention.hpp"
 #include "kvq/reference/quantize_append.hpp"

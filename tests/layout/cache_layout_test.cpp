@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <map>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include <kvq/layout/cache_layout.hpp>
@@ -276,4 +277,39 @@ TEST_CASE("CachePointers point at the region offsets of one allocation", "[layou
   CHECK(static_cast<unsigned char*>(p.v_tail) == base + l.v_tail_offset());
   STATIC_REQUIRE(sizeof(L::KMeta) == 4);
   STATIC_REQUIRE(L::kAlignment == 256);
+}
+
+TEST_CASE("a rotated-key layout records its rotation and keeps every size and offset of the unrotated one", "[layout][cpu]") {
+  using kvq::Rotation;
+  using KPc = QuantSpec<2, 32, Granularity::kPerChannel>;
+  using KPt = QuantSpec<4, 64, Granularity::kPerToken, ScaleType::kBFloat16>;
+  using V = QuantSpec<2, 128, Granularity::kPerToken>;
+  using V64 = QuantSpec<2, 64, Granularity::kPerToken>;
+  using Plain = CacheLayout<KPc, V, 128>;
+  using Rot = CacheLayout<KPc, V, 128, Rotation::kHadamard>;
+  using PlainPt = CacheLayout<KPt, V64, 64>;
+  using RotPt = CacheLayout<KPt, V64, 64, Rotation::kHadamard>;
+  // Three template arguments keep meaning unrotated.
+  STATIC_REQUIRE(std::is_same<Plain, CacheLayout<KPc, V, 128, Rotation::kNone>>::value);
+  STATIC_REQUIRE(Plain::kKeyRotation == Rotation::kNone);
+  STATIC_REQUIRE(!Plain::kRotatedKeys);
+  STATIC_REQUIRE(Rot::kKeyRotation == Rotation::kHadamard);
+  STATIC_REQUIRE(Rot::kRotatedKeys);
+  STATIC_REQUIRE(RotPt::kRotatedKeys);
+  STATIC_REQUIRE(Rot::kBytesPerToken == Plain::kBytesPerToken);
+  STATIC_REQUIRE(RotPt::kBytesPerToken == PlainPt::kBytesPerToken);
+  STATIC_REQUIRE(Rot::kKeyWordsPerToken == Plain::kKeyWordsPerToken && Rot::kHasTail == Plain::kHasTail);
+  const CacheShape shape{2, 3, 160, kvq::DType::kBFloat16};
+  Plain p;
+  Rot r;
+  REQUIRE(Plain::make(shape, &p) == Status::kSuccess);
+  REQUIRE(Rot::make(shape, &r) == Status::kSuccess);
+  CHECK(r.bytes() == p.bytes());
+  CHECK(r.k_meta_offset() == p.k_meta_offset());
+  CHECK(r.v_codes_offset() == p.v_codes_offset());
+  CHECK(r.v_meta_offset() == p.v_meta_offset());
+  CHECK(r.k_tail_offset() == p.k_tail_offset());
+  CHECK(r.v_tail_offset() == p.v_tail_offset());
+  CHECK(r.k_meta_index(1, 2, 100, 7) == p.k_meta_index(1, 2, 100, 7));
+  CHECK(r.tail_index(1, 2, 5, 7) == p.tail_index(1, 2, 5, 7));
 }

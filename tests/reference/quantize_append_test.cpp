@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <bitset>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -385,4 +386,169 @@ TEST_CASE("a non-finite input poisons only its own quantization group", "[quant]
         }
   const auto p = kvq::layout::CachePointers<PcLayout>::from_base(l, cache.data());
   CHECK(kvq::load_as_float(p.k_tail, DType::kBFloat16, l.tail_index(1, 0, 70 - 64, 9)) == -std::numeric_limits<float>::infinity());
+}
+
+namespace {
+
+using kvq::Rotation;
+// The layouts above with rotated keys.
+using PcRotLayout = CacheLayout<QuantSpec<2, 32, Granularity::kPerChannel>, QuantSpec<2, 32, Granularity::kPerToken>, kD,
+                                Rotation::kHadamard>;
+using PtRotLayout = CacheLayout<QuantSpec<4, 32, Granularity::kPerToken, ScaleType::kBFloat16>,
+                                QuantSpec<2, 64, Granularity::kPerToken>, kD, Rotation::kHadamard>;
+
+/// Key token (b, t, h) of `k` rotated by the library's float transform (the values the
+/// cache quantizes), and by the matrix definition R = c·W·S in long double.
+std::vector<float> rotated_token(const Activations& k, int b, std::int64_t t, int h) {
+  std::vector<float> x(kD);
+  for (int c = 0; c < kD; ++c) x[static_cast<std::size_t>(c)] = k.at(b, t, h, c);
+  kvq::math::hadamard_rotate<kD>(x.data());
+  return x;
+}
+std::vector<long double> rotated_token_exact(const Activations& k, int b, std::int64_t t, int h) {
+  std::vector<long double> y(kD, 0.0L);
+  for (int i = 0; i < kD; ++i) {
+    for (int j = 0; j < kD; ++j) {
+      const int parity = static_cast<int>(std::bitset<32>(static_cast<unsigned>(i & j)).count() % 2);
+      y[static_cast<std::size_t>(i)] += (parity ? -1.0L : 1.0L) * kvq::math::rotation_sign(j) * k.at(b, t, h, j);
+    }
+    y[static_cast<std::size_t>(i)] /= std::sqrt(static_cast<long double>(kD));
+  }
+  return y;
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("a rotated-key cache dequantizes to R·k within half a step, element by element", "[quant][rotation][cpu]",
+                   PcRotLayout, PtRotLayout) {
+  // Every key element of every token, head and batch entry; inputs of each dtype, appended
+  // in pieces; an fp32 tail holds the rotated keys exactly. Values are stored unrotated.
+  using L = TestType;
+  const DType dtype = GENERATE(DType::kBFloat16, DType::kFloat16, DType::kFloat32);
+  const int B = 2, H = 3, N = 73;
+  const auto l = make_layout<L>(B, H, 96, DType::kFloat32);
+  Activations k(dtype, B, N, H), v(dtype, B, N, H);
+  fill(k, v, 0xa070 + static_cast<int>(dtype));
+  std::vector<unsigned char> once(static_cast<std::size_t>(l.bytes()), 0), cache(once);
+  std::vector<std::int32_t> len_once(B, 0), lengths(B, 0);
+  REQUIRE(append(l, once, len_once, k, v, 0, N) == Status::kSuccess);
+  std::int64_t first = 0;
+  for (int n : {5, 27, 1, 40}) {
+    REQUIRE(append(l, cache, lengths, k, v, first, n) == Status::kSuccess);
+    first += n;
+  }
+  // With an fp32 tail nothing is lost while a token waits: pieces store what one append stores.
+  CHECK(once == cache);
+  std::vector<std::vector<float>> rot(static_cast<std::size_t>(B * N * H));
+  for (int b = 0; b < B; ++b)
+    for (int t = 0; t < N; ++t)
+      for (int h = 0; h < H; ++h) rot[static_cast<std::size_t>((b * N + t) * H + h)] = rotated_token(k, b, t, h);
+  auto kin = [&](int b, int h, std::int64_t t, int c) { return rot[static_cast<std::size_t>((b * N + t) * H + h)][c]; };
+  auto vin = [&](int b, int h, std::int64_t t, int c) { return v.at(b, t, h, c); };
+  check_cache(l, cache, lengths, kin, vin);
+
+  // Against the matrix definition (long double): within half a step plus the float
+  // rounding of the transform (log2(D) + 1 roundings of values up to the token's norm).
+  using Tr = kvq::math::ScaleTraits<L::KSpec::kScaleType>;
+  const auto p = kvq::layout::CachePointers<L>::from_base(l, cache.data());
+  const std::int64_t qlen = L::quantized_length(N);
+  double worst = 0;
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < H; ++h)
+      for (std::int64_t t = 0; t < N; ++t) {
+        const auto exact = rotated_token_exact(k, b, t, h);
+        long double norm = 0;
+        for (int c = 0; c < kD; ++c) norm += static_cast<long double>(k.at(b, t, h, c)) * k.at(b, t, h, c);
+        const double slack = 16.0 * std::ldexp(1.0, -24) * static_cast<double>(std::sqrt(norm));
+        for (int c = 0; c < kD; ++c) {
+          INFO("b " << b << ", h " << h << ", t " << t << ", c " << c);
+          if (t < qlen) {
+            float step = 0;
+            const double x = kvq::reference::dequantized_key(l, cache.data(), b, h, t, c, &step);
+            const double err = std::fabs(x - static_cast<double>(exact[static_cast<std::size_t>(c)]));
+            REQUIRE(err <= step / 2 + slack);
+            worst = std::max(worst, err / step);
+            REQUIRE(step == Tr::to_float(p.k_meta[l.k_meta_index(b, h, t, c)].step));
+          } else {
+            const float x = kvq::load_as_float(p.k_tail, DType::kFloat32, l.tail_index(b, h, static_cast<int>(t - qlen), c));
+            REQUIRE(std::fabs(x - static_cast<double>(exact[static_cast<std::size_t>(c)])) <= slack);
+          }
+        }
+      }
+  INFO("worst |x̂ − R·k| / Δ: " << worst);
+  CHECK(worst <= 0.5 + 1e-3);
+}
+
+TEST_CASE("rotated keys change the key regions only: values are stored as in an unrotated cache", "[quant][rotation][cpu]") {
+  using PcPlain = PcLayout;
+  const int B = 1, H = 2, N = 70;
+  const auto lr = make_layout<PcRotLayout>(B, H, 96, DType::kBFloat16);
+  const auto lp = make_layout<PcPlain>(B, H, 96, DType::kBFloat16);
+  Activations k(DType::kBFloat16, B, N, H), v(DType::kBFloat16, B, N, H);
+  fill(k, v, 0xa080);
+  std::vector<unsigned char> cr(static_cast<std::size_t>(lr.bytes()), 0), cp(static_cast<std::size_t>(lp.bytes()), 0);
+  std::vector<std::int32_t> len_r(B, 0), len_p(B, 0);
+  REQUIRE(append(lr, cr, len_r, k, v, 0, N) == Status::kSuccess);
+  REQUIRE(append(lp, cp, len_p, k, v, 0, N) == Status::kSuccess);
+  REQUIRE(lr.bytes() == lp.bytes());
+  // Value codes and metadata, and the value tail, byte for byte; the key codes differ.
+  CHECK(std::memcmp(cr.data() + lr.v_codes_offset(), cp.data() + lp.v_codes_offset(),
+                    static_cast<std::size_t>(lr.k_tail_offset() - lr.v_codes_offset())) == 0);
+  CHECK(std::memcmp(cr.data() + lr.v_tail_offset(), cp.data() + lp.v_tail_offset(), static_cast<std::size_t>(lr.tail_bytes())) == 0);
+  CHECK(std::memcmp(cr.data(), cp.data(), static_cast<std::size_t>(lr.k_codes_bytes())) != 0);
+}
+
+TEST_CASE("a rotated-key tail holds R·k rounded to the tail dtype, and completing the group quantizes those values",
+          "[quant][rotation][cpu]") {
+  const DType tail = GENERATE(DType::kBFloat16, DType::kFloat16);
+  const int B = 1, H = 2, N = 20;
+  const auto l = make_layout<PcRotLayout>(B, H, 64, tail);
+  Activations k(DType::kFloat32, B, 32, H), v(DType::kFloat32, B, 32, H);
+  fill(k, v, 0xa090);
+  std::vector<unsigned char> cache(static_cast<std::size_t>(l.bytes()), 0);
+  std::vector<std::int32_t> lengths(B, 0);
+  REQUIRE(append(l, cache, lengths, k, v, 0, N) == Status::kSuccess);  // all 20 tokens wait in the tail
+  const auto p = kvq::layout::CachePointers<PcRotLayout>::from_base(l, cache.data());
+  auto rn = [&](float x) -> std::uint16_t {
+    return tail == DType::kFloat16 ? kvq::math::float_to_half_bits_rn(x) : kvq::math::float_to_bf16_bits_rn(x);
+  };
+  auto back = [&](std::uint16_t bits) {
+    return tail == DType::kFloat16 ? kvq::math::half_bits_to_float(bits) : kvq::math::bf16_bits_to_float(bits);
+  };
+  for (int h = 0; h < H; ++h)
+    for (int t = 0; t < N; ++t) {
+      const auto r = rotated_token(k, 0, t, h);
+      for (int c = 0; c < kD; ++c)
+        REQUIRE(static_cast<const std::uint16_t*>(p.k_tail)[l.tail_index(0, h, t, c)] == rn(r[static_cast<std::size_t>(c)]));
+    }
+  REQUIRE(append(l, cache, lengths, k, v, N, 12) == Status::kSuccess);  // completes the group: nothing is rotated twice
+  REQUIRE(lengths[0] == 32);
+  auto kin = [&](int, int h, std::int64_t t, int c) {
+    const float x = rotated_token(k, 0, t, h)[static_cast<std::size_t>(c)];
+    return t < N ? back(rn(x)) : x;
+  };
+  auto vin = [&](int, int h, std::int64_t t, int c) { return t < N ? back(rn(v.at(0, t, h, c))) : v.at(0, t, h, c); };
+  check_cache(l, cache, lengths, kin, vin);
+}
+
+TEST_CASE("a non-finite key element poisons every channel of its rotated token", "[quant][rotation][cpu]") {
+  // The rotation mixes all channels of a token: one NaN makes the whole rotated token NaN,
+  // so every key group holding it is NaN (PerToken: the token; PerChannel: its token group).
+  const int B = 1, H = 2, N = 40;
+  const auto lt = make_layout<PtRotLayout>(B, H, 64, DType::kBFloat16);
+  const auto lc = make_layout<PcRotLayout>(B, H, 64, DType::kBFloat16);
+  Activations k(DType::kBFloat16, B, N, H), v(DType::kBFloat16, B, N, H);
+  fill(k, v, 0xa0a0);
+  k.set(0, 10, 1, 5, std::numeric_limits<float>::quiet_NaN());
+  std::vector<unsigned char> ct(static_cast<std::size_t>(lt.bytes()), 0), cc(static_cast<std::size_t>(lc.bytes()), 0);
+  std::vector<std::int32_t> len_t(B, 0), len_c(B, 0);
+  REQUIRE(append(lt, ct, len_t, k, v, 0, N) == Status::kSuccess);
+  REQUIRE(append(lc, cc, len_c, k, v, 0, N) == Status::kSuccess);
+  for (int h = 0; h < H; ++h)
+    for (std::int64_t t = 0; t < 32; ++t)
+      for (int c = 0; c < kD; ++c) {
+        INFO("h " << h << ", t " << t << ", c " << c);
+        REQUIRE(std::isnan(kvq::reference::dequantized_key(lt, ct.data(), 0, h, t, c)) == (h == 1 && t == 10));
+        REQUIRE(std::isnan(kvq::reference::dequantized_key(lc, cc.data(), 0, h, t, c)) == (h == 1));
+      }
 }

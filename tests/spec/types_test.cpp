@@ -36,6 +36,8 @@ TEST_CASE("every enumerator has a distinct short name", "[quant][cpu]") {
   CHECK(std::string(kvq::to_string(ScaleType::kBFloat16)) == "bf16");
   CHECK(std::string(kvq::to_string(Granularity::kPerToken)) == "per_token");
   CHECK(std::string(kvq::to_string(Granularity::kPerChannel)) == "per_channel");
+  CHECK(std::string(kvq::to_string(kvq::Rotation::kNone)) == "none");
+  CHECK(std::string(kvq::to_string(kvq::Rotation::kHadamard)) == "hadamard");
   CHECK(std::string(kvq::to_string(Mask::kNone)) == "none");
   CHECK(std::string(kvq::to_string(Mask::kCausalLastSegment)) == "causal_last_segment");
   std::set<std::string> modes;

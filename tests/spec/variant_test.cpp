@@ -20,6 +20,8 @@ using LA = CacheLayout<QuantSpec<2, 32, Granularity::kPerChannel>, QuantSpec<2, 
 using LB = CacheLayout<QuantSpec<4, 64, Granularity::kPerToken, ScaleType::kBFloat16>,
                        QuantSpec<8, 32, Granularity::kPerToken, ScaleType::kFloat32>, 64>;
 using LC = CacheLayout<QuantSpec<2, 32, Granularity::kPerChannel>, QuantSpec<2, 128, Granularity::kPerToken>, 256>;
+using LR = CacheLayout<QuantSpec<2, 32, Granularity::kPerChannel>, QuantSpec<2, 128, Granularity::kPerToken>, 128,
+                       kvq::Rotation::kHadamard>;
 
 }  // namespace
 
@@ -33,10 +35,33 @@ TEST_CASE("variant_of reads a layout's bits, groups, granularity, metadata type 
   STATIC_REQUIRE(a.v_group == 128);
   STATIC_REQUIRE(a.v_scale == ScaleType::kFloat16);
   STATIC_REQUIRE(a.head_dim == 128);
+  STATIC_REQUIRE(a.k_rotation == kvq::Rotation::kNone);
   constexpr CacheVariant b = kvq::variant_of<LB>();
   STATIC_REQUIRE(b == CacheVariant{4, 64, Granularity::kPerToken, ScaleType::kBFloat16, 8, 32, ScaleType::kFloat32, 64});
   STATIC_REQUIRE(a != b);
   STATIC_REQUIRE(kvq::variant_of<LC>() != a);  // differs in head dim only
+}
+
+TEST_CASE("the key rotation is part of a variant", "[layout][cpu]") {
+  constexpr CacheVariant a = kvq::variant_of<LA>();
+  constexpr CacheVariant r = kvq::variant_of<LR>();
+  STATIC_REQUIRE(r.k_rotation == kvq::Rotation::kHadamard);
+  STATIC_REQUIRE(r != a);  // differs in rotation only
+  CacheVariant unrotated = r;
+  unrotated.k_rotation = kvq::Rotation::kNone;
+  CHECK(unrotated == a);
+  // A variant written without the rotation field means unrotated keys.
+  STATIC_REQUIRE(CacheVariant{2, 32, Granularity::kPerChannel, ScaleType::kFloat16, 2, 128, ScaleType::kFloat16, 128} == a);
+  std::vector<int> calls;
+  auto f = [&](auto tag) {
+    calls.push_back(decltype(tag)::type::kRotatedKeys ? 1 : 0);
+    return Status::kSuccess;
+  };
+  const kvq::TypeList<LA, LR> list;
+  CHECK(kvq::dispatch_layout(list, r, f) == Status::kSuccess);
+  CHECK(kvq::dispatch_layout(list, a, f) == Status::kSuccess);
+  CHECK(calls == std::vector<int>{1, 0});
+  CHECK(kvq::dispatch_layout(kvq::TypeList<LA>{}, r, f) == Status::kErrorNotSupported);
 }
 
 TEST_CASE("dispatch_layout calls the function for the first matching layout only", "[layout][cpu]") {

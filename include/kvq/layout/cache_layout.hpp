@@ -18,12 +18,22 @@
 // append completes the tail group first; once a group is full it is quantized and
 // its tokens leave the tail. With PerToken keys Tk = 1 and the tail regions are empty.
 //
+// Rotated keys (KeyRotation = Rotation::kHadamard): every key token is multiplied by the
+// fixed randomized Hadamard matrix R of math/rotation.hpp before it is quantized, so the
+// cache holds rotated keys everywhere: codes and metadata describe R·k, and the tail of
+// PerChannel keys holds R·k rounded to the tail dtype. Attention scores cached keys with
+// the rotated query R·q (q·k = (R·q)·(R·k)) and corrects them with its elements; the
+// keys of the current chunk are not rotated. The rotation changes no byte count.
+// Values are never rotated: the output is linear in V, so value noise needs no
+// correction (DESIGN.md section 3).
+//
 // All offsets are 64-bit. Values must be PerToken.
 #pragma once
 
 #include <cstdint>
 
 #include "kvq/detail/macros.hpp"
+#include "kvq/math/rotation.hpp"
 #include "kvq/math/scale_traits.hpp"
 #include "kvq/spec/quant_spec.hpp"
 #include "kvq/status.hpp"
@@ -38,13 +48,17 @@ struct CacheShape {
   DType tail_dtype = DType::kBFloat16;  ///< element type of the unquantized tail (that of the K/V inputs)
 };
 
-template <class KSpec_, class VSpec_, int HeadDim_>
+/// \tparam KeyRotation_ whether keys are cached rotated (Rotation::kHadamard needs a head
+///                      dim that is a power of two in [32, 512]); values never are.
+template <class KSpec_, class VSpec_, int HeadDim_, Rotation KeyRotation_ = Rotation::kNone>
 struct CacheLayout {
   static_assert(is_quant_spec<KSpec_>::value, "KSpec must be a kvq::QuantSpec");
   static_assert(is_quant_spec<VSpec_>::value, "VSpec must be a kvq::QuantSpec");
   static_assert(VSpec_::kPerToken, "VSpec must be PerToken: values are quantized per token");
   static_assert(KSpec_::template check_head_dim<HeadDim_>() && VSpec_::template check_head_dim<HeadDim_>(),
                 "HeadDim incompatible with the specs");
+  static_assert(KeyRotation_ == Rotation::kNone || math::rotation_supports(HeadDim_),
+                "KeyRotation = kHadamard needs a HeadDim that is a power of two in [32, 512]");
 
   using KSpec = KSpec_;
   using VSpec = VSpec_;
@@ -52,6 +66,9 @@ struct CacheLayout {
   using VMeta = math::GroupMeta<VSpec::kScaleType>;
 
   static constexpr int kHeadDim = HeadDim_;
+  static constexpr Rotation kKeyRotation = KeyRotation_;
+  /// Keys are stored as R·k (codes, metadata and tail alike).
+  static constexpr bool kRotatedKeys = KeyRotation_ != Rotation::kNone;
   static constexpr int kKeyWordsPerToken = kHeadDim * KSpec::kBits / 32;
   static constexpr int kValueWordsPerToken = kHeadDim * VSpec::kBits / 32;
   static constexpr int kKeyTokensPerGroup = KSpec::kTokensPerGroup;         ///< Tk

@@ -1,6 +1,13 @@
 // CPU reference of attention over [quantized cache ; cache tail ; current chunk]:
 // full softmax, no tiling, float64 accumulation, every correction mode computed
 // per element from its definition. The oracle for the GPU kernels.
+//
+// Rotated keys (Layout::kRotatedKeys): the cache (quantized segment and tail) holds
+// R·k, so each query row q (read as float, then widened) is rotated once, in float64
+// (math::hadamard_rotate<D, double>), and the rotated row q' = R·q scores the cached
+// keys: (R·q)·(R·k) = q·k. The correction of a quantized key uses q'_j with the
+// rotated key's steps Δ_j. The current chunk's keys are not rotated: they are scored
+// with q exactly as for an unrotated layout.
 #pragma once
 
 #include <cmath>
@@ -10,6 +17,7 @@
 
 #include "kvq/layout/cache_layout.hpp"
 #include "kvq/math/correction.hpp"
+#include "kvq/math/rotation.hpp"
 #include "kvq/reference/quantize_append.hpp"
 #include "kvq/spec/tensor.hpp"
 #include "kvq/status.hpp"
@@ -52,7 +60,8 @@ double key_correction(const double* q, const float* steps, double scale, Correct
   return corr;
 }
 
-/// Reference attention. Query head hq reads kv head hq / (q_heads / kv heads).
+/// Reference attention. Query head hq reads kv head hq / (q_heads / kv heads). With a
+/// rotated-key layout the cached keys are scored with the rotated query (see the top).
 /// With Mask::kCausalLastSegment, query i of a batch entry with nq queries and nc
 /// chunk tokens sees chunk token j iff j <= i + (nc − nq) (aligned at the end), and
 /// every cached token. A row that sees no key at all gets output 0 and LSE −inf.
@@ -108,8 +117,9 @@ template <class Layout>
 
       for (int hq = h * group; hq < (h + 1) * group; ++hq) {
         for (std::int64_t i = 0; i < nq; ++i) {
-          double q[D];
-          for (int c = 0; c < D; ++c) q[c] = load_as_float(a.q.data, a.q.dtype, a.q.offset(b, i, hq, c));
+          double q[D], qc[D];  // qc scores the cached keys: q, or R·q for rotated keys
+          for (int c = 0; c < D; ++c) q[c] = qc[c] = load_as_float(a.q.data, a.q.dtype, a.q.offset(b, i, hq, c));
+          if constexpr (Layout::kRotatedKeys) math::hadamard_rotate<D>(qc);
           std::vector<double> s(nkeys);
           double smax = -std::numeric_limits<double>::infinity();
           for (std::int64_t t = 0; t < nkeys; ++t) {
@@ -118,10 +128,11 @@ template <class Layout>
               s[t] = -std::numeric_limits<double>::infinity();
               continue;
             }
+            const double* qt = seg[t] == kSegmentChunk ? q : qc;
             double dot = 0.0;
-            for (int c = 0; c < D; ++c) dot += q[c] * keys[t * D + c];
+            for (int c = 0; c < D; ++c) dot += qt[c] * keys[t * D + c];
             s[t] = a.scale * dot;
-            if (seg[t] == kSegmentQuantized) s[t] -= key_correction<D>(q, &steps[t * D], a.scale, a.correction);
+            if (seg[t] == kSegmentQuantized) s[t] -= key_correction<D>(qc, &steps[t * D], a.scale, a.correction);
             smax = std::max(smax, s[t]);
           }
           double* o = a.out + ((b * a.num_q + i) * a.q_heads + hq) * D;

@@ -1,5 +1,11 @@
 // CPU reference of quantize-and-append: the oracle for the GPU kernel, whose codes
 // and metadata must match it bit for bit. Naive loops over host memory.
+//
+// Rotated keys (Layout::kRotatedKeys): each key token of the input (the HeadDim channels
+// of one token and head, read as float, i.e. after converting bf16/fp16 to float) is
+// rotated by math::hadamard_rotate in float before anything else; the rotated token is
+// what is quantized, and, for PerChannel keys, what waits in the tail (rounded to the
+// tail dtype). The cache holds rotated keys everywhere. Values are stored as given.
 #pragma once
 
 #include <cstdint>
@@ -8,6 +14,7 @@
 #include "kvq/layout/cache_layout.hpp"
 #include "kvq/math/pack.hpp"
 #include "kvq/math/quantize.hpp"
+#include "kvq/math/rotation.hpp"
 #include "kvq/spec/tensor.hpp"
 #include "kvq/status.hpp"
 
@@ -15,11 +22,12 @@ namespace kvq::reference {
 
 namespace detail {
 
-/// Quantizes `tokens` (HeadDim floats each) of one (batch, head) into the quantized
-/// positions [first, first + count) of a cache. `tokens(i, c)` returns element c of token i.
-template <class Layout, class Get>
+/// Quantizes `count` tokens (HeadDim floats each) of one (batch, head) into the quantized
+/// positions [first, first + count) of a cache. `key(i, c)` and `value(i, c)` return
+/// element c of token i (keys already rotated where the layout rotates them).
+template <class Layout, class GetK, class GetV>
 void quantize_tokens(const Layout& l, const layout::CachePointers<Layout>& p, int b, int h, std::int64_t first,
-                     std::int64_t count, const Get& key, const Get& value) {
+                     std::int64_t count, const GetK& key, const GetV& value) {
   using KS = typename Layout::KSpec;
   using VS = typename Layout::VSpec;
   constexpr int D = Layout::kHeadDim;
@@ -87,8 +95,9 @@ void quantize_tokens(const Layout& l, const layout::CachePointers<Layout>& p, in
 ///
 /// Tokens are quantized in order: the key tail (PerChannel keys) is completed first,
 /// every full group is quantized, and the remaining tokens are kept in the tail,
-/// rounded to the tail dtype. Refuses (and changes nothing) if any length would
-/// exceed the capacity.
+/// rounded to the tail dtype. With a rotated-key layout every key token of `k` is
+/// rotated (in float) first; tail tokens were rotated when they were stored. Refuses
+/// (and changes nothing) if any length would exceed the capacity.
 template <class Layout>
 [[nodiscard]] Status quantize_append(const Layout& l, void* cache, std::int32_t* lengths, const Tensor4& k, const Tensor4& v,
                                      std::int64_t num_tokens) {
@@ -109,16 +118,28 @@ template <class Layout>
     const std::int64_t total = tail + num_tokens;  // tokens of the stream [tail ; chunk]
     const std::int64_t full = total - total % T;   // stream tokens that land in full groups
     for (int h = 0; h < l.shape.heads; ++h) {
+      // Rotated layouts: the chunk's key tokens of this head, read as float and rotated.
+      std::vector<float> rotated;
+      if constexpr (Layout::kRotatedKeys) {
+        rotated.resize(static_cast<std::size_t>(num_tokens) * D);
+        for (std::int64_t i = 0; i < num_tokens; ++i) {
+          float* row = rotated.data() + i * D;
+          for (int c = 0; c < D; ++c) row[c] = load_as_float(k.data, k.dtype, k.offset(b, i, h, c));
+          math::hadamard_rotate<D>(row);
+        }
+      }
       // Stream element (i, c): the tail first, then the chunk. Tail tokens were rounded
-      // to the tail dtype when they were stored; chunk tokens are read as given.
-      auto stream = [&](const Tensor4& x, void* tail_base) {
-        return [&, tail_base, x](std::int64_t i, int c) -> float {
-          if (i < tail) return load_as_float(tail_base, td, l.tail_index(b, h, static_cast<int>(i), c));
-          return load_as_float(x.data, x.dtype, x.offset(b, i - tail, h, c));
-        };
+      // to the tail dtype when they were stored (rotated already, for rotated keys);
+      // chunk tokens are read as given (keys rotated).
+      const auto key = [&](std::int64_t i, int c) -> float {
+        if (i < tail) return load_as_float(p.k_tail, td, l.tail_index(b, h, static_cast<int>(i), c));
+        if constexpr (Layout::kRotatedKeys) return rotated[static_cast<std::size_t>((i - tail) * D + c)];
+        return load_as_float(k.data, k.dtype, k.offset(b, i - tail, h, c));
       };
-      const auto key = stream(k, p.k_tail);
-      const auto value = stream(v, p.v_tail);
+      const auto value = [&](std::int64_t i, int c) -> float {
+        if (i < tail) return load_as_float(p.v_tail, td, l.tail_index(b, h, static_cast<int>(i), c));
+        return load_as_float(v.data, v.dtype, v.offset(b, i - tail, h, c));
+      };
       detail::quantize_tokens(l, p, b, h, qlen, full, key, value);
       // The new tail: stream tokens [full, total), read before anything overwrote them.
       if constexpr (Layout::kHasTail) {
@@ -142,6 +163,7 @@ template <class Layout>
 
 /// Dequantized key element (token t < quantized_length, channel c) of a host cache, and
 /// its step Δ (the width of its uniform noise under the model of DESIGN.md section 3).
+/// For a rotated-key layout this is element c of the rotated key R·k.
 template <class Layout>
 float dequantized_key(const Layout& l, const void* cache, int b, int h, std::int64_t t, int c, float* step = nullptr) {
   using KS = typename Layout::KSpec;

@@ -1,5 +1,5 @@
-// Enumerations that name a variant: element types, key granularity, correction
-// mode and attention mask. Plain C++ (no CUDA headers).
+// Enumerations that name a variant: element types, key granularity, key rotation,
+// correction mode and attention mask. Plain C++ (no CUDA headers).
 #pragma once
 
 #include <cstddef>
@@ -17,6 +17,13 @@ enum class ScaleType { kFloat16, kBFloat16, kFloat32 };
 enum class Granularity {
   kPerToken,    ///< G consecutive channels of one token (values; keys in the cheapest corrected form).
   kPerChannel,  ///< G consecutive tokens of one channel (KIVI keys; robust to outlier channels).
+};
+
+/// The orthogonal transform applied to every key token before it is cached (DESIGN.md
+/// section 7, "Rotated keys"; math/rotation.hpp defines it).
+enum class Rotation {
+  kNone,      ///< Keys are cached as given.
+  kHadamard,  ///< Keys are cached as R·k, R the fixed randomized Hadamard matrix of the head dim.
 };
 
 /// How the score of a quantized key is corrected for the Jensen bias (DESIGN.md section 3).
@@ -45,6 +52,7 @@ constexpr const char* to_string(ScaleType t) noexcept {
 constexpr const char* to_string(Granularity g) noexcept {
   return g == Granularity::kPerToken ? "per_token" : "per_channel";
 }
+constexpr const char* to_string(Rotation r) noexcept { return r == Rotation::kNone ? "none" : "hadamard"; }
 constexpr const char* to_string(Correction c) noexcept {
   switch (c) {
     case Correction::kNone: return "none";

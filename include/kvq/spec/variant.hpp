@@ -18,21 +18,24 @@ struct CacheVariant {
   int v_group = 0;
   ScaleType v_scale = ScaleType::kFloat16;
   int head_dim = 0;
+  Rotation k_rotation = Rotation::kNone;  ///< whether the cached keys are rotated
 
   friend constexpr bool operator==(const CacheVariant& a, const CacheVariant& b) {
     return a.k_bits == b.k_bits && a.k_group == b.k_group && a.k_granularity == b.k_granularity && a.k_scale == b.k_scale &&
-           a.v_bits == b.v_bits && a.v_group == b.v_group && a.v_scale == b.v_scale && a.head_dim == b.head_dim;
+           a.v_bits == b.v_bits && a.v_group == b.v_group && a.v_scale == b.v_scale && a.head_dim == b.head_dim &&
+           a.k_rotation == b.k_rotation;
   }
   friend constexpr bool operator!=(const CacheVariant& a, const CacheVariant& b) { return !(a == b); }
 };
 
-/// The keys of a layout type (anything with KSpec, VSpec and kHeadDim, such as
-/// layout::CacheLayout).
+/// The keys of a layout type (anything with KSpec, VSpec, kHeadDim and kKeyRotation,
+/// such as layout::CacheLayout).
 template <class Layout>
 constexpr CacheVariant variant_of() {
   using K = typename Layout::KSpec;
   using V = typename Layout::VSpec;
-  return {K::kBits, K::kGroupSize, K::kGranularity, K::kScaleType, V::kBits, V::kGroupSize, V::kScaleType, Layout::kHeadDim};
+  return {K::kBits, K::kGroupSize, K::kGranularity, K::kScaleType, V::kBits,
+          V::kGroupSize, V::kScaleType, Layout::kHeadDim, Layout::kKeyRotation};
 }
 
 /// A compile-time list of types (layouts, or a component's own variant structs).
