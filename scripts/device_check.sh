@@ -68,7 +68,7 @@ if [ "$mode" = full ]; then
   t0=$SECONDS
   for b in bench_quantize_append bench_attention; do
     [ -x "$stage/$b" ] || continue
-    timeout 240 "$stage/$b" --benchmark_format=json --benchmark_out="$logs/$b.json" --benchmark_min_time=0.3 --benchmark_min_warmup_time=0.3 > "$logs/$b.log" 2>&1
+    timeout 420 "$stage/$b" --benchmark_format=json --benchmark_out="$logs/$b.json" --benchmark_min_time=0.3 --benchmark_min_warmup_time=0.3 > "$logs/$b.log" 2>&1
     say "$b: rc=$?"
   done
   timeout 120 python3 "$root/benchmarks/attention/torch_sdpa.py" > "$logs/torch_sdpa.json" 2> "$logs/torch_sdpa.log"

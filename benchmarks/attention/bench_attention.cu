@@ -13,7 +13,8 @@
 //
 //   BM_attention_host_run/<variant>: host time of AttentionPlan::run (argument checks,
 //   parameters, launch) per call, measured on the host over 256 calls enqueued behind a
-//   long spin kernel, so that the launch queue never blocks.
+//   long spin kernel, so that the launch queue never blocks; .../launch_floor: the same
+//   launch of an empty kernel with the same parameter block.
 // Counters: TFLOP/s = 4 * B * Hq * Nq * Nkv * D / time, ms per call, cache_GB (size of the
 // packed cache, metadata included).
 #include <benchmark/benchmark.h>
@@ -185,6 +186,35 @@ void bm_host_run(benchmark::State& state) {
   state.counters["sm90"] = plan.path() == kvq::AttentionPath::kSm90 ? 1 : 0;
 }
 
+/// The floor under AttentionPlan::run's host time: the same launch (cudaLaunchKernelEx,
+/// the same parameter block) of a kernel that does nothing, timed the same way.
+template <class L>
+__global__ void empty_attention_kernel(const __grid_constant__ kvq::kernels::common::AttentionParams<L> p) {
+  (void)p;
+}
+template <class L>
+void bm_launch_floor(benchmark::State& state) {
+  constexpr int kCalls = 256;
+  kvq::kernels::common::AttentionParams<L> p{};
+  kvq::device::LaunchShape shape;
+  shape.grid = dim3(8, 8, 1);
+  shape.block = dim3(384);
+  Status status = Status::kSuccess;
+  double total = 0.0;
+  for (auto _ : state) {
+    spin<<<1, 1>>>(2000000000);
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < kCalls && status == Status::kSuccess; ++i)
+      status = kvq::device::launch(&empty_attention_kernel<L>, shape, nullptr, p);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / kCalls;
+    state.SetIterationTime(s);
+    total += s;
+    KVQ_TEST_CUDA(cudaDeviceSynchronize());
+  }
+  if (status != Status::kSuccess) return state.SkipWithError(kvq::to_string(status));
+  state.counters["us_per_launch"] = total / static_cast<double>(state.iterations()) * 1e6;
+}
+
 template <class L, Correction Mode, class Config = kvq::kernels::sm80::DefaultTileConfig<L::kHeadDim>>
 void add(const std::string& variant, const std::vector<Shape>& shapes) {
   for (const Shape& s : shapes) {
@@ -253,6 +283,10 @@ int main(int argc, char** argv) {
       ->Iterations(5)
       ->Unit(benchmark::kMicrosecond);
   benchmark::RegisterBenchmark("BM_attention_host_run/int2_pc32_taylor2_d128", bm_host_run<Int2Pc32D128, Correction::kTaylor2>)
+      ->UseManualTime()
+      ->Iterations(5)
+      ->Unit(benchmark::kMicrosecond);
+  benchmark::RegisterBenchmark("BM_attention_host_run/launch_floor", bm_launch_floor<Int2Pt128D128>)
       ->UseManualTime()
       ->Iterations(5)
       ->Unit(benchmark::kMicrosecond);

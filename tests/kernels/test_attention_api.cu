@@ -252,6 +252,13 @@ TEST_CASE("kernel selection: the Hopper kernel exactly where it implements the v
 
 TEST_CASE("a caller's pending CUDA error survives kvq calls", "[attention][gpu][api]") {
   ApiFixture f;
+  // The kernel's shared-memory limit is raised by the first initialize on this device (the
+  // runtime's cudaFuncSetAttribute resets the last error, README.md says so); after that
+  // no kvq call touches the caller's pending error.
+  {
+    kvq::AttentionPlan<L, kvq::Correction::kTaylor2> first;
+    REQUIRE(first.initialize(f.layout, f.a) == kvq::Status::kSuccess);
+  }
   // A non-sticky error of the caller's: an allocation that cannot succeed.
   void* p = nullptr;
   REQUIRE(cudaMalloc(&p, std::size_t{1} << 62) == cudaErrorMemoryAllocation);
@@ -347,4 +354,22 @@ TEST_CASE("quantize-append + attention captured in a CUDA graph replay as direct
   CHECK(graphed.cache.download() == direct.cache.download());
   KVQ_TEST_CUDA(cudaGraphExecDestroy(exec));
   KVQ_TEST_CUDA(cudaGraphDestroy(graph));
+}
+
+TEST_CASE("rotated caches are refused by the GPU operations until the kernels rotate", "[attention][gpu][api]") {
+  using Lr = kvq::layout::CacheLayout<kvq::variants::PerTokenFp16<2, 128>, kvq::variants::PerTokenFp16<2, 128>, 128,
+                                      kvq::Rotation::kHadamard>;
+  STATIC_REQUIRE_FALSE(kvq::AttentionPlan<Lr, kvq::Correction::kTaylor2>::kImplemented);
+  ApiFixture f;
+  Lr lr;
+  REQUIRE(Lr::make(f.layout.shape, &lr) == kvq::Status::kSuccess);
+  CHECK(kvq::AttentionPlan<Lr, kvq::Correction::kTaylor2>::can_implement(lr, f.a) == kvq::Status::kErrorNotSupported);
+  kvq::AppendArguments app;
+  app.cache = f.cache.get();
+  app.k = f.a.k_chunk;
+  app.v = f.a.v_chunk;
+  app.num_tokens = 8;
+  app.lengths = f.lengths.get();
+  CHECK(kvq::AppendPlan<Lr>::can_implement(lr, app) == kvq::Status::kErrorNotSupported);
+  CHECK(kvq::quantize_append(lr, app, kvq::test::test_stream()) == kvq::Status::kErrorNotSupported);
 }

@@ -83,13 +83,14 @@ constexpr const char* to_string(AttentionPath p) noexcept { return p == Attentio
 
 /// Whether the mma.sync kernel (every architecture) implements a (layout, correction)
 /// pair: head dim 64 or 128, groups of at least 8, code words of a multiple of 4 codes
-/// (2, 4 and 8 bits), and Exact only with PerChannel keys.
+/// (2, 4 and 8 bits), Exact only with PerChannel keys, and unrotated keys (the kernels do
+/// not rotate queries yet: rotated caches run on the CPU reference only).
 template <class Layout, Correction Mode>
 constexpr bool attention_variant_supported() {
   constexpr int kD = Layout::kHeadDim;
   using K = typename Layout::KSpec;
   using V = typename Layout::VSpec;
-  return (kD == 64 || kD == 128) && K::kGroupSize >= 8 && V::kGroupSize >= 8 && (32 / K::kBits) % 4 == 0 &&
+  return !Layout::kRotatedKeys && (kD == 64 || kD == 128) && K::kGroupSize >= 8 && V::kGroupSize >= 8 && (32 / K::kBits) % 4 == 0 &&
          (32 / V::kBits) % 4 == 0 && (kD * K::kBits) % 128 == 0 && (kD * V::kBits) % 128 == 0 &&
          !(K::kPerToken && Mode == Correction::kExact);
 }
@@ -236,7 +237,7 @@ class AttentionPlan {
  public:
   static constexpr bool kForcedSm90 = detail::attention::is_sm90_config<Config>();
   static constexpr bool kAuto = std::is_same_v<Config, AutoConfig>;
-  static constexpr bool kSm90Implemented = kernels::sm90::variant_supported<Layout, Mode>();
+  static constexpr bool kSm90Implemented = !Layout::kRotatedKeys && kernels::sm90::variant_supported<Layout, Mode>();
   static constexpr bool kSm80Implemented = attention_variant_supported<Layout, Mode>();
   /// Whether some kernel of this Config implements the variant (compile time).
   static constexpr bool kImplemented = kForcedSm90 ? kSm90Implemented : kSm80Implemented || (kAuto && kSm90Implemented);
@@ -322,8 +323,14 @@ Status AttentionPlan<Layout, Mode, Config>::initialize(const Layout& layout, con
       }
     }
     if (!chosen) return Status::kErrorNotSupported;
-    if ((s = device::check(cudaFuncSetAttribute(c.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, c.smem_bytes))) !=
-        Status::kSuccess)
+    // cudaFuncSetAttribute resets the runtime's last error even when it succeeds: it is
+    // called only when the kernel's limit is not yet high enough on this device (once per
+    // kernel and device), so that an error the caller has pending survives.
+    cudaFuncAttributes attr{};
+    if ((s = device::check(cudaFuncGetAttributes(&attr, c.kernel))) != Status::kSuccess) return s;
+    if (attr.maxDynamicSharedSizeBytes < c.smem_bytes &&
+        (s = device::check(cudaFuncSetAttribute(c.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, c.smem_bytes))) !=
+            Status::kSuccess)
       return s;
     layout_ = layout;
     dtype_ = a.q.dtype;

@@ -112,8 +112,9 @@ class AppendPlan {
   using Traits = kernels::quantize::Traits<Layout>;
 
   /// The checks of initialize() that need no device.
+  /// Rotated keys are refused (kErrorNotSupported): the GPU append does not rotate yet.
   [[nodiscard]] static Status can_implement(const Layout& l, const AppendArguments& a) {
-    if (!Traits::kSupported) return Status::kErrorNotSupported;
+    if (!Traits::kSupported || Layout::kRotatedKeys) return Status::kErrorNotSupported;
     Layout checked;
     if (Layout::make(l.shape, &checked) != Status::kSuccess) return Status::kErrorInvalidArgument;
     return detail::append::check_arguments(l, a);
@@ -172,7 +173,7 @@ Status AppendPlan<Layout, MinBlocks>::run(const AppendArguments& a, cudaStream_t
   Status s = ap::check_arguments(layout_, a);
   if (s != Status::kSuccess) return s;
   if (a.num_tokens == 0) return Status::kSuccess;
-  if constexpr (Traits::kSupported) {
+  if constexpr (Traits::kSupported && !Layout::kRotatedKeys) {
     const Layout& l = layout_;
     const std::int64_t tiles = Traits::tiles_per_head(a.num_tokens);
     const std::int64_t blocks = tiles * l.shape.heads * l.shape.batch;
