@@ -4,12 +4,19 @@
 # standalone dump program that tests/kernels/torch_check.py reads.
 set(_kvq_attn ${CMAKE_CURRENT_LIST_DIR})
 
+# _kvq_attention_test(name [SM90_CASES] source...): SM90_CASES where the binary has [sm90]
+# cases (a test spec that matches no case fails).
 function(_kvq_attention_test name)
+  cmake_parse_arguments(PARSE_ARGV 1 _a "SM90_CASES" "" "")
   set(_srcs)
-  foreach(_s IN LISTS ARGN)
+  foreach(_s IN LISTS _a_UNPARSED_ARGUMENTS)
     list(APPEND _srcs ${_kvq_attn}/${_s})
   endforeach()
-  kvq_add_gpu_test(${name} SM90_CASES SOURCES ${_srcs})
+  set(_sm90)
+  if(_a_SM90_CASES)
+    set(_sm90 SM90_CASES)
+  endif()
+  kvq_add_gpu_test(${name} ${_sm90} SOURCES ${_srcs})
   if(TARGET ${name})
     set_tests_properties(${name} PROPERTIES LABELS "gpu;attention" TIMEOUT 1800)
   endif()
@@ -18,20 +25,20 @@ function(_kvq_attention_test name)
   endif()
 endfunction()
 
-_kvq_attention_test(test_attention_int2_pt128
+_kvq_attention_test(test_attention_int2_pt128 SM90_CASES
   test_attention_int2_pt128_none.cu test_attention_int2_pt128_taylor2.cu test_attention_int2_pt128_taylor4.cu
   test_attention_api.cu)
 _kvq_attention_test(test_attention_int2_pc32
   test_attention_int2_pc32_none.cu test_attention_int2_pc32_taylor2.cu test_attention_int2_pc32_taylor4.cu
   test_attention_int2_pc32_exact.cu)
-_kvq_attention_test(test_attention_int4_pt128
+_kvq_attention_test(test_attention_int4_pt128 SM90_CASES
   test_attention_int4_pt128_none.cu test_attention_int4_pt128_taylor2.cu test_attention_int4_pt128_taylor4.cu)
 _kvq_attention_test(test_attention_int4_pc32
   test_attention_int4_pc32_none.cu test_attention_int4_pc32_taylor2.cu test_attention_int4_pc32_taylor4.cu
   test_attention_int4_pc32_exact.cu)
-_kvq_attention_test(test_attention_d64
+_kvq_attention_test(test_attention_d64 SM90_CASES
   test_attention_int2_pt64_d64_none.cu test_attention_int2_pt64_d64_taylor2.cu test_attention_int4_pc32_d64_taylor2.cu)
-_kvq_attention_test(test_attention_config test_attention_config.cu test_attention_config_tiles.cu test_attention_groups.cu)
+_kvq_attention_test(test_attention_config SM90_CASES test_attention_config.cu test_attention_config_tiles.cu test_attention_groups.cu)
 
 if(KVQ_HAS_CUDA)
   # Not a test: writes .npy files for torch_check.py (see that script).
