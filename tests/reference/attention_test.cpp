@@ -142,8 +142,8 @@ struct RowExpect {
   bool any;  // the row sees at least one key
 };
 
-/// `q_cached`, when given, scores the cached segments (quantized and tail) instead of q:
-/// the rotated query of a rotated-key cache.
+/// `q_cached`, when given, scores the quantized segment instead of q: the rotated query of
+/// a rotated-key cache.
 RowExpect direct_row(const std::vector<double>& q, const Seq& s, double scale, Correction mode, Mask mask, std::int64_t i,
                      std::int64_t nq, std::int64_t nc, const std::vector<double>* q_cached = nullptr) {
   const std::size_t n = s.k.size(), D = q.size();
@@ -155,7 +155,7 @@ RowExpect direct_row(const std::vector<double>& q, const Seq& s, double scale, C
   std::vector<long double> acc(D, 0);
   for (std::size_t t = 0; t < n; ++t) {
     if (mask == Mask::kCausalLastSegment && s.seg[t] == 2 && static_cast<std::int64_t>(t) - first_chunk > i + nc - nq) continue;
-    const std::vector<double>& qt = q_cached != nullptr && s.seg[t] != 2 ? *q_cached : q;
+    const std::vector<double>& qt = q_cached != nullptr && s.seg[t] == 0 ? *q_cached : q;
     long double score = 0;
     for (std::size_t c = 0; c < D; ++c) score += static_cast<long double>(qt[c]) * s.k[t][c];
     score *= scale;
@@ -212,7 +212,7 @@ std::vector<double> rotate_by_matrix(const std::vector<double>& x) {
 
 /// Compares every row of a reference call with the direct computation, and checks rows
 /// at or beyond each batch entry's q length are untouched. `seq(b, h)` gives the sequence
-/// (for a rotated-key cache its cached keys are the stored, rotated ones, and `rotated`
+/// (for a rotated-key cache its quantized keys are the stored, rotated ones, and `rotated`
 /// makes the direct form score them with R·q).
 /// Tolerance: 1e-10 absolute on outputs (values are O(1)), LSE and mass; the reference
 /// accumulates in double, the direct form in long double.
@@ -395,7 +395,7 @@ TEST_CASE("a PerChannel cache shorter than one group is all tail and attends at 
 
 TEMPLATE_TEST_CASE("per-batch cache, query and chunk lengths, every correction mode and mask", "[attention][correction][cpu]",
                    PcLayout, PtLayout, PcRotLayout, PtRotLayout) {
-  // Rotated-key layouts: the cached keys (quantized and tail) are scored with R·q, the
+  // Rotated-key layouts: the quantized keys are scored with R·q, the tail's and the
   // chunk's keys with q.
   // Entry 0: 45 cached tokens (PerChannel keys: 32 quantized + 13 in the tail), entry 1: 7,
   // entry 2: none. q lengths 5, 2, 0 of 6 rows; chunk lengths 9, 3, 4 of 9 tokens.
@@ -446,12 +446,6 @@ TEMPLATE_TEST_CASE("per-batch cache, query and chunk lengths, every correction m
           add_tokens(s, t < 38 ? x_k : y_k, t < 38 ? x_v : y_v, b, h, t < 38 ? t : t - 38, 1, 1);
         else
           add_tokens(s, y_k, y_v, b, h, t, 1, 1);
-        if (L::kRotatedKeys) {  // the tail holds R·k (in fp32): read the stored key
-          const auto p = kvq::layout::CachePointers<L>::from_base(l, cache.data());
-          for (int c = 0; c < D; ++c)
-            s.k.back()[static_cast<std::size_t>(c)] =
-                kvq::load_as_float(p.k_tail, DType::kFloat32, l.tail_index(b, h, static_cast<int>(t - qlen), c));
-        }
       }
       add_tokens(s, k, v, b, h, 0, chunk_lengths[static_cast<std::size_t>(b)], 2);
       return s;

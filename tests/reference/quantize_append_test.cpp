@@ -422,7 +422,7 @@ std::vector<long double> rotated_token_exact(const Activations& k, int b, std::i
 TEMPLATE_TEST_CASE("a rotated-key cache dequantizes to R·k within half a step, element by element", "[quant][rotation][cpu]",
                    PcRotLayout, PtRotLayout) {
   // Every key element of every token, head and batch entry; inputs of each dtype, appended
-  // in pieces; an fp32 tail holds the rotated keys exactly. Values are stored unrotated.
+  // in pieces; an fp32 tail holds the keys exactly (unrotated). Values are stored unrotated.
   using L = TestType;
   const DType dtype = GENERATE(DType::kBFloat16, DType::kFloat16, DType::kFloat32);
   const int B = 2, H = 3, N = 73;
@@ -443,7 +443,10 @@ TEMPLATE_TEST_CASE("a rotated-key cache dequantizes to R·k within half a step, 
   for (int b = 0; b < B; ++b)
     for (int t = 0; t < N; ++t)
       for (int h = 0; h < H; ++h) rot[static_cast<std::size_t>((b * N + t) * H + h)] = rotated_token(k, b, t, h);
-  auto kin = [&](int b, int h, std::int64_t t, int c) { return rot[static_cast<std::size_t>((b * N + t) * H + h)][c]; };
+  // Quantized tokens hold R·k; tail tokens hold k.
+  auto kin = [&](int b, int h, std::int64_t t, int c) {
+    return t < L::quantized_length(N) ? rot[static_cast<std::size_t>((b * N + t) * H + h)][c] : k.at(b, t, h, c);
+  };
   auto vin = [&](int b, int h, std::int64_t t, int c) { return v.at(b, t, h, c); };
   check_cache(l, cache, lengths, kin, vin);
 
@@ -471,7 +474,7 @@ TEMPLATE_TEST_CASE("a rotated-key cache dequantizes to R·k within half a step, 
             REQUIRE(step == Tr::to_float(p.k_meta[l.k_meta_index(b, h, t, c)].step));
           } else {
             const float x = kvq::load_as_float(p.k_tail, DType::kFloat32, l.tail_index(b, h, static_cast<int>(t - qlen), c));
-            REQUIRE(std::fabs(x - static_cast<double>(exact[static_cast<std::size_t>(c)])) <= slack);
+            REQUIRE(x == k.at(b, t, h, c));
           }
         }
       }
@@ -498,7 +501,7 @@ TEST_CASE("rotated keys change the key regions only: values are stored as in an 
   CHECK(std::memcmp(cr.data(), cp.data(), static_cast<std::size_t>(lr.k_codes_bytes())) != 0);
 }
 
-TEST_CASE("a rotated-key tail holds R·k rounded to the tail dtype, and completing the group quantizes those values",
+TEST_CASE("a rotated-key tail holds keys as given (rounded to the tail dtype); completing the group rotates and quantizes them",
           "[quant][rotation][cpu]") {
   const DType tail = GENERATE(DType::kBFloat16, DType::kFloat16);
   const int B = 1, H = 2, N = 20;
@@ -516,16 +519,18 @@ TEST_CASE("a rotated-key tail holds R·k rounded to the tail dtype, and completi
     return tail == DType::kFloat16 ? kvq::math::half_bits_to_float(bits) : kvq::math::bf16_bits_to_float(bits);
   };
   for (int h = 0; h < H; ++h)
-    for (int t = 0; t < N; ++t) {
-      const auto r = rotated_token(k, 0, t, h);
+    for (int t = 0; t < N; ++t)
       for (int c = 0; c < kD; ++c)
-        REQUIRE(static_cast<const std::uint16_t*>(p.k_tail)[l.tail_index(0, h, t, c)] == rn(r[static_cast<std::size_t>(c)]));
-    }
-  REQUIRE(append(l, cache, lengths, k, v, N, 12) == Status::kSuccess);  // completes the group: nothing is rotated twice
+        REQUIRE(static_cast<const std::uint16_t*>(p.k_tail)[l.tail_index(0, h, t, c)] == rn(k.at(0, t, h, c)));
+  REQUIRE(append(l, cache, lengths, k, v, N, 12) == Status::kSuccess);  // completes the group
   REQUIRE(lengths[0] == 32);
+  // The 20 waiting tokens are rotated from their stored (rounded) values, the 12 new ones
+  // from the inputs: each token is rotated exactly once.
   auto kin = [&](int, int h, std::int64_t t, int c) {
-    const float x = rotated_token(k, 0, t, h)[static_cast<std::size_t>(c)];
-    return t < N ? back(rn(x)) : x;
+    std::vector<float> x(kD);
+    for (int j = 0; j < kD; ++j) x[static_cast<std::size_t>(j)] = t < N ? back(rn(k.at(0, t, h, j))) : k.at(0, t, h, j);
+    kvq::math::hadamard_rotate<kD>(x.data());
+    return x[static_cast<std::size_t>(c)];
   };
   auto vin = [&](int, int h, std::int64_t t, int c) { return t < N ? back(rn(v.at(0, t, h, c))) : v.at(0, t, h, c); };
   check_cache(l, cache, lengths, kin, vin);

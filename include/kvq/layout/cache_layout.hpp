@@ -19,11 +19,12 @@
 // its tokens leave the tail. With PerToken keys Tk = 1 and the tail regions are empty.
 //
 // Rotated keys (KeyRotation = Rotation::kHadamard): every key token is multiplied by the
-// fixed randomized Hadamard matrix R of math/rotation.hpp before it is quantized, so the
-// cache holds rotated keys everywhere: codes and metadata describe R·k, and the tail of
-// PerChannel keys holds R·k rounded to the tail dtype. Attention scores cached keys with
-// the rotated query R·q (q·k = (R·q)·(R·k)) and corrects them with its elements; the
-// keys of the current chunk are not rotated. The rotation changes no byte count.
+// fixed randomized Hadamard matrix R of math/rotation.hpp right before it is quantized:
+// codes and metadata describe R·k. The tail of PerChannel keys holds keys as given
+// (unrotated), so the rotated segment is exactly the quantized one. Attention scores the
+// quantized keys with the rotated query R·q (q·k = (R·q)·(R·k)) and corrects them with
+// its elements; the tail and the current chunk are scored with q. The rotation changes
+// no byte count.
 // Values are never rotated: the output is linear in V, so value noise needs no
 // correction (DESIGN.md section 3).
 //

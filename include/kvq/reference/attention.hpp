@@ -2,12 +2,12 @@
 // full softmax, no tiling, float64 accumulation, every correction mode computed
 // per element from its definition. The oracle for the GPU kernels.
 //
-// Rotated keys (Layout::kRotatedKeys): the cache (quantized segment and tail) holds
-// R·k, so each query row q (read as float, then widened) is rotated once, in float64
-// (math::hadamard_rotate<D, double>), and the rotated row q' = R·q scores the cached
+// Rotated keys (Layout::kRotatedKeys): the quantized segment holds R·k, so each query
+// row q (read as float, then widened) is rotated once, in float64
+// (math::hadamard_rotate<D, double>), and the rotated row q' = R·q scores the quantized
 // keys: (R·q)·(R·k) = q·k. The correction of a quantized key uses q'_j with the
-// rotated key's steps Δ_j. The current chunk's keys are not rotated: they are scored
-// with q exactly as for an unrotated layout.
+// rotated key's steps Δ_j. The tail and the current chunk hold keys as given: they are
+// scored with q exactly as for an unrotated layout.
 #pragma once
 
 #include <cmath>
@@ -117,7 +117,7 @@ template <class Layout>
 
       for (int hq = h * group; hq < (h + 1) * group; ++hq) {
         for (std::int64_t i = 0; i < nq; ++i) {
-          double q[D], qc[D];  // qc scores the cached keys: q, or R·q for rotated keys
+          double q[D], qc[D];  // qc scores the quantized keys: q, or R·q for rotated keys
           for (int c = 0; c < D; ++c) q[c] = qc[c] = load_as_float(a.q.data, a.q.dtype, a.q.offset(b, i, hq, c));
           if constexpr (Layout::kRotatedKeys) math::hadamard_rotate<D>(qc);
           std::vector<double> s(nkeys);
@@ -128,7 +128,7 @@ template <class Layout>
               s[t] = -std::numeric_limits<double>::infinity();
               continue;
             }
-            const double* qt = seg[t] == kSegmentChunk ? q : qc;
+            const double* qt = seg[t] == kSegmentQuantized ? qc : q;
             double dot = 0.0;
             for (int c = 0; c < D; ++c) dot += qt[c] * keys[t * D + c];
             s[t] = a.scale * dot;

@@ -1,11 +1,12 @@
 // CPU reference of quantize-and-append: the oracle for the GPU kernel, whose codes
 // and metadata must match it bit for bit. Naive loops over host memory.
 //
-// Rotated keys (Layout::kRotatedKeys): each key token of the input (the HeadDim channels
-// of one token and head, read as float, i.e. after converting bf16/fp16 to float) is
-// rotated by math::hadamard_rotate in float before anything else; the rotated token is
-// what is quantized, and, for PerChannel keys, what waits in the tail (rounded to the
-// tail dtype). The cache holds rotated keys everywhere. Values are stored as given.
+// Rotated keys (Layout::kRotatedKeys): each key token that is quantized (the HeadDim
+// channels of one token and head, read as float: an input token after converting
+// bf16/fp16 to float, a tail token from the tail dtype) is rotated by
+// math::hadamard_rotate in float right before it is quantized. The tail of PerChannel
+// keys holds keys as given (unrotated, rounded to the tail dtype), so only the quantized
+// segment is rotated. Values are stored as given.
 #pragma once
 
 #include <cstdint>
@@ -95,8 +96,8 @@ void quantize_tokens(const Layout& l, const layout::CachePointers<Layout>& p, in
 ///
 /// Tokens are quantized in order: the key tail (PerChannel keys) is completed first,
 /// every full group is quantized, and the remaining tokens are kept in the tail,
-/// rounded to the tail dtype. With a rotated-key layout every key token of `k` is
-/// rotated (in float) first; tail tokens were rotated when they were stored. Refuses
+/// rounded to the tail dtype. With a rotated-key layout every key token that is
+/// quantized is rotated (in float) first; the tail keeps keys unrotated. Refuses
 /// (and changes nothing) if any length would exceed the capacity.
 template <class Layout>
 [[nodiscard]] Status quantize_append(const Layout& l, void* cache, std::int32_t* lengths, const Tensor4& k, const Tensor4& v,
@@ -118,29 +119,31 @@ template <class Layout>
     const std::int64_t total = tail + num_tokens;  // tokens of the stream [tail ; chunk]
     const std::int64_t full = total - total % T;   // stream tokens that land in full groups
     for (int h = 0; h < l.shape.heads; ++h) {
-      // Rotated layouts: the chunk's key tokens of this head, read as float and rotated.
+      // Stream element (i, c): the tail first, then the chunk. Tail tokens were rounded
+      // to the tail dtype when they were stored; chunk tokens are read as given.
+      const auto key = [&](std::int64_t i, int c) -> float {
+        if (i < tail) return load_as_float(p.k_tail, td, l.tail_index(b, h, static_cast<int>(i), c));
+        return load_as_float(k.data, k.dtype, k.offset(b, i - tail, h, c));
+      };
+      // Rotated layouts: the stream tokens that are quantized, rotated in float.
       std::vector<float> rotated;
       if constexpr (Layout::kRotatedKeys) {
-        rotated.resize(static_cast<std::size_t>(num_tokens) * D);
-        for (std::int64_t i = 0; i < num_tokens; ++i) {
+        rotated.resize(static_cast<std::size_t>(full) * D);
+        for (std::int64_t i = 0; i < full; ++i) {
           float* row = rotated.data() + i * D;
-          for (int c = 0; c < D; ++c) row[c] = load_as_float(k.data, k.dtype, k.offset(b, i, h, c));
+          for (int c = 0; c < D; ++c) row[c] = key(i, c);
           math::hadamard_rotate<D>(row);
         }
       }
-      // Stream element (i, c): the tail first, then the chunk. Tail tokens were rounded
-      // to the tail dtype when they were stored (rotated already, for rotated keys);
-      // chunk tokens are read as given (keys rotated).
-      const auto key = [&](std::int64_t i, int c) -> float {
-        if (i < tail) return load_as_float(p.k_tail, td, l.tail_index(b, h, static_cast<int>(i), c));
-        if constexpr (Layout::kRotatedKeys) return rotated[static_cast<std::size_t>((i - tail) * D + c)];
-        return load_as_float(k.data, k.dtype, k.offset(b, i - tail, h, c));
+      const auto quantized_key = [&](std::int64_t i, int c) -> float {
+        if constexpr (Layout::kRotatedKeys) return rotated[static_cast<std::size_t>(i * D + c)];
+        return key(i, c);
       };
       const auto value = [&](std::int64_t i, int c) -> float {
         if (i < tail) return load_as_float(p.v_tail, td, l.tail_index(b, h, static_cast<int>(i), c));
         return load_as_float(v.data, v.dtype, v.offset(b, i - tail, h, c));
       };
-      detail::quantize_tokens(l, p, b, h, qlen, full, key, value);
+      detail::quantize_tokens(l, p, b, h, qlen, full, quantized_key, value);
       // The new tail: stream tokens [full, total), read before anything overwrote them.
       if constexpr (Layout::kHasTail) {
         std::vector<float> kt, vt;
