@@ -28,6 +28,11 @@ using Int4Pc32D128 = layout::CacheLayout<PerChannelFp16<4, 32>, PerTokenFp16<4, 
 // Head dim 64.
 using Int2Pt64D64 = layout::CacheLayout<PerTokenFp16<2, 64>, PerTokenFp16<2, 64>, 64>;
 using Int4Pc32D64 = layout::CacheLayout<PerChannelFp16<4, 32>, PerTokenFp16<4, 64>, 64>;
+// Rotated keys (randomized Hadamard, math/rotation.hpp): the layouts above with R·k cached.
+using Int2Pt128D128Rot = layout::CacheLayout<PerTokenFp16<2, 128>, PerTokenFp16<2, 128>, 128, Rotation::kHadamard>;
+using Int2Pc32D128Rot = layout::CacheLayout<PerChannelFp16<2, 32>, PerTokenFp16<2, 128>, 128, Rotation::kHadamard>;
+using Int4Pt128D128Rot = layout::CacheLayout<PerTokenFp16<4, 128>, PerTokenFp16<4, 128>, 128, Rotation::kHadamard>;
+using Int2Pt64D64Rot = layout::CacheLayout<PerTokenFp16<2, 64>, PerTokenFp16<2, 64>, 64, Rotation::kHadamard>;
 
 }  // namespace kvq::variants
 
