@@ -186,16 +186,21 @@ void bm_host_run(benchmark::State& state) {
   state.counters["sm90"] = plan.path() == kvq::AttentionPath::kSm90 ? 1 : 0;
 }
 
-/// The floor under AttentionPlan::run's host time: the same launch (cudaLaunchKernelEx,
-/// the same parameter block) of a kernel that does nothing, timed the same way.
-template <class L>
-__global__ void empty_attention_kernel(const __grid_constant__ kvq::kernels::common::AttentionParams<L> p) {
+/// The floor under AttentionPlan::run's host time: a launch of a kernel that does nothing,
+/// timed the same way, with the same parameter block (P = AttentionParams, 600 bytes) or a
+/// 16-byte one, through cudaLaunchKernelEx (kvq::device::launch) or <<<>>>.
+template <class P>
+__global__ void empty_kernel(const __grid_constant__ P p) {
   (void)p;
 }
-template <class L>
+struct SmallParams {
+  const void* a;
+  const void* b;
+};
+template <class P, bool kChevrons>
 void bm_launch_floor(benchmark::State& state) {
   constexpr int kCalls = 256;
-  kvq::kernels::common::AttentionParams<L> p{};
+  P p{};
   kvq::device::LaunchShape shape;
   shape.grid = dim3(8, 8, 1);
   shape.block = dim3(384);
@@ -204,8 +209,13 @@ void bm_launch_floor(benchmark::State& state) {
   for (auto _ : state) {
     spin<<<1, 1>>>(2000000000);
     const auto t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < kCalls && status == Status::kSuccess; ++i)
-      status = kvq::device::launch(&empty_attention_kernel<L>, shape, nullptr, p);
+    for (int i = 0; i < kCalls && status == Status::kSuccess; ++i) {
+      if constexpr (kChevrons) {
+        empty_kernel<P><<<shape.grid, shape.block>>>(p);
+      } else {
+        status = kvq::device::launch(&empty_kernel<P>, shape, nullptr, p);
+      }
+    }
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / kCalls;
     state.SetIterationTime(s);
     total += s;
@@ -213,6 +223,7 @@ void bm_launch_floor(benchmark::State& state) {
   }
   if (status != Status::kSuccess) return state.SkipWithError(kvq::to_string(status));
   state.counters["us_per_launch"] = total / static_cast<double>(state.iterations()) * 1e6;
+  state.counters["param_bytes"] = static_cast<double>(sizeof(P));
 }
 
 template <class L, Correction Mode, class Config = kvq::kernels::sm80::DefaultTileConfig<L::kHeadDim>>
@@ -238,6 +249,7 @@ KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int4Pt128D128, kvq::Correction::kNone)
 KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int4Pt128D128, kvq::Correction::kTaylor2)
 KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int4Pc32D128, kvq::Correction::kNone)
 KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int4Pc32D128, kvq::Correction::kTaylor2)
+KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int2Pt128D128Rot, kvq::Correction::kTaylor2)
 
 int main(int argc, char** argv) {
   using namespace kvq::variants;
@@ -268,6 +280,11 @@ int main(int argc, char** argv) {
   add<Int4Pt128D128, Correction::kTaylor2, C192>("int4_pt128_taylor2_d128_sm90r192", all);
   // The PerToken correction as one FMA per score (not folded).
   const std::vector<Shape> main_shape = {{8192, 65536, 24, 24}};
+  // The cost of rotated keys: the same kernel and shapes with and without rotation (the main
+  // shape and the Wan 1.3B chunk: 3 frames of 1560 tokens, 12 heads).
+  const std::vector<Shape> rotation_shapes = {{8192, 65536, 24, 24}, {4680, 18720, 12, 12}};
+  add<Int2Pt128D128, Correction::kTaylor2, COV>("rot_pair/int2_pt128_taylor2_d128_sm90ov", rotation_shapes);
+  add<Int2Pt128D128Rot, Correction::kTaylor2, COV>("rot_pair/int2_pt128rot_taylor2_d128_sm90ov", rotation_shapes);
   add<Int2Pt128D128, Correction::kTaylor2, kvq::kernels::sm90::Config128NoFold>("int2_pt128_taylor2_d128_sm90fma", main_shape);
   // mma.sync kernel (every architecture; PerChannel keys run on it on Hopper too).
   add<Int2Pt128D128, Correction::kNone>("int2_pt128_none_d128", all);
@@ -286,10 +303,15 @@ int main(int argc, char** argv) {
       ->UseManualTime()
       ->Iterations(5)
       ->Unit(benchmark::kMicrosecond);
-  benchmark::RegisterBenchmark("BM_attention_host_run/launch_floor", bm_launch_floor<Int2Pt128D128>)
-      ->UseManualTime()
-      ->Iterations(5)
-      ->Unit(benchmark::kMicrosecond);
+  using Params = kvq::kernels::common::AttentionParams<Int2Pt128D128>;
+  for (auto [name, fn] : {std::pair{"launch_floor", &bm_launch_floor<Params, false>},
+                          std::pair{"launch_floor_chevrons", &bm_launch_floor<Params, true>},
+                          std::pair{"launch_floor_16B", &bm_launch_floor<SmallParams, false>},
+                          std::pair{"launch_floor_16B_chevrons", &bm_launch_floor<SmallParams, true>}})
+    benchmark::RegisterBenchmark((std::string("BM_attention_host_run/") + name).c_str(), fn)
+        ->UseManualTime()
+        ->Iterations(5)
+        ->Unit(benchmark::kMicrosecond);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();

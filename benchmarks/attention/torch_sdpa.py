@@ -22,6 +22,7 @@ SHAPES = [  # (Nq, cache, Hq, Hkv)
     (8192, 65536, 24, 24),
     (4096, 16384, 24, 24),
     (8192, 65536, 48, 8),
+    (4680, 18720, 12, 12),  # Wan 1.3B chunk (3 frames of 1560 tokens, 12 heads)
 ]
 BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
 D = 128

@@ -19,9 +19,8 @@
 // Queries: N(0, 1.5²) per element. Values: N(0, 1). Everything is rounded to bf16.
 //
 // With CUDA and a GPU present, quantize-and-append and attention run on the GPU
-// kernels; otherwise on the CPU reference (float64). --cpu forces the reference. The
-// GPU kernels do not implement rotated caches yet: those rows always come from the CPU
-// reference (JSON "backend": "cpu_reference"), against the same bf16 baseline.
+// kernels; otherwise on the CPU reference (float64). --cpu forces the reference. Each
+// row's JSON "backend" says which ran it.
 //
 //   chunked_video_demo [--chunks N] [--chunk-tokens N] [--heads N] [--seed S]
 //                      [--outliers mild|strong|extreme|spread] [--json] [--cpu]
@@ -112,7 +111,7 @@ using PerTokenInt4 = kvq::layout::CacheLayout<kvq::QuantSpec<4, 128, kvq::Granul
                                               kvq::QuantSpec<4, 128, kvq::Granularity::kPerToken>, kHeadDim>;
 using PerChannelInt4 = kvq::layout::CacheLayout<kvq::QuantSpec<4, 32, kvq::Granularity::kPerChannel>,
                                                 kvq::QuantSpec<4, 128, kvq::Granularity::kPerToken>, kHeadDim>;
-// Rotated keys (the CPU reference only, for now).
+// Rotated keys.
 using PerTokenInt2Rotated = kvq::layout::CacheLayout<kvq::QuantSpec<2, 128, kvq::Granularity::kPerToken>,
                                                      kvq::QuantSpec<2, 128, kvq::Granularity::kPerToken>, kHeadDim,
                                                      kvq::Rotation::kHadamard>;
@@ -186,8 +185,7 @@ struct Row {
 };
 
 /// Runs every chunk for one quantized layout: quantize-and-append, attention with and
-/// without the correction. `baseline[c]` is the bf16-cache result of chunk c. Layouts
-/// with rotated keys run on the CPU reference even when the GPU runs the others.
+/// without the correction. `baseline[c]` is the bf16-cache result of chunk c.
 template <class Layout>
 void run_layout(const Options& o, Sequence& s, bool gpu, DeviceSequencePtr dseq, const std::vector<StepResult>& baseline,
                 std::vector<Row>* rows) {
@@ -201,21 +199,19 @@ void run_layout(const Options& o, Sequence& s, bool gpu, DeviceSequencePtr dseq,
   const double bpt = Layout::kBytesPerToken;
   const kvq::Correction modes[] = {kvq::Correction::kNone, kvq::Correction::kTaylor2};
 #if KVQ_DEMO_WITH_CUDA
-  if constexpr (!Layout::kRotatedKeys) {
-    if (gpu) {
-      kvq_demo::GpuCache<Layout> cache(l, *dseq);
-      for (int c = 0; c < o.chunks; ++c) {
-        if (c > 0)
-          for (kvq::Correction m : modes) {
-            StepResult r;
-            cache.attend(c * o.chunk_tokens, o.chunk_tokens, m, &r.mass_current, &r.out);
-            rows->push_back({c, bits, gran, rot, m, r.mass_current, baseline[c].mass_current, rel_err(r.out, baseline[c].out),
-                             static_cast<long long>(l.bytes()), bpt, "gpu"});
-          }
-        cache.append(c * o.chunk_tokens, o.chunk_tokens);
-      }
-      return;
+  if (gpu) {
+    kvq_demo::GpuCache<Layout> cache(l, *dseq);
+    for (int c = 0; c < o.chunks; ++c) {
+      if (c > 0)
+        for (kvq::Correction m : modes) {
+          StepResult r;
+          cache.attend(c * o.chunk_tokens, o.chunk_tokens, m, &r.mass_current, &r.out);
+          rows->push_back({c, bits, gran, rot, m, r.mass_current, baseline[c].mass_current, rel_err(r.out, baseline[c].out),
+                           static_cast<long long>(l.bytes()), bpt, "gpu"});
+        }
+      cache.append(c * o.chunk_tokens, o.chunk_tokens);
     }
+    return;
   }
 #else
   (void)gpu, (void)dseq;
@@ -352,7 +348,7 @@ int main(int argc, char** argv) {
   }
 
   std::printf("kvq chunked video demo (%s): D=%d, %d heads, %d chunks of %d tokens, %s key outliers, query std %.1f\n",
-              gpu ? "GPU kernels; rotated caches on the CPU reference" : "CPU reference", kHeadDim, o.heads, o.chunks,
+              gpu ? "GPU kernels" : "CPU reference", kHeadDim, o.heads, o.chunks,
               o.chunk_tokens, outliers, kQueryStd);
   std::printf("%-5s %-6s %-12s %-9s %-9s %14s %14s %12s %12s\n", "chunk", "cache", "keys", "rotation", "corr", "mass_current",
               "mass_bf16", "out_rel_err", "cache_bytes");

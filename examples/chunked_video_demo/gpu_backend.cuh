@@ -15,6 +15,10 @@
 
 // The demo's pairs are instantiated in attention_variants.cu.
 KVQ_FOR_EACH_DEFAULT_ATTENTION_VARIANT(KVQ_DECLARE_ATTENTION)
+KVQ_DECLARE_ATTENTION(kvq::variants::Int2Pt128D128Rot, kvq::Correction::kNone)
+KVQ_DECLARE_ATTENTION(kvq::variants::Int2Pt128D128Rot, kvq::Correction::kTaylor2)
+KVQ_DECLARE_ATTENTION(kvq::variants::Int4Pt128D128Rot, kvq::Correction::kNone)
+KVQ_DECLARE_ATTENTION(kvq::variants::Int4Pt128D128Rot, kvq::Correction::kTaylor2)
 
 namespace kvq_demo {
 

@@ -66,7 +66,7 @@ void check_bits() {
 
 }  // namespace
 
-TEST_CASE("the warp rotation has the bits of the CPU rotation", "[rotation][gpu]") {
+TEST_CASE("the warp rotation has the bits of the CPU rotation", "[rotation][gpu][sanitize]") {
   check_bits<32>();
   check_bits<64>();
   check_bits<128>();
