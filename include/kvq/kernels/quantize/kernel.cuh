@@ -43,7 +43,7 @@
 //              statistics and codes then run on the 32 rotated floats of a thread (float
 //              min/max instead of packed pairs; PerChannel partials as floats). Tail tokens
 //              are rotated from their stored values; the new tail is written unrotated. These
-//              kernels get 80 registers (Traits::kMinBlocks).
+//              kernels get 80 registers (Traits::kMinBlocks; more for one-warp blocks).
 // The lengths are increased by a second, one-block kernel in the same stream once every
 // block has read them (a programmatic dependent launch on sm_90).
 //

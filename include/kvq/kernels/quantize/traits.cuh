@@ -43,9 +43,11 @@ struct Traits {
   static constexpr int kKeyTokensPerThread = 4 * kRounds;
   static constexpr int kSetsPerKeyGroup = kKeyPerChannel ? KSpec::kGroupSize / kKeyTokensPerThread : 0;
   /// Blocks per SM asked of ptxas: 1024 threads per SM, i.e. at most 64 registers; rotated
-  /// keys (32 floats per thread instead of 16 packed pairs) 768, i.e. at most 80 registers.
+  /// keys (32 floats per thread instead of 16 packed pairs) 768, i.e. at most 80 registers,
+  /// and at most 16 blocks (one-warp blocks of D = 32 keep their 4 local groups unspilled).
   static constexpr int kThreadsPerSm = Layout::kRotatedKeys ? 768 : 1024;
-  static constexpr int kMinBlocks = kThreadsPerSm / kThreads > 0 ? kThreadsPerSm / kThreads : 1;
+  static constexpr int kBlocksPerSm = kThreadsPerSm / kThreads > 0 ? kThreadsPerSm / kThreads : 1;
+  static constexpr int kMinBlocks = Layout::kRotatedKeys && kBlocksPerSm > 16 ? 16 : kBlocksPerSm;
   /// Metadata tasks: a group's (min, max) is staged in shared memory and one thread per group
   /// (a task) computes its metadata and encoder, instead of every lane of the group. Tasks are
   /// the PerChannel key entries (group, channel), then the PerToken key groups of the tile's rows
