@@ -10,6 +10,9 @@
 //   BM_quantize_append_kernel/<variant>/...                the quantize kernel alone
 //   <variant> with `regs80`: the kernel built for 6 blocks of 128 threads per SM (80
 //   registers) instead of the default 8 (64 registers)
+//   <variant> ending in `_rot`: the same layout with rotated keys (R·k cached, rotated on the
+//   device before quantization; 80 registers); compare with the unrotated <variant> of the
+//   same run (target: rotation costs <= 5% of the bandwidth)
 //   BM_copy/bytes:<read + written>                         cudaMemcpyAsync D2D of half that
 // Counters: GB/s (read + written), copy_GB/s (the copy of the same bytes, same binary),
 // ratio_to_copy, us_per_append, blocks_per_sm (occupancy of the quantize kernel). The
@@ -48,6 +51,10 @@ using Int2Pt128 = CacheLayout<QS<2, 128, kPT>, QS<2, 128, kPT>, 128>;
 using Int2Pc32 = CacheLayout<QS<2, 32, kPC>, QS<2, 128, kPT>, 128>;
 using Int4Pt128 = CacheLayout<QS<4, 128, kPT>, QS<4, 128, kPT>, 128>;
 using Int8Pt128 = CacheLayout<QS<8, 128, kPT>, QS<8, 128, kPT>, 128>;
+constexpr kvq::Rotation kRot = kvq::Rotation::kHadamard;
+using Int2Pt128Rot = CacheLayout<QS<2, 128, kPT>, QS<2, 128, kPT>, 128, kRot>;
+using Int2Pc32Rot = CacheLayout<QS<2, 32, kPC>, QS<2, 128, kPT>, 128, kRot>;
+using Int4Pt128Rot = CacheLayout<QS<4, 128, kPT>, QS<4, 128, kPT>, 128, kRot>;
 
 constexpr int kReps = 8;
 
@@ -246,13 +253,18 @@ int main(int argc, char** argv) {
   kvq::detail::append::LaunchOptions kernel_only;
   kernel_only.update_lengths = false;
   add<Int2Pt128>("int2_pt128_d128", DType::kBFloat16, sizes);
+  add<Int2Pt128Rot>("int2_pt128_d128_rot", DType::kBFloat16, sizes);
   add<Int2Pc32>("int2_pc32_d128", DType::kBFloat16, sizes);
+  add<Int2Pc32Rot>("int2_pc32_d128_rot", DType::kBFloat16, sizes);
   add<Int2Pt128>("int2_pt128_d128", DType::kBFloat16, target, kernel_only);
+  add<Int2Pt128Rot>("int2_pt128_d128_rot", DType::kBFloat16, target, kernel_only);
   add<Int2Pc32>("int2_pc32_d128", DType::kBFloat16, target, kernel_only);
+  add<Int2Pc32Rot>("int2_pc32_d128_rot", DType::kBFloat16, target, kernel_only);
   // Register budget: 80 instead of 64 registers (6 instead of 8 blocks of 128 threads per SM).
   add<Int2Pc32, 6>("int2_pc32_regs80_d128", DType::kBFloat16, target, kernel_only);
   add<Int2Pt128>("int2_pt128_d128_fp16in", DType::kFloat16, target);
   add<Int4Pt128>("int4_pt128_d128", DType::kBFloat16, target);
+  add<Int4Pt128Rot>("int4_pt128_d128_rot", DType::kBFloat16, target);
   add<Int8Pt128>("int8_pt128_d128", DType::kBFloat16, target);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

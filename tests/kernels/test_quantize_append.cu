@@ -66,6 +66,22 @@ using LayoutPcG8 = CacheLayout<QS<2, 8, kPC, kF32>, QS<2, 8, kPT, kBF16>, 64>;
 using LayoutPc512 = CacheLayout<QS<4, 512, kPC, kBF16>, QS<2, 128, kPT, kF16>, 128>;
 using LayoutPc1024 = CacheLayout<QS<2, 1024, kPC, kF32>, QS<8, 64, kPT, kF32>, 64>;
 
+// Rotated keys (R·k cached, math/rotation.hpp): INT2 and INT4 per-token groups of 128 at D 128,
+// groups of 32 at D 64 (2-lane groups), D 32 (one lane per row), D 512 (16 lanes per row); INT2
+// per-channel groups of 32 (tail) at D 128, INT4 per-channel groups of 32 at D 64.
+constexpr kvq::Rotation kRot = kvq::Rotation::kHadamard;
+using LayoutPt2Rot = CacheLayout<QS<2, 128, kPT, kF16>, QS<2, 128, kPT, kF16>, 128, kRot>;
+using LayoutPt4Rot = CacheLayout<QS<4, 128, kPT, kF16>, QS<4, 128, kPT, kF16>, 128, kRot>;
+using LayoutPtD64Rot = CacheLayout<QS<2, 32, kPT, kBF16>, QS<4, 64, kPT, kF16>, 64, kRot>;
+using LayoutPtD32Rot = CacheLayout<QS<4, 8, kPT, kF32>, QS<2, 32, kPT, kF16>, 32, kRot>;
+using LayoutPtD512Rot = CacheLayout<QS<2, 512, kPT, kF16>, QS<2, 128, kPT, kF16>, 512, kRot>;
+using LayoutPc2Rot = CacheLayout<QS<2, 32, kPC, kF16>, QS<2, 128, kPT, kF16>, 128, kRot>;
+using LayoutPc4D64Rot = CacheLayout<QS<4, 32, kPC, kBF16>, QS<2, 64, kPT, kF32>, 64, kRot>;
+
+/// The layout with the same specs and no rotation (the same bytes, keys cached as given).
+template <class L>
+using Unrotated = CacheLayout<typename L::KSpec, typename L::VSpec, L::kHeadDim>;
+
 std::uint16_t to_bits(DType t, float x) {
   return t == DType::kBFloat16 ? kvq::math::float_to_bf16_bits_rn(x) : kvq::math::float_to_half_bits_rn(x);
 }
@@ -245,6 +261,26 @@ struct Case {
 
 std::int64_t round_up(std::int64_t x, std::int64_t m) { return (x + m - 1) / m * m; }
 
+/// Rotated layouts: `rotated` (a cache after some appends) against `plain`, the cache of the
+/// same appends to the unrotated layout: the values and both tails are the same bytes, the
+/// keys differ once a token is quantized (a kernel that forgot to rotate would fail here).
+template <class Layout>
+void require_rotated_keys_differ(const Layout& l, const std::vector<unsigned char>& rotated,
+                                 const std::vector<unsigned char>& plain, const std::vector<std::int32_t>& lengths) {
+  REQUIRE(rotated.size() == plain.size());
+  std::int64_t quantized = 0;
+  for (const std::int32_t n : lengths) quantized += Layout::quantized_length(n);
+  for (const Region& r : regions(l)) {
+    std::string first;
+    const std::int64_t bad = count_mismatches(l, rotated, plain, r.offset, r.offset + r.bytes, &first);
+    const bool key_codes = std::string(r.name) == "k_codes", key_meta = std::string(r.name) == "k_meta";
+    INFO(r.name << ": " << bad << " bytes differ from the unrotated cache; first: " << first);
+    if (key_meta) continue;  // differs too, except for groups whose metadata rotation keeps (constant rows)
+    if (key_codes) CHECK((bad > 0) == (quantized > 0));
+    else CHECK(bad == 0);
+  }
+}
+
 /// Runs the appends of one case on the GPU and on the CPU reference and compares the whole
 /// cache and the lengths after each one.
 template <class Layout>
@@ -264,6 +300,12 @@ void run_case(const Case& c, std::uint64_t seed, const kvq::detail::append::Laun
   DeviceBuffer<unsigned char> dev(host);
   std::vector<std::int32_t> lengths = c.start;
   DeviceBuffer<std::int32_t> dev_lengths(lengths);
+  // Rotated layouts: the reference of the same appends without rotation, from the same bytes.
+  Unrotated<Layout> pl;
+  REQUIRE(Unrotated<Layout>::make(shape, &pl) == Status::kSuccess);
+  REQUIRE(pl.bytes() == l.bytes());
+  std::vector<unsigned char> plain = host;
+  std::vector<std::int32_t> plain_lengths = lengths;
   int step = 0;
   for (const std::int64_t n : c.appends) {
     INFO("seed " << seed << ", append " << step++ << " of " << n << " tokens, " << kvq::to_string(c.dtype) << ", "
@@ -282,8 +324,13 @@ void run_case(const Case& c, std::uint64_t seed, const kvq::detail::append::Laun
     REQUIRE(kvq::to_string(gs) == std::string(kvq::to_string(Status::kSuccess)));
     KVQ_TEST_CUDA(cudaStreamSynchronize(test_stream()));
     REQUIRE(kvq::reference::quantize_append(l, host.data(), lengths.data(), a.hk, a.hv, n) == Status::kSuccess);
-    require_same_cache(l, dev.download(), host);
+    const std::vector<unsigned char> got = dev.download();
+    require_same_cache(l, got, host);
     REQUIRE(dev_lengths.download() == lengths);
+    if constexpr (Layout::kRotatedKeys) {
+      REQUIRE(kvq::reference::quantize_append(pl, plain.data(), plain_lengths.data(), a.hk, a.hv, n) == Status::kSuccess);
+      require_rotated_keys_differ(l, got, plain, lengths);
+    }
   }
 }
 
@@ -394,6 +441,48 @@ TEST_CASE("quantize_append matches the reference bit for bit: per-channel key gr
     DYNAMIC_SECTION("group 512, case " << i) { run_case<LayoutPc512>(cases[i], Catch::rngSeed() * 7 + 31 + i); }
     DYNAMIC_SECTION("group 1024, case " << i) { run_case<LayoutPc1024>(cases[i], Catch::rngSeed() * 7 + 41 + i); }
   }
+}
+
+TEST_CASE("quantize_append with rotated keys matches the reference bit for bit: INT2 per-token group 128, D 128",
+          "[quant][gpu][rotation][sanitize]") {
+  run_standard_cases<LayoutPt2Rot>(41);
+}
+
+TEST_CASE("quantize_append with rotated keys matches the reference bit for bit: INT4 per-token group 128, D 128",
+          "[quant][gpu][rotation]") {
+  run_standard_cases<LayoutPt4Rot>(42);
+}
+
+TEST_CASE("quantize_append with rotated keys matches the reference bit for bit: per-token groups of 32 at D 64, of 8 at D 32",
+          "[quant][gpu][rotation]") {
+  SECTION("D 64") { run_standard_cases<LayoutPtD64Rot>(43); }
+  SECTION("D 32") { run_standard_cases<LayoutPtD32Rot>(44); }
+}
+
+TEST_CASE("quantize_append with rotated keys matches the reference bit for bit: D 512 (16 lanes per row)",
+          "[quant][gpu][rotation]") {
+  run_standard_cases<LayoutPtD512Rot>(45);
+}
+
+TEST_CASE("quantize_append with rotated keys matches the reference bit for bit: INT2 per-channel group 32 (tail), D 128",
+          "[quant][gpu][rotation][sanitize]") {
+  run_standard_cases<LayoutPc2Rot>(46);
+}
+
+TEST_CASE("quantize_append with rotated keys matches the reference bit for bit: INT4 per-channel group 32, D 64",
+          "[quant][gpu][rotation]") {
+  run_standard_cases<LayoutPc4D64Rot>(47);
+}
+
+TEST_CASE("rotated keys: tails filled and completed in pieces, 3000-token chunks", "[quant][gpu][rotation]") {
+  // Appends of 1 .. 31 tokens leave partial key groups that later appends complete.
+  const Case pieces{3, 2, {0, 17, 31}, {5, 1, 26, 31, 2, 64, 30}, DType::kFloat16, Storage::kContiguous, true};
+  const Case pieces_bf16{2, 3, {9, 0}, {23, 9, 1, 40}, DType::kBFloat16, Storage::kPackedQkv, true};
+  const Case big{2, 8, {0, 77}, {3000, 45}, DType::kBFloat16, Storage::kContiguous, true};
+  SECTION("per-channel, fp16 tail") { run_case<LayoutPc2Rot>(pieces, Catch::rngSeed() + 51); }
+  SECTION("per-channel, bf16 tail") { run_case<LayoutPc2Rot>(pieces_bf16, Catch::rngSeed() + 52); }
+  SECTION("per-channel, 3000 tokens") { run_case<LayoutPc2Rot>(big, Catch::rngSeed() + 53); }
+  SECTION("per-token, 3000 tokens") { run_case<LayoutPt2Rot>(big, Catch::rngSeed() + 54); }
 }
 
 TEST_CASE("a chunk of 3000 tokens over 2 x 8 heads", "[quant][gpu]") {
@@ -537,6 +626,49 @@ void check_host_statistics(std::uint64_t seed, int lanes, bool butterfly) {
   }
   INFO(groups << " groups of " << n << " elements (" << lanes << " runs of " << kRun << "), " << zero_min
               << " finite with a zero minimum");
+  CHECK(zero_min > 100);
+  CHECK(bad == 0);
+}
+
+/// The float statistics of rotated keys: run_partial of floats per run, combined as above. The
+/// elements are specials (signed zeros, NaN, infinities, subnormals) times 1/sqrt(128), i.e.
+/// floats that are not all of a 16-bit dtype; the metadata must be the reference's.
+template <int kRun, ScaleType S, int L>
+void check_host_float_statistics(std::uint64_t seed, int lanes, bool butterfly) {
+  std::mt19937_64 rng(seed);
+  const int n = lanes * kRun;
+  std::int64_t bad = 0, zero_min = 0;
+  std::vector<float> x(static_cast<std::size_t>(n));
+  for (int trial = 0; trial < 4000; ++trial) {
+    const int flavour = trial % 4;
+    for (auto& e : x) e = value_of<DType::kBFloat16>(special_element<DType::kBFloat16>(rng, flavour)) * 0x1.6a09e6p-4f;
+    kvq::math::GroupStats ref = kvq::math::GroupStats::empty();
+    for (const float e : x) ref.add(e);
+    const auto want = kvq::math::make_group_meta<S, L>(ref);
+    std::vector<ap::Partial> part(static_cast<std::size_t>(lanes));
+    for (int l = 0; l < lanes; ++l)
+      part[static_cast<std::size_t>(l)] = ap::run_partial<DType::kBFloat16, 0, kRun>(&x[static_cast<std::size_t>(l * kRun)], RunOrder<kRun>{l});
+    if (butterfly) {
+      for (int m = 1; m < lanes; m *= 2) {
+        std::vector<ap::Partial> next(part.size());
+        for (int l = 0; l < lanes; ++l) {
+          const ap::Partial& mine = part[static_cast<std::size_t>(l)];
+          const ap::Partial& other = part[static_cast<std::size_t>(l ^ m)];
+          next[static_cast<std::size_t>(l)] = (l & m) ? ap::combine(other, mine) : ap::combine(mine, other);
+        }
+        part = next;
+      }
+    } else {
+      for (int l = 1; l < lanes; ++l) part[0] = ap::combine(part[0], part[static_cast<std::size_t>(l)]);
+      part.resize(1);
+    }
+    for (const ap::Partial& pl : part) {
+      const auto st = ap::stats_of(pl);
+      zero_min += st.finite && st.min == 0.0f;
+      bad += !same_meta(kvq::math::make_group_meta<S, L>(st), want);
+    }
+  }
+  INFO(n << " elements per group (" << lanes << " runs of " << kRun << "), " << zero_min << " finite with a zero minimum");
   CHECK(zero_min > 100);
   CHECK(bad == 0);
 }
@@ -706,6 +838,19 @@ TEST_CASE("segment statistics combined in order give the reference metadata (sig
     check_host_statistics<DType::kFloat16, 4, kF32, 3>(s + 10, 32, false);
     check_host_statistics<DType::kBFloat16, 8, kBF16, 15>(s + 11, 64, false);
   }
+}
+
+TEST_CASE("float statistics (rotated keys) combined in order give the reference metadata", "[quant][cpu][rotation]") {
+  const std::uint64_t s = Catch::rngSeed() * 13;
+  for (int lanes : {1, 2, 4, 16}) {
+    check_host_float_statistics<32, kF16, 3>(s + lanes, lanes, true);
+    check_host_float_statistics<16, kBF16, 15>(s + 50 + lanes, lanes, true);
+  }
+  check_host_float_statistics<8, kF32, 3>(s + 100, 1, true);
+  check_host_float_statistics<2, kF16, 15>(s + 101, 1, true);
+  // PerChannel: 4 tokens per thread, partials folded over the token sets in order.
+  check_host_float_statistics<4, kF16, 3>(s + 102, 8, false);
+  check_host_float_statistics<4, kF32, 255>(s + 103, 32, false);
 }
 
 TEST_CASE("the segment encoder agrees with math::encode near ties and at odd scales (host)", "[quant][cpu]") {

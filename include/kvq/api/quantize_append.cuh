@@ -8,6 +8,10 @@
 //   s = plan.run(args, stream);                     // per chunk: checks and launches
 //   s = kvq::quantize_append(layout, args, stream); // both in one call
 //
+// Rotated-key layouts (Layout::kRotatedKeys) cache R·k (math/rotation.hpp) for every key token
+// that is quantized, rotated on the device in float right before its quantization; the
+// PerChannel key tail holds keys as given. Rotated PerChannel keys need HeadDim <= 256.
+//
 // Every entry point returns a Status and never throws, prints or exits; bad arguments
 // are refused before any launch and nothing is written (README.md has the Status table).
 // K and V pointers or strides that are not 16-byte (8-element) aligned are accepted: the
@@ -112,9 +116,8 @@ class AppendPlan {
   using Traits = kernels::quantize::Traits<Layout>;
 
   /// The checks of initialize() that need no device.
-  /// Rotated keys are refused (kErrorNotSupported): the GPU append does not rotate yet.
   [[nodiscard]] static Status can_implement(const Layout& l, const AppendArguments& a) {
-    if (!Traits::kSupported || Layout::kRotatedKeys) return Status::kErrorNotSupported;
+    if (!Traits::kSupported) return Status::kErrorNotSupported;
     Layout checked;
     if (Layout::make(l.shape, &checked) != Status::kSuccess) return Status::kErrorInvalidArgument;
     return detail::append::check_arguments(l, a);
@@ -173,7 +176,7 @@ Status AppendPlan<Layout, MinBlocks>::run(const AppendArguments& a, cudaStream_t
   Status s = ap::check_arguments(layout_, a);
   if (s != Status::kSuccess) return s;
   if (a.num_tokens == 0) return Status::kSuccess;
-  if constexpr (Traits::kSupported && !Layout::kRotatedKeys) {
+  if constexpr (Traits::kSupported) {
     const Layout& l = layout_;
     const std::int64_t tiles = Traits::tiles_per_head(a.num_tokens);
     const std::int64_t blocks = tiles * l.shape.heads * l.shape.batch;

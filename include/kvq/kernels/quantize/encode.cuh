@@ -59,11 +59,12 @@ inline constexpr std::uint32_t kMagicBias = magic_bias<Bits>(N);
 template <int Bits>
 inline constexpr int kChunkOut = Bits == 8 ? 2 : 1;
 
-/// Codes of the 8 elements of 4 packed pairs w, element i with zero/inv zr(i) (and step(i),
-/// read only when !fast): with `fast` (every encoder fast_encoder) the sum of fast_code_bits,
-/// else math::encode itself; bit-identical to pack_word of math::encode.
-template <int Bits, DType kIn, class Zr, class Step>
-KVQ_HOST_DEVICE void encode_chunk(const std::uint32_t* w, bool fast, const Zr& zr, const Step& step,
+/// Codes of the 8 elements of 4 packed pairs w (or of 8 floats: rotated keys), element i with
+/// zero/inv zr(i) (and step(i), read only when !fast): with `fast` (every encoder
+/// fast_encoder) the sum of fast_code_bits, else math::encode itself; bit-identical to
+/// pack_word of math::encode.
+template <int Bits, DType kIn, class Zr, class Step, class W>
+KVQ_HOST_DEVICE void encode_chunk(const W* w, bool fast, const Zr& zr, const Step& step,
                                   std::uint32_t (&out)[kChunkOut<Bits>]) {
   constexpr int kLevels = (1 << Bits) - 1;
   KVQ_PRAGMA_UNROLL

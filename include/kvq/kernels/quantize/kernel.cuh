@@ -37,6 +37,13 @@
 //              length is read, and loaded again only when the tail is not empty.
 //   Tail       The block of tile 0 of a (b, h) (the only one that reads the old tail) writes
 //              the new tail after a barrier, once every read of the old tail is done.
+//   Rotation   Rotated-key layouts rotate each key row in float where the kernel holds it
+//              (rotation.cuh): the D/32 lanes of a PerToken row, or the D/8 lanes holding the
+//              chunks of 4 PerChannel rows (D <= 256), exchange elements by xor shuffles;
+//              statistics and codes then run on the 32 rotated floats of a thread (float
+//              min/max instead of packed pairs; PerChannel partials as floats). Tail tokens
+//              are rotated from their stored values; the new tail is written unrotated. These
+//              kernels get 80 registers (Traits::kMinBlocks; more for one-warp blocks).
 // The lengths are increased by a second, one-block kernel in the same stream once every
 // block has read them (a programmatic dependent launch on sm_90).
 //
@@ -71,6 +78,7 @@
 #include "kvq/kernels/quantize/loads.cuh"
 #include "kvq/kernels/quantize/per_channel.cuh"
 #include "kvq/kernels/quantize/per_token.cuh"
+#include "kvq/kernels/quantize/rotation.cuh"
 #include "kvq/kernels/quantize/traits.cuh"
 #include "kvq/spec/types.hpp"
 
@@ -142,7 +150,13 @@ __global__ void __launch_bounds__(Traits<Layout>::kThreads, kMinBlocks)
       const Head hd = make_head(p, b, h);
       if (!hd.ok) return;  // block-uniform: the capacity guard
       __shared__ __align__(16) unsigned char smem[Tr::kSmemBytes];
-      per_token_tile<Layout, kIn>(p, hd, s0, row, q, valid, kx, vx, smem);
+      if constexpr (Layout::kRotatedKeys) {
+        float kr[32];  // R·k: the row's lanes are in this warp
+        rotate_key_segment<Tr::kHeadDim, kIn>(kx, tid & 31, kr);
+        per_token_tile<Layout, kIn>(p, hd, s0, row, q, valid, kr, vx, smem);
+      } else {
+        per_token_tile<Layout, kIn>(p, hd, s0, row, q, valid, kx, vx, smem);
+      }
     }
   }
 }

@@ -11,6 +11,7 @@
 #include "kvq/kernels/quantize/encode.cuh"
 #include "kvq/kernels/quantize/loads.cuh"
 #include "kvq/kernels/quantize/per_token.cuh"
+#include "kvq/kernels/quantize/rotation.cuh"
 #include "kvq/kernels/quantize/statistics.cuh"
 #include "kvq/kernels/quantize/traits.cuh"
 #include "kvq/math/quantize.hpp"
@@ -116,6 +117,69 @@ KVQ_DEVICE void load_channel_tile(const Params<Layout>& p, const Head& hd, std::
   }
 }
 
+/// Rotated keys, pass 1 of per_channel_tile: R·k of this thread's rounds (kr: that of round 0,
+/// from kd), the float (min, max) of each of its 8 channels over its tokens, a zero minimum
+/// with the sign of its first zero in token order, stored as 8 float2 at `part`. Every lane of
+/// the warp calls it (the rotation shuffles).
+template <class Layout, DType kIn>
+KVQ_DEVICE void rotated_key_partials(const Params<Layout>& p, const Head& hd, std::int64_t s0, int t0, int c, int lane,
+                                     bool kvalid, const std::uint32_t (&kd)[16], float (&kr)[32], float2* part) {
+  using Tr = Traits<Layout>;
+  constexpr int D = Tr::kHeadDim;
+  constexpr int kR = Tr::kRounds;
+  rotate_key_chunks<D, kIn>(kd, lane, kr);
+  float mn[8], mx[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    mn[i] = fmin_nan(fmin_nan(kr[i], kr[8 + i]), fmin_nan(kr[16 + i], kr[24 + i]));
+    mx[i] = fmax_nan(fmax_nan(kr[i], kr[8 + i]), fmax_nan(kr[16 + i], kr[24 + i]));
+  }
+  for (int r = 1; r < kR; ++r) {
+    std::uint32_t d[16];
+    float f[32];
+    load_key_round_any(p, hd, s0 + t0 + 4 * r, c, kvalid, d);
+    rotate_key_chunks<D, kIn>(d, lane, f);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      mn[i] = fmin_nan(mn[i], fmin_nan(fmin_nan(f[i], f[8 + i]), fmin_nan(f[16 + i], f[24 + i])));
+      mx[i] = fmax_nan(mx[i], fmax_nan(fmax_nan(f[i], f[8 + i]), fmax_nan(f[16 + i], f[24 + i])));
+    }
+  }
+  // A zero minimum takes the sign of this thread's first zero of the channel (rare: rescan;
+  // warp-uniform with several rounds, whose rotation shuffles).
+  bool zero_min = false;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) zero_min = zero_min || mn[i] == 0.0f;
+  if (kR > 1 ? __any_sync(0xffffffffu, zero_min) : zero_min) {
+    std::uint32_t sign_known = 0;  // bit i: channel i's first zero found
+#pragma unroll 1
+    for (int r = 0; r < kR; ++r) {
+      float f[32];
+      if constexpr (kR == 1) {  // the round is still in registers
+#pragma unroll
+        for (int i = 0; i < 32; ++i) f[i] = kr[i];
+      } else {
+        std::uint32_t d[16];
+        load_key_round_any(p, hd, s0 + t0 + 4 * r, c, kvalid, d);
+        rotate_key_chunks<D, kIn>(d, lane, f);
+      }
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          if (mn[i] == 0.0f && !(sign_known & (1u << i)) && f[8 * j + i] == 0.0f) {
+            mn[i] = f[8 * j + i];
+            sign_known |= 1u << i;
+          }
+        }
+      }
+    }
+  }
+  auto* dst = reinterpret_cast<float4*>(part);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) dst[i] = make_float4(mn[2 * i], mx[2 * i], mn[2 * i + 1], mx[2 * i + 1]);
+}
+
 /// PerChannel keys of a tile, with the V segments of the same tokens. `preloaded`: kd and vx
 /// already hold load_channel_tile's loads for this hd (else they are loaded here).
 template <class Layout, DType kIn>
@@ -146,61 +210,66 @@ KVQ_DEVICE void per_channel_tile(const Params<Layout>& p, const Head& hd, std::i
     if (p.vector_loads) load_channel_tile<true>(p, hd, s0, kd, vx);
     else load_channel_tile<false>(p, hd, s0, kd, vx);
   }
-  std::uint32_t mn[4], mx[4];
-#pragma unroll
-  for (int w = 0; w < 4; ++w) {
-    mn[w] = min2_nan<kIn>(min2_nan<kIn>(kd[w], kd[4 + w]), min2_nan<kIn>(kd[8 + w], kd[12 + w]));
-    mx[w] = max2_nan<kIn>(max2_nan<kIn>(kd[w], kd[4 + w]), max2_nan<kIn>(kd[8 + w], kd[12 + w]));
-  }
-  for (int r = 1; r < kR; ++r) {
-    std::uint32_t d[16];
-    load_key_round_any(p, hd, s0 + t0 + 4 * r, c, kvalid, d);
+  float kr[Layout::kRotatedKeys ? 32 : 1];  // rotated keys: R·k of this thread's round (one round)
+  if constexpr (Layout::kRotatedKeys) {
+    rotated_key_partials<Layout, kIn>(p, hd, s0, t0, c, lane, kvalid, kd, kr, sm.float_sets() + set * D + 8 * c);
+  } else {
+    std::uint32_t mn[4], mx[4];
 #pragma unroll
     for (int w = 0; w < 4; ++w) {
-      mn[w] = min2_nan<kIn>(mn[w], min2_nan<kIn>(min2_nan<kIn>(d[w], d[4 + w]), min2_nan<kIn>(d[8 + w], d[12 + w])));
-      mx[w] = max2_nan<kIn>(mx[w], max2_nan<kIn>(max2_nan<kIn>(d[w], d[4 + w]), max2_nan<kIn>(d[8 + w], d[12 + w])));
+      mn[w] = min2_nan<kIn>(min2_nan<kIn>(kd[w], kd[4 + w]), min2_nan<kIn>(kd[8 + w], kd[12 + w]));
+      mx[w] = max2_nan<kIn>(max2_nan<kIn>(kd[w], kd[4 + w]), max2_nan<kIn>(kd[8 + w], kd[12 + w]));
     }
-  }
-  // A zero minimum takes the sign of this thread's first zero of the channel (rare: rescan).
-  bool zero_min = false;
-#pragma unroll
-  for (int w = 0; w < 4; ++w) zero_min = zero_min || (mn[w] & 0x7fffu) == 0u || (mn[w] & 0x7fff0000u) == 0u;
-  if (zero_min) {
-    std::uint32_t sign_known = 0;  // bit i: channel i's first zero found
-#pragma unroll 1
-    for (int r = 0; r < kR; ++r) {
+    for (int r = 1; r < kR; ++r) {
       std::uint32_t d[16];
-      if constexpr (kR == 1) {  // the round is still in registers
+      load_key_round_any(p, hd, s0 + t0 + 4 * r, c, kvalid, d);
 #pragma unroll
-        for (int i = 0; i < 16; ++i) d[i] = kd[i];
-      } else {
-        load_key_round_any(p, hd, s0 + t0 + 4 * r, c, kvalid, d);
+      for (int w = 0; w < 4; ++w) {
+        mn[w] = min2_nan<kIn>(mn[w], min2_nan<kIn>(min2_nan<kIn>(d[w], d[4 + w]), min2_nan<kIn>(d[8 + w], d[12 + w])));
+        mx[w] = max2_nan<kIn>(mx[w], max2_nan<kIn>(max2_nan<kIn>(d[w], d[4 + w]), max2_nan<kIn>(d[8 + w], d[12 + w])));
       }
+    }
+    // A zero minimum takes the sign of this thread's first zero of the channel (rare: rescan).
+    bool zero_min = false;
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
+    for (int w = 0; w < 4; ++w) zero_min = zero_min || (mn[w] & 0x7fffu) == 0u || (mn[w] & 0x7fff0000u) == 0u;
+    if (zero_min) {
+      std::uint32_t sign_known = 0;  // bit i: channel i's first zero found
+#pragma unroll 1
+      for (int r = 0; r < kR; ++r) {
+        std::uint32_t d[16];
+        if constexpr (kR == 1) {  // the round is still in registers
 #pragma unroll
-        for (int i = 0; i < 8; ++i) {
-          const int shift = 16 * (i & 1);
-          const std::uint32_t m = (mn[i / 2] >> shift) & 0xffffu;
-          const std::uint32_t x = (d[4 * j + i / 2] >> shift) & 0xffffu;
-          if ((m & 0x7fffu) == 0u && !(sign_known & (1u << i)) && (x & 0x7fffu) == 0u) {
-            mn[i / 2] = (mn[i / 2] & ~(0xffffu << shift)) | (x << shift);
-            sign_known |= 1u << i;
+          for (int i = 0; i < 16; ++i) d[i] = kd[i];
+        } else {
+          load_key_round_any(p, hd, s0 + t0 + 4 * r, c, kvalid, d);
+        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+#pragma unroll
+          for (int i = 0; i < 8; ++i) {
+            const int shift = 16 * (i & 1);
+            const std::uint32_t m = (mn[i / 2] >> shift) & 0xffffu;
+            const std::uint32_t x = (d[4 * j + i / 2] >> shift) & 0xffffu;
+            if ((m & 0x7fffu) == 0u && !(sign_known & (1u << i)) && (x & 0x7fffu) == 0u) {
+              mn[i / 2] = (mn[i / 2] & ~(0xffffu << shift)) | (x << shift);
+              sign_known |= 1u << i;
+            }
           }
         }
       }
     }
-  }
-  {
-    std::uint32_t part[8];
+    {
+      std::uint32_t part[8];
 #pragma unroll
-    for (int w = 0; w < 4; ++w) {
-      part[2 * w] = (mn[w] & 0xffffu) | (mx[w] << 16);
-      part[2 * w + 1] = (mn[w] >> 16) | (mx[w] & 0xffff0000u);
+      for (int w = 0; w < 4; ++w) {
+        part[2 * w] = (mn[w] & 0xffffu) | (mx[w] << 16);
+        part[2 * w + 1] = (mn[w] >> 16) | (mx[w] & 0xffff0000u);
+      }
+      auto* dst = reinterpret_cast<uint4*>(s_part + set * D + 8 * c);
+      dst[0] = make_uint4(part[0], part[1], part[2], part[3]);
+      dst[1] = make_uint4(part[4], part[5], part[6], part[7]);
     }
-    auto* dst = reinterpret_cast<uint4*>(s_part + set * D + 8 * c);
-    dst[0] = make_uint4(part[0], part[1], part[2], part[3]);
-    dst[1] = make_uint4(part[4], part[5], part[6], part[7]);
   }
   // Values of the tile's tokens (PerToken segments): phase A, or all of it when their
   // metadata is local and there are several rounds.
@@ -256,8 +325,14 @@ KVQ_DEVICE void per_channel_tile(const Params<Layout>& p, const Head& hd, std::i
     std::uint32_t acc[4][kOut];
     auto enc = [&](int i) { return math::GroupEncoder{zr[i].x, zr[i].y, 0.0f}; };
     auto step = [&](int i) { return sm.step()[u0 + i]; };
+    if constexpr (Layout::kRotatedKeys) {
+      if (kR > 1) rotate_key_chunks<D, kIn>(kd, lane, kr);
 #pragma unroll
-    for (int j = 0; j < 4; ++j) encode_chunk<kBits, kIn>(kd + 4 * j, fast, enc, step, acc[j]);
+      for (int j = 0; j < 4; ++j) encode_chunk<kBits, kIn>(kr + 8 * j, fast, enc, step, acc[j]);
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) encode_chunk<kBits, kIn>(kd + 4 * j, fast, enc, step, acc[j]);
+    }
     store_key_codes<Layout, kBits>(p, hd, hd.qlen + s0 + t0 + 4 * r, c, kvalid, acc);
   }
 }

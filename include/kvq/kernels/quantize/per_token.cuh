@@ -21,9 +21,9 @@
 namespace kvq::kernels::quantize {
 
 /// Partials of the local groups of lane q of a row, reduced over the lanes of each group (xor
-/// shuffles; combine() is commutative).
-template <class Spec, int D, DType kIn>
-KVQ_DEVICE void segment_partials(const std::uint32_t (&x)[16], int q, Partial (&part)[SegmentPlan<Spec, D>::kLocalGroups]) {
+/// shuffles; combine() is commutative). x: 16 packed pairs, or 32 floats (rotated keys).
+template <class Spec, int D, DType kIn, class X>
+KVQ_DEVICE void segment_partials(const X& x, int q, Partial (&part)[SegmentPlan<Spec, D>::kLocalGroups]) {
   using SP = SegmentPlan<Spec, D>;
   auto order = [q](int l) { return SP::row_element(q, l); };
 #pragma unroll
@@ -64,8 +64,8 @@ KVQ_DEVICE void segment_meta_local(const Partial (&part)[SegmentPlan<Spec, D>::k
 
 /// Codes of lane q's 4 chunks of a row, stored to the row's code words (all lanes call this:
 /// with pairs and 2-bit codes the two lanes of a pair swap halves of their words).
-template <class Spec, int D, DType kIn>
-KVQ_DEVICE void segment_codes(const std::uint32_t (&x)[16], const math::GroupEncoder (&enc)[SegmentPlan<Spec, D>::kLocalGroups],
+template <class Spec, int D, DType kIn, class X>
+KVQ_DEVICE void segment_codes(const X& x, const math::GroupEncoder (&enc)[SegmentPlan<Spec, D>::kLocalGroups],
                               int q, bool valid, std::uint32_t* row_words) {
   using SP = SegmentPlan<Spec, D>;
   constexpr int kBits = Spec::kBits;
@@ -76,7 +76,7 @@ KVQ_DEVICE void segment_codes(const std::uint32_t (&x)[16], const math::GroupEnc
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
     const math::GroupEncoder& e = enc[(8 * j) / SP::kGroupElems];
-    encode_chunk<kBits, kIn>(x + 4 * j, fast, [&](int) { return e; }, [&](int) { return e.step; }, c[j]);
+    encode_chunk<kBits, kIn>(chunk_at(x, j), fast, [&](int) { return e; }, [&](int) { return e.step; }, c[j]);
   }
   if constexpr (kBits == 2) {
     std::uint32_t w0, w1;
@@ -118,6 +118,8 @@ struct TaskSmem {
   using Tr = Traits<Layout>;
   unsigned char* base;
   KVQ_DEVICE std::uint32_t* sets() const { return reinterpret_cast<std::uint32_t*>(base); }
+  /// Rotated PerChannel keys: the token sets' partials as float (min, max).
+  KVQ_DEVICE float2* float_sets() const { return reinterpret_cast<float2*>(base); }
   /// (min, max) of task u >= kPartialBase.
   KVQ_DEVICE float2& partial(int u) const { return reinterpret_cast<float2*>(base + Tr::kPartialOffset)[u - Tr::kPartialBase]; }
   KVQ_DEVICE float2* zr() const { return reinterpret_cast<float2*>(base + Tr::kZrOffset); }
@@ -136,9 +138,9 @@ KVQ_DEVICE int segment_task(int row, int q, int lg) {
 /// the partials of its groups, reduced over the group's lanes. kShared: the group's first lane
 /// stages (min, max) for the task threads; else the lane computes its groups' metadata itself
 /// (stored by the group's first lane) into enc.
-template <class Layout, bool kIsKey, bool kShared, int kTaskBase, DType kIn>
+template <class Layout, bool kIsKey, bool kShared, int kTaskBase, DType kIn, class X>
 KVQ_DEVICE void segment_phase_a(const Params<Layout>& p, const Head& hd, std::int64_t s0, int row, int q, int lane, bool valid,
-                                const std::uint32_t (&x)[16], const TaskSmem<Layout>& sm,
+                                const X& x, const TaskSmem<Layout>& sm,
                                 math::GroupEncoder (&enc)[SegmentPlan<std::conditional_t<kIsKey, typename Layout::KSpec,
                                                                                           typename Layout::VSpec>,
                                                                        Layout::kHeadDim>::kLocalGroups]) {
@@ -165,9 +167,9 @@ KVQ_DEVICE void segment_phase_a(const Params<Layout>& p, const Head& hd, std::in
 }
 
 /// Phase C of one lane's segment: the encoders (from the task threads when kShared), codes, stores.
-template <class Layout, bool kIsKey, bool kShared, int kTaskBase, DType kIn>
+template <class Layout, bool kIsKey, bool kShared, int kTaskBase, DType kIn, class X>
 KVQ_DEVICE void segment_phase_c(const Params<Layout>& p, const Head& hd, std::int64_t s0, int row, int q, bool valid,
-                                const std::uint32_t (&x)[16], const TaskSmem<Layout>& sm,
+                                const X& x, const TaskSmem<Layout>& sm,
                                 math::GroupEncoder (&enc)[SegmentPlan<std::conditional_t<kIsKey, typename Layout::KSpec,
                                                                                           typename Layout::VSpec>,
                                                                        Layout::kHeadDim>::kLocalGroups]) {
@@ -208,11 +210,20 @@ KVQ_DEVICE void task_phase_b(const Params<Layout>& p, const Head& hd, std::int64
       const int gg = u / D, ch = u - gg * D;
       const int first = gg * Tr::kSetsPerKeyGroup;
       // Set k's first zero (when its min is zero) precedes those of the sets after it: zidx = k.
-      std::uint32_t w = sm.sets()[first * D + ch];
-      pt = Partial{lo<kIn>(w), hi<kIn>(w), 0};
-      for (int k = 1; k < Tr::kSetsPerKeyGroup; ++k) {
-        w = sm.sets()[(first + k) * D + ch];
-        pt = combine(pt, Partial{lo<kIn>(w), hi<kIn>(w), k});
+      if constexpr (Layout::kRotatedKeys) {
+        float2 f = sm.float_sets()[first * D + ch];
+        pt = Partial{f.x, f.y, 0};
+        for (int k = 1; k < Tr::kSetsPerKeyGroup; ++k) {
+          f = sm.float_sets()[(first + k) * D + ch];
+          pt = combine(pt, Partial{f.x, f.y, k});
+        }
+      } else {
+        std::uint32_t w = sm.sets()[first * D + ch];
+        pt = Partial{lo<kIn>(w), hi<kIn>(w), 0};
+        for (int k = 1; k < Tr::kSetsPerKeyGroup; ++k) {
+          w = sm.sets()[(first + k) * D + ch];
+          pt = combine(pt, Partial{lo<kIn>(w), hi<kIn>(w), k});
+        }
       }
       valid = s0 + static_cast<std::int64_t>(gg + 1) * G <= hd.full;
       index = p.layout.k_meta_index(hd.b, hd.h, hd.qlen + s0 + static_cast<std::int64_t>(gg) * G, ch);
@@ -250,10 +261,11 @@ KVQ_DEVICE void task_phase_b(const Params<Layout>& p, const Head& hd, std::int64
   }
 }
 
-/// The rows of a PerToken-keys tile: K and V segments of one row per thread.
-template <class Layout, DType kIn>
+/// The rows of a PerToken-keys tile: K and V segments of one row per thread (kx: packed
+/// pairs, or the rotated floats of rotated keys).
+template <class Layout, DType kIn, class KX>
 KVQ_DEVICE void per_token_tile(const Params<Layout>& p, const Head& hd, std::int64_t s0, int row, int q, bool valid,
-                               const std::uint32_t (&kx)[16], const std::uint32_t (&vx)[16], unsigned char* smem) {
+                               const KX& kx, const std::uint32_t (&vx)[16], unsigned char* smem) {
   using Tr = Traits<Layout>;
   constexpr int D = Tr::kHeadDim;
   const TaskSmem<Layout> sm{smem};

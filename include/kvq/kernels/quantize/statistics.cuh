@@ -47,6 +47,15 @@ template <DType kIn>
 KVQ_HOST_DEVICE float element(const std::uint32_t* words, int i) {
   return (i & 1) ? hi<kIn>(words[i >> 1]) : lo<kIn>(words[i >> 1]);
 }
+/// Element i of floats (rotated keys): the same access for the generic helpers below.
+template <DType kIn>
+KVQ_HOST_DEVICE float element(const float* x, int i) {
+  return x[i];
+}
+
+/// Entry of element 8j of a lane's 32 elements (chunk j): packed pairs or floats.
+KVQ_HOST_DEVICE const std::uint32_t* chunk_at(const std::uint32_t (&x)[16], int j) { return x + 4 * j; }
+KVQ_HOST_DEVICE const float* chunk_at(const float (&x)[32], int j) { return x + 8 * j; }
 
 /// Host emulation of the packed NaN-propagating min/max: on ties (signed zeros) it returns
 /// the second operand, so the CPU tests exercise the sign repair of run_partial().
@@ -132,9 +141,9 @@ struct Partial {
 constexpr int kNoZero = 0x7fffffff;
 
 /// Sign-exact first zero among elements [kFirst, kFirst + kCount) (some element is zero) and
-/// its index.
-template <DType kIn, int kFirst, int kCount>
-KVQ_HOST_DEVICE float first_zero(const std::uint32_t* w, int& index) {
+/// its index; w: packed pairs or floats.
+template <DType kIn, int kFirst, int kCount, class W>
+KVQ_HOST_DEVICE float first_zero(const W* w, int& index) {
   float z = 0.0f;
   index = kNoZero;
   KVQ_PRAGMA_UNROLL
@@ -170,6 +179,29 @@ KVQ_HOST_DEVICE Partial run_partial(const std::uint32_t* w, const Order& order) 
   if (r.min == 0.0f) {  // rare: the sign and place of the first zero
     int l;
     r.min = first_zero<kIn, kFirst, kCount>(w, l);
+    r.zidx = order(l);
+  }
+  return r;
+}
+
+/// run_partial of floats (rotated keys): the same statistics with float min/max.
+template <DType kIn, int kFirst, int kCount, class Order>
+KVQ_HOST_DEVICE Partial run_partial(const float* x, const Order& order) {
+  float mn[kCount], mx[kCount];
+  KVQ_PRAGMA_UNROLL
+  for (int i = 0; i < kCount; ++i) mn[i] = mx[i] = x[kFirst + i];
+  KVQ_PRAGMA_UNROLL
+  for (int s = 1; s < kCount; s *= 2) {
+    KVQ_PRAGMA_UNROLL
+    for (int i = 0; i + s < kCount; i += 2 * s) {
+      mn[i] = fmin_nan(mn[i], mn[i + s]);
+      mx[i] = fmax_nan(mx[i], mx[i + s]);
+    }
+  }
+  Partial r{mn[0], mx[0], kNoZero};
+  if (r.min == 0.0f) {  // rare: the sign and place of the first zero
+    int l;
+    r.min = first_zero<kIn, kFirst, kCount>(x, l);
     r.zidx = order(l);
   }
   return r;

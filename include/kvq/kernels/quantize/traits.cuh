@@ -42,8 +42,12 @@ struct Traits {
   static constexpr int kTokenSets = kThreads / kChunksPerRow;
   static constexpr int kKeyTokensPerThread = 4 * kRounds;
   static constexpr int kSetsPerKeyGroup = kKeyPerChannel ? KSpec::kGroupSize / kKeyTokensPerThread : 0;
-  /// Blocks per SM asked of ptxas: 1024 threads per SM, i.e. at most 64 registers.
-  static constexpr int kMinBlocks = 1024 / kThreads > 0 ? 1024 / kThreads : 1;
+  /// Blocks per SM asked of ptxas: 1024 threads per SM, i.e. at most 64 registers; rotated
+  /// keys (32 floats per thread instead of 16 packed pairs) 768, i.e. at most 80 registers,
+  /// and at most 16 blocks (one-warp blocks of D = 32 keep their 4 local groups unspilled).
+  static constexpr int kThreadsPerSm = Layout::kRotatedKeys ? 768 : 1024;
+  static constexpr int kBlocksPerSm = kThreadsPerSm / kThreads > 0 ? kThreadsPerSm / kThreads : 1;
+  static constexpr int kMinBlocks = Layout::kRotatedKeys && kBlocksPerSm > 16 ? 16 : kBlocksPerSm;
   /// Metadata tasks: a group's (min, max) is staged in shared memory and one thread per group
   /// (a task) computes its metadata and encoder, instead of every lane of the group. Tasks are
   /// the PerChannel key entries (group, channel), then the PerToken key groups of the tile's rows
@@ -51,7 +55,8 @@ struct Traits {
   /// (else those lanes compute their groups' metadata themselves). Value groups become tasks only
   /// when every task still has a thread of its own (one task loop iteration): otherwise (PerChannel
   /// keys of one group per thread) their lanes compute their metadata and codes before the barrier.
-  static constexpr int kSetBytes = kKeyPerChannel ? kTokenSets * kHeadDim * 4 : 0;  ///< PerChannel key partials
+  /// PerChannel key partials: packed (min, max) in the input dtype, or two floats for rotated keys.
+  static constexpr int kSetBytes = kKeyPerChannel ? kTokenSets * kHeadDim * (Layout::kRotatedKeys ? 8 : 4) : 0;
   static constexpr int kKeyEntries = kKeyPerChannel ? kKeyGroupsPerTile * kHeadDim : 0;
   static constexpr int kKeyRowTasks = kKeyPerChannel ? 0 : kTileRows * (kHeadDim / KSpec::kGroupSize);
   static constexpr int kValueRowTasks = kTileRows * (kHeadDim / VSpec::kGroupSize);
@@ -86,8 +91,10 @@ struct Traits {
     return tiles < 1 ? 1 : tiles;
   }
   /// Variants this kernel implements; others are refused with Status::kErrorNotSupported.
+  /// Rotated PerChannel keys need a token row within one warp (D/8 lanes: D <= 256).
   static constexpr bool kSupported = kHeadDim % 32 == 0 && kHeadDim <= 512 && KSpec::kGroupSize >= 8 &&
-                                     VSpec::kGroupSize >= 8 && kSmemBytes <= 48 * 1024;
+                                     VSpec::kGroupSize >= 8 && kSmemBytes <= 48 * 1024 &&
+                                     !(Layout::kRotatedKeys && kKeyPerChannel && kChunksPerRow > 32);
 };
 
 /// Everything the kernel reads: plain pointers, shapes and strides (built by the host API).
