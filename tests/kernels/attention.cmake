@@ -55,3 +55,7 @@ if(TARGET test_attention_fallback)
   set_target_properties(test_attention_fallback PROPERTIES CUDA_ARCHITECTURES "80;90")
   set_tests_properties(test_attention_fallback PROPERTIES LABELS "gpu;attention")
 endif()
+
+# Rotated keys on the mma.sync kernel (the Hopper kernel does not rotate: no [sm90] cases).
+_kvq_attention_test(test_attention_rotated
+  test_attention_rotated_pt128.cu test_attention_rotated_pc32.cu test_attention_rotated_int8.cu)

@@ -16,6 +16,7 @@
 #include "kvq/kernels/common/params.cuh"
 #include "kvq/kernels/common/softmax.cuh"
 #include "kvq/kernels/common/warp_state.cuh"
+#include "kvq/kernels/sm80/rotation.cuh"
 #include "kvq/kernels/sm80/smem.cuh"
 #include "kvq/math/correction.hpp"
 #include "kvq/spec/types.hpp"
@@ -258,7 +259,8 @@ KVQ_DEVICE void stage_correction_mma(common::WarpState<Tr>& st, const CtaContext
 /// PerChannel keys, Exact (the slow variant): sum_j log(sinh(a_j)/a_j), a_j = scale q_j step_j / 2,
 /// per (row, group) on CUDA cores from the stage's steps, reduced over the quad. The lane's
 /// query elements are re-read from global memory (L2) in a rolled loop rather than taken
-/// from the unrolled Q fragments, which would cost registers in the main loop.
+/// from the unrolled Q fragments, which would cost registers in the main loop. Rotated keys:
+/// R·q from the copy that rotate_q_rows keeps in shared memory.
 template <class Tr>
 KVQ_DEVICE void stage_correction_exact(common::WarpState<Tr>& st, const common::AttentionParams<typename Tr::Layout>& p,
                                        const CtaContext<Tr>& c, int stage, int warp, int lane) {
@@ -285,7 +287,12 @@ KVQ_DEVICE void stage_correction_exact(common::WarpState<Tr>& st, const common::
       const float2 d = *reinterpret_cast<const float2*>(delta + g * kD + ch);
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const std::uint32_t qq = qrow[h] ? __ldg(qrow[h] + ch / 2) : 0u;
+        std::uint32_t qq;
+        if constexpr (Tr::kRotatedKeys) {
+          qq = rotated_q_pair<Tr>(c, 16 * warp + (lane >> 2) + 8 * h, ch);
+        } else {
+          qq = qrow[h] ? __ldg(qrow[h] + ch / 2) : 0u;
+        }
         acc[h] += math::log_sinhc(hs * Ops::lo(qq) * d.x) + math::log_sinhc(hs * Ops::hi(qq) * d.y);
       }
     }

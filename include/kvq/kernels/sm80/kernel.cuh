@@ -11,6 +11,8 @@
 //   wait               for the packed tile n+2 (or the unquantized tile n+1)
 // so the dequantization of the next tile overlaps the tensor-core work of this one
 // across warps, and the packed codes arrive kStages-2 tiles ahead.
+// Rotated keys: the quantized tiles are scored and corrected with R·q, [tail ; chunk] with
+// q (rotate_q_rows in the prologue, reload_q_fragments at tile n_qtiles; sm80/rotation.cuh).
 #pragma once
 
 #include <cstdint>
@@ -28,6 +30,7 @@
 #include "kvq/kernels/sm80/dequant.cuh"
 #include "kvq/kernels/sm80/load.cuh"
 #include "kvq/kernels/sm80/mma.cuh"
+#include "kvq/kernels/sm80/rotation.cuh"
 #include "kvq/kernels/sm80/smem.cuh"
 #include "kvq/kernels/sm80/traits.cuh"
 
@@ -132,6 +135,9 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     arch::cp_async_wait<kS - 2>();  // Q and packed tile 0
   }
   __syncthreads();
+  if constexpr (Tr::kRotatedKeys) {
+    if (c.n_qtiles > 0) rotate_q_rows<Tr>(c, warp, lane);
+  }
   load_q_fragments<Tr>(st, c, warp, lane);
   row_coefficients<Tr>(st, p.scale, lane);
   if (c.n_qtiles > 0) {
@@ -145,6 +151,9 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
 #pragma unroll 1
   for (int n = 0; n < c.n_tiles; ++n) {
     __syncthreads();
+    if constexpr (Tr::kRotatedKeys) {
+      if (n == c.n_qtiles && n > 0) reload_q_fragments<Tr>(st, p, c, warp, lane);
+    }
     const int buf = n & 1;
     if (n + kS - 1 < c.n_qtiles) issue_packed<Tr>(p, c, n + kS - 1, tid);
     const bool next_plain = n + 1 < c.n_tiles && n + 1 >= c.n_qtiles;

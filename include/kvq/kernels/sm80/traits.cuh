@@ -28,6 +28,8 @@ struct Traits {
   static constexpr bool kKeyPerToken = KSpec::kPerToken;
   static constexpr bool kCorrect = kMode != Correction::kNone;
   static constexpr bool kTaylor4 = kMode == Correction::kTaylor4;
+  /// The quantized segment holds R·k: its tiles are scored and corrected with R·q.
+  static constexpr bool kRotatedKeys = Layout::kRotatedKeys;
 
   static_assert(Element_ == DType::kBFloat16 || Element_ == DType::kFloat16,
                 "Element must be DType::kBFloat16 or DType::kFloat16 (the MMA operand type)");
@@ -143,7 +145,11 @@ struct Traits {
   static constexpr int kFoldTileBytes = kTileN * 32;
   static constexpr int kFoldTiles = kFold ? 2 : 0;
   static constexpr int kOffFold = common::align_up_int(kOffDelta + 2 * kDeltaBytes, 128);
-  static constexpr int kSmemBytes = common::align_up_int(kOffFold + kFoldTiles * kFoldTileBytes, 128);
+  // Rotated keys, PerChannel Exact: R·q of the CTA's rows (swizzled like Q), which the
+  // stage corrections read after K/V buffer 1 has replaced the Q region.
+  static constexpr int kQRotBytes = (kRotatedKeys && kCorrectionExact) ? kQBytes : 0;
+  static constexpr int kOffQRot = common::align_up_int(kOffFold + kFoldTiles * kFoldTileBytes, 128);
+  static constexpr int kSmemBytes = common::align_up_int(kOffQRot + kQRotBytes, 128);
   static_assert(kSmemBytes <= 227 * 1024, "shared memory plan exceeds 227 KB");
 };
 
