@@ -55,3 +55,7 @@ if(TARGET test_attention_fallback)
   set_target_properties(test_attention_fallback PROPERTIES CUDA_ARCHITECTURES "80;90")
   set_tests_properties(test_attention_fallback PROPERTIES LABELS "gpu;attention")
 endif()
+
+# Rotated keys on the Hopper kernel (the mma.sync kernel does not rotate: no other cases).
+_kvq_attention_test(test_attention_rotated_sm90 SM90_CASES
+  test_attention_rotated_sm90.cu test_attention_rotated_sm90_192.cu test_attention_rotated_sm90_config.cu)
