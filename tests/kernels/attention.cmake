@@ -56,6 +56,8 @@ if(TARGET test_attention_fallback)
   set_tests_properties(test_attention_fallback PROPERTIES LABELS "gpu;attention")
 endif()
 
-# Rotated keys on the mma.sync kernel (the Hopper kernel does not rotate: no [sm90] cases).
+# Rotated keys: the mma.sync kernel (forced) and the Hopper kernel ([sm90] cases).
 _kvq_attention_test(test_attention_rotated
   test_attention_rotated_pt128.cu test_attention_rotated_pc32.cu test_attention_rotated_int8.cu)
+_kvq_attention_test(test_attention_rotated_sm90 SM90_CASES
+  test_attention_rotated_sm90.cu test_attention_rotated_sm90_192.cu test_attention_rotated_sm90_config.cu)

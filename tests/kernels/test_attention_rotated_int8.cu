@@ -16,8 +16,8 @@ KVQ_ATTENTION_TEST_CASES(kvq::test::Int8Pt128D128Rot, kvq::Correction::kTaylor2,
 
 namespace kvq::test {
 
-/// Both caches from the same keys and values (the reference's quantize-append, the GPU one
-/// does not rotate yet), the same activations, kvq::attention on each; the outputs, LSE and
+/// Both caches from the same keys and values (the reference's quantize-append), the same
+/// activations, kvq::attention on each; the outputs, LSE and
 /// masses agree within twice the kernel-vs-reference tolerances (each side carries its own
 /// 8-bit quantization and bf16 rounding; rotation adds the rounding of R·q). Queries N(0, 1):
 /// the references of the two caches differ by up to 0.014 (output), 0.006 (LSE) on this data,

@@ -16,6 +16,7 @@
 #include "kvq/kernels/common/epilogue.cuh"
 #include "kvq/kernels/common/masks.cuh"
 #include "kvq/kernels/common/params.cuh"
+#include "kvq/kernels/common/rotation.cuh"
 #include "kvq/kernels/common/softmax.cuh"
 #include "kvq/kernels/common/warp_state.cuh"
 #include "kvq/kernels/sm90/smem.cuh"
@@ -40,6 +41,80 @@ KVQ_DEVICE void load_q(const common::AttentionParams<typename Tr::Layout>& p, co
     if (r < c.nq) v = *reinterpret_cast<const uint4*>(head + r * p.q_stride[1] + ch * 8);
     *reinterpret_cast<uint4*>(sm.base + Tr::kOffQ + arch::sw128_offset<Tr::kRows>(row, ch)) = v;
   }
+}
+
+/// Rotated keys: the warpgroup's 64 rows of R·q into the Q buffer, rounded to the element
+/// type (rows past the q length are zeros). Warp ww of the warpgroup rotates rows
+/// 16 ww .. 16 ww + 15, lane l holding channels [l D/32, (l + 1) D/32) of a row.
+template <class Tr>
+KVQ_DEVICE void load_q_rotated(const common::AttentionParams<typename Tr::Layout>& p, const common::CtaContext<Tr>& c,
+                               const Smem<Tr>& sm, int wg, int ww, int lane) {
+  using Ops = arch::ElementOps<Tr::kElement>;
+  constexpr int kE = Tr::kHeadDim / 32;  // 4 or 2 channels: 8 or 4 bytes per lane
+  constexpr int kW = kE / 2;
+  const auto* q = static_cast<const std::uint16_t*>(p.q);
+  const std::uint16_t* head = q + c.b * p.q_stride[0] + c.hq * p.q_stride[2] + lane * kE;
+  const std::uint32_t in_chunk = static_cast<std::uint32_t>((lane * kE) % 8) * 2;
+  // Every row's loads first (16 x kW registers), then the rotations.
+  std::uint32_t w[16][kW];
+#pragma unroll
+  for (int j = 0; j < 16; ++j) {
+    const std::int64_t r = c.r0 + 64 * wg + 16 * ww + j;
+#pragma unroll
+    for (int i = 0; i < kW; ++i) w[j][i] = 0u;
+    if (r < c.nq) {
+      if constexpr (kW == 2) {
+        const uint2 v = *reinterpret_cast<const uint2*>(head + r * p.q_stride[1]);
+        w[j][0] = v.x, w[j][1] = v.y;
+      } else {
+        w[j][0] = *reinterpret_cast<const std::uint32_t*>(head + r * p.q_stride[1]);
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < 16; ++j) {
+    float x[kE];
+#pragma unroll
+    for (int i = 0; i < kW; ++i) x[2 * i] = Ops::lo(w[j][i]), x[2 * i + 1] = Ops::hi(w[j][i]);
+    common::warp_hadamard_rotate<Tr::kHeadDim>(x, lane);
+    const int row = 64 * wg + 16 * ww + j;
+    unsigned char* dst = sm.base + Tr::kOffQ + arch::sw128_offset<Tr::kRows>(row, lane * kE / 8) + in_chunk;
+    if constexpr (kW == 2) {
+      *reinterpret_cast<uint2*>(dst) = make_uint2(Ops::pack(x[0], x[1]), Ops::pack(x[2], x[3]));
+    } else {
+      *reinterpret_cast<std::uint32_t*>(dst) = Ops::pack(x[0], x[1]);
+    }
+  }
+}
+
+/// Rotated keys, at the warpgroup's first unquantized tile (every wgmma of the earlier tiles
+/// waited for): its rows of the Q buffer from R·q back to q, by cp.async (no registers, all
+/// rows in flight). The first barrier: no warp overwrites rows another warp's MMA may still
+/// read. (The overlapped schedule's first PV MMA multiplies a zero P by the whole Q tile:
+/// it may see either form, both finite.)
+template <class Tr>
+KVQ_DEVICE void restore_q(const common::AttentionParams<typename Tr::Layout>& p, const common::CtaContext<Tr>& c,
+                          const Smem<Tr>& sm, int wg, int ct) {
+  constexpr int kCpr = Tr::kChunksPerRow;
+  const auto* q = static_cast<const std::uint16_t*>(p.q);
+  const std::uint16_t* head = q + c.b * p.q_stride[0] + c.hq * p.q_stride[2];
+  arch::named_barrier_sync(kQBarrier + wg, 128);
+  // Opaque: otherwise the compiler hoists the loop-invariant addresses below out of the
+  // consumer's tile loop and the registers held across it spill.
+  asm volatile("" : "+r"(ct));
+#pragma unroll
+  for (int i = ct; i < 64 * kCpr; i += 128) {
+    const int row = 64 * wg + i / kCpr;
+    const int ch = i % kCpr;
+    const std::int64_t r = c.r0 + row;
+    const bool ok = r < c.nq;
+    arch::cp_async<16>(arch::smem_u32(sm.base + Tr::kOffQ + arch::sw128_offset<Tr::kRows>(row, ch)),
+                       ok ? head + r * p.q_stride[1] + ch * 8 : head, ok ? 16 : 0);
+  }
+  arch::cp_async_commit();
+  arch::cp_async_wait<0>();
+  arch::fence_proxy_async();
+  arch::named_barrier_sync(kQBarrier + wg, 128);
 }
 
 template <class Tr>
@@ -257,6 +332,9 @@ KVQ_DEVICE void consume_overlapped(const common::AttentionParams<typename Tr::La
     const std::uint32_t parity = (n / kS) & 1;
     const bool quantized = n < c.n_qtiles;
     float s[Tr::kNTiles][4];
+    // QK(n - 1) and PV(n - 2) were waited for at the end of the last iteration.
+    if constexpr (Tr::kRotatedKeys)
+      if (n == c.n_qtiles && n > 0) restore_q<Tr>(p, c, sm, wg, 32 * (cw & 3) + lane);
     arch::mbarrier_wait(sm.bar(kFullK, buf), parity);
     if (n > 0) arch::mbarrier_wait(sm.bar(kFullV, prev), ((n - 1) / kS) & 1);
     arch::fence_operands(st.o);
@@ -326,6 +404,9 @@ KVQ_DEVICE void consume(const common::AttentionParams<typename Tr::Layout>& p, c
     const std::uint32_t parity = (n / kS) & 1;
     const bool quantized = n < c.n_qtiles;
     float s[Tr::kNTiles][4];
+    // Every MMA of tile n - 1 was waited for (pv_and_release).
+    if constexpr (Tr::kRotatedKeys)
+      if (n == c.n_qtiles && n > 0) restore_q<Tr>(p, c, sm, wg, 32 * (cw & 3) + lane);
     arch::mbarrier_wait(sm.bar(kFullK, buf), parity);
     arch::wgmma_fence();
     issue_qk<Tr>(s, d, buf);

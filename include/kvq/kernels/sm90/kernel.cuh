@@ -18,6 +18,12 @@
 // serves 1.5x the rows; the registers of three consumer warpgroups leave room for 64-token
 // score tiles only). kvq::attention runs the one of DefaultConfig.
 //
+// Rotated keys (Layout::kRotatedKeys): each consumer warpgroup rotates its Q rows in place
+// (R·q, for the quantized tiles and their correction terms) and loads q over them at its
+// first unquantized tile, once its earlier MMAs are done. In place rather than a second Q
+// buffer: that would take two of the four ring slots of the 128-row INT2 plan and does not
+// fit the 192-row INT4 plan at all.
+//
 // Supported here: PerToken keys (2- or 4-bit codes, group size >= 8, shared-memory plans
 // within 227 KB) with corrections None, Taylor2, Taylor4; head dim 64 or 128; bf16 or
 // fp16 (variant_supported). kvq::attention falls back to the mma.sync kernel for the other
@@ -82,7 +88,15 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
   }
   const int wg = warp / 4;
   if (wg > 0) {
-    load_q<Tr>(p, c, sm, wg - 1, tid & 127);
+    if constexpr (Tr::kRotatedKeys) {
+      if (c.n_qtiles > 0) {
+        load_q_rotated<Tr>(p, c, sm, wg - 1, warp & 3, lane);
+      } else {
+        load_q<Tr>(p, c, sm, wg - 1, tid & 127);
+      }
+    } else {
+      load_q<Tr>(p, c, sm, wg - 1, tid & 127);
+    }
   }
   arch::fence_proxy_async();
   __syncthreads();

@@ -5,6 +5,7 @@
 
 #include "kvq/kernels/common/traits.cuh"
 #include "kvq/kernels/sm90/config.cuh"
+#include "kvq/math/rotation.hpp"
 #include "kvq/spec/types.hpp"
 
 namespace kvq::kernels::sm90 {
@@ -28,6 +29,8 @@ struct Plan {
   static constexpr int kFoldColsPerGroup = kTaylor4 ? 6 : 3;
   static constexpr bool kFold = Config_::kFold && kCorrect && kKeyPerToken &&
                                 (Layout::kHeadDim / KSpec::kGroupSize) * kFoldColsPerGroup <= 16;
+  /// Rotated keys: quantized tiles are scored with R·q, the others with q (consumer.cuh).
+  static constexpr bool kRotatedKeys = Layout::kRotatedKeys;
 
   // ---- tiles and threads ----------------------------------------------------------------
   static constexpr int kConsumerGroups = Config_::kConsumerGroups;
@@ -108,7 +111,7 @@ struct Plan {
 /// Exact, head dim 64 or 128, 2- or 4-bit codes (8-bit caches run on the mma.sync
 /// kernel: at D 128 their plan does not fit, and that path is not tested on the Hopper
 /// kernel), and shared-memory plans of both CTA shapes (Config128, Config192) within
-/// 227 KB.
+/// 227 KB. Rotated keys included (the rotation takes no shared memory).
 template <class Layout, Correction Mode>
 constexpr bool variant_supported() {
   using K = typename Layout::KSpec;
@@ -116,7 +119,8 @@ constexpr bool variant_supported() {
   constexpr int kD = Layout::kHeadDim;
   constexpr bool kShape = K::kPerToken && Mode != Correction::kExact && (kD == 64 || kD == 128) && K::kGroupSize >= 8 &&
                           V::kGroupSize >= 8 && (32 / K::kBits) % 8 == 0 && (32 / V::kBits) % 8 == 0 &&
-                          (kD * K::kBits) % 128 == 0 && (kD * V::kBits) % 128 == 0;
+                          (kD * K::kBits) % 128 == 0 && (kD * V::kBits) % 128 == 0 &&
+                          (!Layout::kRotatedKeys || math::rotation_supports(kD));
   if constexpr (kShape) {
     return Plan<Layout, Mode, Config128>::kFits && Plan<Layout, Mode, Config192>::kFits;
   } else {

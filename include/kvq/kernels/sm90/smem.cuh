@@ -31,7 +31,8 @@ struct Smem {
 
 enum : int { kFullK = 0, kFullV = 1, kEmptyK = 2, kEmptyV = 3 };
 /// Named barriers (0 is __syncthreads): 1, 2 the producer's halves (Half::kBarrierId);
-/// kFoldBarrier + wg a consumer warpgroup's fold rows; kTurnBarrier + wg its softmax turn.
-enum : int { kFoldBarrier = 5, kTurnBarrier = 8 };
+/// kFoldBarrier + wg a consumer warpgroup's fold rows; kTurnBarrier + wg its softmax turn;
+/// kQBarrier + wg its switch from R·q to q (rotated keys).
+enum : int { kFoldBarrier = 5, kTurnBarrier = 8, kQBarrier = 11 };
 
 }  // namespace kvq::kernels::sm90
