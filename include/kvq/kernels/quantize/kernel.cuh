@@ -140,6 +140,8 @@ __global__ void __launch_bounds__(Traits<Layout>::kThreads, kMinBlocks)
       rows.b = b;
       rows.h = h;
       std::uint32_t kx[16], vx[16];
+      std::uint32_t kmask[Layout::kRotatedKeys ? 16 : 1];  // rotated keys: the segment's sign masks (a small table)
+      if constexpr (Layout::kRotatedKeys) load_segment_sign_masks<Tr::kHeadDim>(tid & 31, kmask);
       if (p.vector_loads) {
         load_segment<true>(p, rows, true, s, q, valid, kx);
         load_segment<true>(p, rows, false, s, q, valid, vx);
@@ -152,7 +154,7 @@ __global__ void __launch_bounds__(Traits<Layout>::kThreads, kMinBlocks)
       __shared__ __align__(16) unsigned char smem[Tr::kSmemBytes];
       if constexpr (Layout::kRotatedKeys) {
         float kr[32];  // R·k: the row's lanes are in this warp
-        rotate_key_segment<Tr::kHeadDim, kIn>(kx, tid & 31, kr);
+        rotate_key_segment<Tr::kHeadDim, kIn>(kx, kmask, tid & 31, kr);
         per_token_tile<Layout, kIn>(p, hd, s0, row, q, valid, kr, vx, smem);
       } else {
         per_token_tile<Layout, kIn>(p, hd, s0, row, q, valid, kx, vx, smem);

@@ -127,7 +127,8 @@ KVQ_DEVICE void rotated_key_partials(const Params<Layout>& p, const Head& hd, st
   using Tr = Traits<Layout>;
   constexpr int D = Tr::kHeadDim;
   constexpr int kR = Tr::kRounds;
-  rotate_key_chunks<D, kIn>(kd, lane, kr);
+  const uint4 masks = load_chunk_sign_masks<D>(lane);
+  rotate_key_chunks<D, kIn>(kd, masks, lane, kr);
   float mn[8], mx[8];
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
@@ -138,7 +139,7 @@ KVQ_DEVICE void rotated_key_partials(const Params<Layout>& p, const Head& hd, st
     std::uint32_t d[16];
     float f[32];
     load_key_round_any(p, hd, s0 + t0 + 4 * r, c, kvalid, d);
-    rotate_key_chunks<D, kIn>(d, lane, f);
+    rotate_key_chunks<D, kIn>(d, masks, lane, f);
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
       mn[i] = fmin_nan(mn[i], fmin_nan(fmin_nan(f[i], f[8 + i]), fmin_nan(f[16 + i], f[24 + i])));
@@ -161,7 +162,7 @@ KVQ_DEVICE void rotated_key_partials(const Params<Layout>& p, const Head& hd, st
       } else {
         std::uint32_t d[16];
         load_key_round_any(p, hd, s0 + t0 + 4 * r, c, kvalid, d);
-        rotate_key_chunks<D, kIn>(d, lane, f);
+        rotate_key_chunks<D, kIn>(d, masks, lane, f);
       }
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
@@ -326,7 +327,7 @@ KVQ_DEVICE void per_channel_tile(const Params<Layout>& p, const Head& hd, std::i
     auto enc = [&](int i) { return math::GroupEncoder{zr[i].x, zr[i].y, 0.0f}; };
     auto step = [&](int i) { return sm.step()[u0 + i]; };
     if constexpr (Layout::kRotatedKeys) {
-      if (kR > 1) rotate_key_chunks<D, kIn>(kd, lane, kr);
+      if (kR > 1) rotate_key_chunks<D, kIn>(kd, load_chunk_sign_masks<D>(lane), lane, kr);
 #pragma unroll
       for (int j = 0; j < 4; ++j) encode_chunk<kBits, kIn>(kr + 8 * j, fast, enc, step, acc[j]);
     } else {

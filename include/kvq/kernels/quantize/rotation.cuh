@@ -14,6 +14,9 @@
 //   PerChannel chunks: a thread holds channels 8c .. 8c + 7 of 4 tokens (local element
 //     8j + i: channel 8c + i of token j); row bits 0-2 are local, bits 3.. are lane bits of
 //     c, i.e. a row spans D/8 consecutive lanes (D <= 256: one warp).
+// Cost (per element of a lane): the signs are one XOR per packed pair (the lane's masks come
+// from a table, loaded with the inputs), a lane stage is one shuffle and one FFMA
+// (fma(±1, own, other) is exactly other ± own, rounded once), a local stage one FADD.
 #pragma once
 
 #include <cstdint>
@@ -27,21 +30,76 @@
 
 namespace kvq::kernels::quantize {
 
-/// Word w of the sign stream for a run-time w < D/64 (selects among compile-time constants).
+/// Sign masks of packed pairs: bit 15 (bit 31) of word w of lane q is set when the sign of
+/// the lane's local element 2w (2w + 1) is −1; x ^ mask flips those elements (exact, bf16 and
+/// fp16 alike). Segments: lane q of a row (SegmentPlan<·, D>), words 0..15; chunks: lane c
+/// (channels 8c .. 8c + 7), words 0..3.
+template <int kLanes, int kWords>
+struct SignMaskTable {
+  alignas(16) std::uint32_t w[kLanes][kWords];
+};
+
+/// Row element of local element l of lane q of a segment (SegmentPlan<·, D>::row_element).
 template <int D>
-KVQ_DEVICE std::uint64_t sign_word(int w) {
-  std::uint64_t word = 0;
-#pragma unroll
-  for (int k = 0; k < (D + 63) / 64; ++k)
-    if (w == k) word = math::rotation_sign_word(k);
-  return word;
+KVQ_HOST_DEVICE constexpr int segment_row_element(int q, int l) {
+  return D == 32 ? l : 64 * (q >> 1) + 16 * (l >> 3) + 8 * (q & 1) + (l & 7);
 }
 
-/// x[l] <- −x[l] where bit l of mask is set (exact).
-template <int N>
-KVQ_DEVICE void apply_signs(float (&x)[N], std::uint32_t mask) {
+template <int D>
+KVQ_HOST_DEVICE constexpr SignMaskTable<D / 32, 16> make_segment_sign_masks() {
+  SignMaskTable<D / 32, 16> t{};
+  for (int q = 0; q < D / 32; ++q)
+    for (int w = 0; w < 16; ++w) {
+      std::uint32_t m = 0;
+      for (int h = 0; h < 2; ++h)
+        if (math::rotation_sign_negative(segment_row_element<D>(q, 2 * w + h))) m |= 0x8000u << (16 * h);
+      t.w[q][w] = m;
+    }
+  return t;
+}
+
+template <int D>
+KVQ_HOST_DEVICE constexpr SignMaskTable<D / 8, 4> make_chunk_sign_masks() {
+  SignMaskTable<D / 8, 4> t{};
+  for (int c = 0; c < D / 8; ++c)
+    for (int w = 0; w < 4; ++w) {
+      std::uint32_t m = 0;
+      for (int h = 0; h < 2; ++h)
+        if (math::rotation_sign_negative(8 * c + 2 * w + h)) m |= 0x8000u << (16 * h);
+      t.w[c][w] = m;
+    }
+  return t;
+}
+
+template <int D>
+__device__ const SignMaskTable<D / 32, 16> kSegmentSignMasks = make_segment_sign_masks<D>();
+template <int D>
+__device__ const SignMaskTable<D / 8, 4> kChunkSignMasks = make_chunk_sign_masks<D>();
+
+/// The sign masks of the segment of lane `lane` (the lanes of a row are the aligned group of
+/// D/32 lanes around it): four 16-byte loads of a small table (D = 32: constants, no load).
+/// Issue them with the input loads; rotate_key_segment uses them.
+template <int D>
+KVQ_DEVICE void load_segment_sign_masks(int lane, std::uint32_t (&m)[16]) {
+  if constexpr (D == 32) {
+    constexpr SignMaskTable<1, 16> t = make_segment_sign_masks<32>();
 #pragma unroll
-  for (int l = 0; l < N; ++l) x[l] = __uint_as_float(__float_as_uint(x[l]) ^ ((mask << (31 - l % 32)) & 0x80000000u));
+    for (int w = 0; w < 16; ++w) m[w] = t.w[0][w];
+  } else {
+    const auto* src = reinterpret_cast<const uint4*>(kSegmentSignMasks<D>.w[lane & (D / 32 - 1)]);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const uint4 v = __ldg(src + j);
+      m[4 * j] = v.x, m[4 * j + 1] = v.y, m[4 * j + 2] = v.z, m[4 * j + 3] = v.w;
+    }
+  }
+}
+
+/// The sign masks of the chunk of lane `lane` (channels 8c .. 8c + 7, c = lane mod D/8): one
+/// 16-byte load.
+template <int D>
+KVQ_DEVICE uint4 load_chunk_sign_masks(int lane) {
+  return __ldg(reinterpret_cast<const uint4*>(kChunkSignMasks<D>.w[lane & (D / 8 - 1)]));
 }
 
 /// The stage of a row bit held as local bit kBit: (a, b) -> (a + b, a − b) for every local
@@ -60,13 +118,16 @@ KVQ_DEVICE void local_stage(float (&x)[N]) {
 }
 
 /// The stage of a row bit held as lane bit m (a power of two): every lane of the warp calls it.
+/// The lane whose bit is clear holds a and computes a + b = fma(1, a, b); the other holds b and
+/// computes a − b = fma(−1, b, a): the product by ±1 is exact and the sum is rounded once, so
+/// both are bit-identical to the float addition and subtraction (signed zeros included).
 template <int N>
 KVQ_DEVICE void lane_stage(float (&x)[N], int lane, int m) {
-  const bool upper = (lane & m) != 0;
+  const float s = (lane & m) != 0 ? -1.0f : 1.0f;
 #pragma unroll
   for (int l = 0; l < N; ++l) {
     const float other = __shfl_xor_sync(0xffffffffu, x[l], m);
-    x[l] = upper ? other - x[l] : x[l] + other;
+    x[l] = __fmaf_rn(s, x[l], other);
   }
 }
 
@@ -78,21 +139,25 @@ KVQ_DEVICE void scale_rows(float (&x)[N]) {
   for (int l = 0; l < N; ++l) x[l] = __fmul_rn(x[l], c);
 }
 
-/// Packed pairs -> floats (exact): out[l] = element l.
-template <DType kIn>
-KVQ_DEVICE void unpack_floats(const std::uint32_t (&x)[16], float (&out)[32]) {
+/// Packed pairs with the sign masks applied -> floats (exact): out[l] = s_l · element l.
+template <DType kIn, int N>
+KVQ_DEVICE void unpack_signed_floats(const std::uint32_t (&x)[N / 2], const std::uint32_t* mask, float (&out)[N]) {
 #pragma unroll
-  for (int l = 0; l < 32; ++l) out[l] = element<kIn>(x, l);
+  for (int w = 0; w < N / 2; ++w) {
+    const std::uint32_t y = x[w] ^ mask[w];
+    out[2 * w] = lo<kIn>(y);
+    out[2 * w + 1] = hi<kIn>(y);
+  }
 }
 
 /// R·k of the key row whose segment lane q holds (SegmentPlan<·, D>): every lane of the warp
-/// calls it; the lanes of a row are the aligned group of D/32 lanes around `lane`.
+/// calls it; the lanes of a row are the aligned group of D/32 lanes around `lane`; `masks`:
+/// load_segment_sign_masks<D>(lane).
 template <int D, DType kIn>
-KVQ_DEVICE void rotate_key_segment(const std::uint32_t (&kx)[16], int lane, float (&out)[32]) {
+KVQ_DEVICE void rotate_key_segment(const std::uint32_t (&kx)[16], const std::uint32_t (&masks)[16], int lane, float (&out)[32]) {
   static_assert(math::rotation_supports(D), "rotated keys need a power-of-two head dim in [32, 512]");
-  unpack_floats<kIn>(kx, out);
+  unpack_signed_floats<kIn, 32>(kx, masks, out);
   if constexpr (D == 32) {
-    apply_signs(out, static_cast<std::uint32_t>(math::rotation_sign_word(0)));
     local_stage<0>(out);
     local_stage<1>(out);
     local_stage<2>(out);
@@ -100,10 +165,6 @@ KVQ_DEVICE void rotate_key_segment(const std::uint32_t (&kx)[16], int lane, floa
     local_stage<4>(out);
   } else {
     constexpr int kLanesPerRow = D / 32;
-    const int q = lane & (kLanesPerRow - 1);
-    // Local byte j of the mask is byte 2j + (q & 1) of sign word q >> 1.
-    const std::uint64_t w = sign_word<D>(q >> 1);
-    apply_signs(out, __byte_perm(static_cast<std::uint32_t>(w), static_cast<std::uint32_t>(w >> 32), 0x6420u + 0x1111u * (q & 1)));
     local_stage<0>(out);
     local_stage<1>(out);
     local_stage<2>(out);
@@ -118,20 +179,20 @@ KVQ_DEVICE void rotate_key_segment(const std::uint32_t (&kx)[16], int lane, floa
 
 /// R·k of 4 key rows of which this thread holds channels 8c .. 8c + 7 (d[4j + w]: pair w of
 /// token j, as load_key_round gives them); out[8j + i] = rotated channel 8c + i of token j.
-/// Every lane of the warp calls it; a row spans the aligned group of D/8 lanes around `lane`.
+/// Every lane of the warp calls it; a row spans the aligned group of D/8 lanes around `lane`;
+/// `masks`: load_chunk_sign_masks<D>(lane).
 template <int D, DType kIn>
-KVQ_DEVICE void rotate_key_chunks(const std::uint32_t (&d)[16], int lane, float (&out)[32]) {
+KVQ_DEVICE void rotate_key_chunks(const std::uint32_t (&d)[16], uint4 masks, int lane, float (&out)[32]) {
   static_assert(math::rotation_supports(D) && D <= 256, "PerChannel rotated keys need a row within a warp (D <= 256)");
   constexpr int kLanesPerRow = D / 8;
-  unpack_floats<kIn>(d, out);
-  const int c = lane & (kLanesPerRow - 1);
-  const std::uint32_t byte = static_cast<std::uint32_t>(sign_word<D>(c >> 3) >> (8 * (c & 7))) & 0xffu;
-  apply_signs(out, byte * 0x01010101u);
+  const std::uint32_t m[16] = {masks.x, masks.y, masks.z, masks.w, masks.x, masks.y, masks.z, masks.w,
+                               masks.x, masks.y, masks.z, masks.w, masks.x, masks.y, masks.z, masks.w};
+  unpack_signed_floats<kIn, 32>(d, m, out);
   local_stage<0>(out);
   local_stage<1>(out);
   local_stage<2>(out);
 #pragma unroll
-  for (int m = 1; m < kLanesPerRow; m *= 2) lane_stage(out, lane, m);
+  for (int m2 = 1; m2 < kLanesPerRow; m2 *= 2) lane_stage(out, lane, m2);
   scale_rows<D>(out);
 }
 
