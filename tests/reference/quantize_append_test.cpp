@@ -557,3 +557,63 @@ TEST_CASE("a non-finite key element poisons every channel of its rotated token",
         REQUIRE(std::isnan(kvq::reference::dequantized_key(lc, cc.data(), 0, h, t, c)) == (h == 1));
       }
 }
+
+namespace {
+using PtCenLayout = CacheLayout<QuantSpec<2, 64, Granularity::kPerToken>, QuantSpec<2, 64, Granularity::kPerToken>, kD,
+                                Rotation::kHadamardCentered>;
+using PcCenLayout = CacheLayout<QuantSpec<2, 32, Granularity::kPerChannel>, QuantSpec<2, 32, Granularity::kPerToken>, kD,
+                                Rotation::kHadamardCentered>;
+}  // namespace
+
+TEMPLATE_TEST_CASE("a centered cache: μ is the first append's key mean, kept by later appends; keys are R·(k − μ)",
+                   "[quant][rotation][cpu]", PtCenLayout, PcCenLayout) {
+  using L = TestType;
+  const int B = 2, H = 3, N1 = 37, N = 90;
+  const auto l = make_layout<L>(B, H, 128, DType::kFloat32);
+  REQUIRE(l.k_mean_bytes() == static_cast<std::int64_t>(B) * H * kD * 4);
+  REQUIRE(l.k_mean_offset() >= l.v_tail_offset() + l.tail_bytes());
+  REQUIRE(l.bytes() >= l.k_mean_offset() + l.k_mean_bytes());
+  Activations k(DType::kBFloat16, B, N, H), v(DType::kBFloat16, B, N, H);
+  fill(k, v, 0xa0b0, true);
+  std::vector<unsigned char> cache(static_cast<std::size_t>(l.bytes()), 0);
+  std::vector<std::int32_t> lengths(B, 0);
+  REQUIRE(append(l, cache, lengths, k, v, 0, N1) == Status::kSuccess);
+  const auto p = kvq::layout::CachePointers<L>::from_base(l, cache.data());
+  std::vector<float> mu(static_cast<std::size_t>(B) * H * kD);
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < H; ++h)
+      for (int c = 0; c < kD; ++c) {
+        // The definition, written out: a float sum in token order, one float division.
+        float sum = 0.0f;
+        for (int t = 0; t < N1; ++t) sum += k.at(b, t, h, c);
+        const float want = sum / static_cast<float>(N1);
+        const float got = p.k_mean[l.k_mean_index(b, h, c)];
+        REQUIRE(got == want);
+        mu[static_cast<std::size_t>((b * H + h) * kD + c)] = got;
+      }
+  // Not vacuous: the keys have per-channel offsets, so μ is far from zero somewhere.
+  double max_mu = 0;
+  for (float x : mu) max_mu = std::max(max_mu, std::fabs(static_cast<double>(x)));
+  REQUIRE(max_mu > 0.3);
+  REQUIRE(append(l, cache, lengths, k, v, N1, N - N1) == Status::kSuccess);
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < H; ++h)
+      for (int c = 0; c < kD; ++c) REQUIRE(p.k_mean[l.k_mean_index(b, h, c)] == mu[static_cast<std::size_t>((b * H + h) * kD + c)]);
+  // Quantized tokens hold R·(k − μ) (float subtraction, then the rotation); the tail holds k.
+  auto kin = [&](int b, int h, std::int64_t t, int c) {
+    if (t >= L::quantized_length(N)) return k.at(b, t, h, c);
+    std::vector<float> x(kD);
+    for (int j = 0; j < kD; ++j) x[static_cast<std::size_t>(j)] = k.at(b, t, h, j) - mu[static_cast<std::size_t>((b * H + h) * kD + j)];
+    kvq::math::hadamard_rotate<kD>(x.data());
+    return x[static_cast<std::size_t>(c)];
+  };
+  auto vin = [&](int b, int h, std::int64_t t, int c) { return v.at(b, t, h, c); };
+  check_cache(l, cache, lengths, kin, vin);
+  // An entry emptied and refilled gets a new mean.
+  lengths[1] = 0;
+  REQUIRE(append(l, cache, lengths, k, v, 50, 10) == Status::kSuccess);
+  float sum = 0.0f;
+  for (int t = 50; t < 60; ++t) sum += k.at(1, t, 2, 5);
+  REQUIRE(p.k_mean[l.k_mean_index(1, 2, 5)] == sum / 10.0f);
+  REQUIRE(p.k_mean[l.k_mean_index(0, 2, 5)] == mu[static_cast<std::size_t>((0 * H + 2) * kD + 5)]);
+}

@@ -84,7 +84,7 @@ constexpr const char* to_string(AttentionPath p) noexcept { return p == Attentio
 /// Whether the mma.sync kernel (every architecture) implements a (layout, correction)
 /// pair: head dim 64 or 128, groups of at least 8, code words of a multiple of 4 codes
 /// (2, 4 and 8 bits), Exact only with PerChannel keys; rotated keys included (it scores the
-/// quantized segment with R·q).
+/// quantized segment with R·q), centered ones not yet.
 template <class Layout, Correction Mode>
 constexpr bool attention_variant_supported() {
   constexpr int kD = Layout::kHeadDim;
@@ -92,7 +92,7 @@ constexpr bool attention_variant_supported() {
   using V = typename Layout::VSpec;
   return (kD == 64 || kD == 128) && K::kGroupSize >= 8 && V::kGroupSize >= 8 && (32 / K::kBits) % 4 == 0 &&
          (32 / V::kBits) % 4 == 0 && (kD * K::kBits) % 128 == 0 && (kD * V::kBits) % 128 == 0 &&
-         !(K::kPerToken && Mode == Correction::kExact);
+         !(K::kPerToken && Mode == Correction::kExact) && !Layout::kCenteredKeys;
 }
 
 namespace detail::attention {
@@ -237,7 +237,7 @@ class AttentionPlan {
  public:
   static constexpr bool kForcedSm90 = detail::attention::is_sm90_config<Config>();
   static constexpr bool kAuto = std::is_same_v<Config, AutoConfig>;
-  static constexpr bool kSm90Implemented = kernels::sm90::variant_supported<Layout, Mode>();
+  static constexpr bool kSm90Implemented = kernels::sm90::variant_supported<Layout, Mode>() && !Layout::kCenteredKeys;
   static constexpr bool kSm80Implemented = attention_variant_supported<Layout, Mode>();
   /// Whether some kernel of this Config implements the variant (compile time).
   static constexpr bool kImplemented = kForcedSm90 ? kSm90Implemented : kSm80Implemented || (kAuto && kSm90Implemented);

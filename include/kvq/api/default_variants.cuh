@@ -33,6 +33,14 @@ using Int2Pt128D128Rot = layout::CacheLayout<PerTokenFp16<2, 128>, PerTokenFp16<
 using Int2Pc32D128Rot = layout::CacheLayout<PerChannelFp16<2, 32>, PerTokenFp16<2, 128>, 128, Rotation::kHadamard>;
 using Int4Pt128D128Rot = layout::CacheLayout<PerTokenFp16<4, 128>, PerTokenFp16<4, 128>, 128, Rotation::kHadamard>;
 using Int2Pt64D64Rot = layout::CacheLayout<PerTokenFp16<2, 64>, PerTokenFp16<2, 64>, 64, Rotation::kHadamard>;
+// Centered rotated keys: R·(k − μ), μ the key mean of the entry's first append.
+using Int2Pt128D128RotCen =
+    layout::CacheLayout<PerTokenFp16<2, 128>, PerTokenFp16<2, 128>, 128, Rotation::kHadamardCentered>;
+using Int2Pc32D128RotCen =
+    layout::CacheLayout<PerChannelFp16<2, 32>, PerTokenFp16<2, 128>, 128, Rotation::kHadamardCentered>;
+using Int4Pt128D128RotCen =
+    layout::CacheLayout<PerTokenFp16<4, 128>, PerTokenFp16<4, 128>, 128, Rotation::kHadamardCentered>;
+using Int2Pt64D64RotCen = layout::CacheLayout<PerTokenFp16<2, 64>, PerTokenFp16<2, 64>, 64, Rotation::kHadamardCentered>;
 
 }  // namespace kvq::variants
 

@@ -25,6 +25,13 @@
 // quantized keys with the rotated query R·q (q·k = (R·q)·(R·k)) and corrects them with
 // its elements; the tail and the current chunk are scored with q. The rotation changes
 // no byte count.
+//
+// Centered rotated keys (KeyRotation = Rotation::kHadamardCentered): the quantized keys are
+// R·(k − μ), μ[b][h] a float32 vector of HeadDim channels per batch entry and kv head,
+// kept in the k_mean region at the end of the cache (HeadDim floats per entry and head, no
+// per-token bytes). μ is set by the first append of N > 0 tokens into an entry of length 0
+// (the mean of those N keys, see reference/quantize_append.hpp) and kept by later appends;
+// the tail holds keys as given. Attention scores a quantized key with (R·q)·k̂ + q·μ.
 // Values are never rotated: the output is linear in V, so value noise needs no
 // correction (DESIGN.md section 3).
 //
@@ -68,8 +75,10 @@ struct CacheLayout {
 
   static constexpr int kHeadDim = HeadDim_;
   static constexpr Rotation kKeyRotation = KeyRotation_;
-  /// Keys are stored as R·k (codes, metadata and tail alike).
+  /// Quantized keys are stored rotated: R·k, or R·(k − μ) with centering.
   static constexpr bool kRotatedKeys = KeyRotation_ != Rotation::kNone;
+  /// Quantized keys are centered by the entry's key mean μ (the k_mean region).
+  static constexpr bool kCenteredKeys = KeyRotation_ == Rotation::kHadamardCentered;
   static constexpr int kKeyWordsPerToken = kHeadDim * KSpec::kBits / 32;
   static constexpr int kValueWordsPerToken = kHeadDim * VSpec::kBits / 32;
   static constexpr int kKeyTokensPerGroup = KSpec::kTokensPerGroup;         ///< Tk
@@ -122,6 +131,8 @@ struct CacheLayout {
   KVQ_HOST_DEVICE std::int64_t tail_index(int b, int h, int i, int c) const {
     return (head_index(b, h) * kKeyTokensPerGroup + i) * kHeadDim + c;
   }
+  /// Index (in floats) of channel c of the key mean μ[b][h] (centered layouts).
+  KVQ_HOST_DEVICE std::int64_t k_mean_index(int b, int h, int c) const { return head_index(b, h) * kHeadDim + c; }
 
   // ---- region sizes and byte offsets ---------------------------------------------
   static constexpr std::int64_t align_up(std::int64_t n) { return (n + kAlignment - 1) / kAlignment * kAlignment; }
@@ -144,8 +155,10 @@ struct CacheLayout {
   std::int64_t v_meta_offset() const { return align_up(v_codes_offset() + v_codes_bytes()); }
   std::int64_t k_tail_offset() const { return align_up(v_meta_offset() + v_meta_bytes()); }
   std::int64_t v_tail_offset() const { return align_up(k_tail_offset() + tail_bytes()); }
+  std::int64_t k_mean_bytes() const { return kCenteredKeys ? heads_total() * kHeadDim * 4 : 0; }
+  std::int64_t k_mean_offset() const { return align_up(v_tail_offset() + tail_bytes()); }
   /// Bytes to allocate for the whole cache (256-byte aligned base expected).
-  std::int64_t bytes() const { return align_up(v_tail_offset() + tail_bytes()); }
+  std::int64_t bytes() const { return align_up(k_mean_offset() + k_mean_bytes()); }
 };
 
 /// Typed pointers into one cache allocation. Built on the host from a base pointer;
@@ -158,6 +171,7 @@ struct CachePointers {
   typename Layout::VMeta* v_meta;
   void* k_tail;
   void* v_tail;
+  float* k_mean;  ///< centered layouts: μ[b][h][c]; otherwise points at the (empty) region's offset
 
   static CachePointers from_base(const Layout& l, void* base) {
     auto* p = static_cast<unsigned char*>(base);
@@ -166,7 +180,8 @@ struct CachePointers {
             reinterpret_cast<std::uint32_t*>(p + l.v_codes_offset()),
             reinterpret_cast<typename Layout::VMeta*>(p + l.v_meta_offset()),
             p + l.k_tail_offset(),
-            p + l.v_tail_offset()};
+            p + l.v_tail_offset(),
+            reinterpret_cast<float*>(p + l.k_mean_offset())};
   }
 };
 

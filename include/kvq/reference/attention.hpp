@@ -7,7 +7,9 @@
 // (math::hadamard_rotate<D, double>), and the rotated row q' = R·q scores the quantized
 // keys: (R·q)·(R·k) = q·k. The correction of a quantized key uses q'_j with the
 // rotated key's steps Δ_j. The tail and the current chunk hold keys as given: they are
-// scored with q exactly as for an unrotated layout.
+// scored with q exactly as for an unrotated layout. Centered keys (Layout::kCenteredKeys)
+// hold R·(k − μ): a quantized key's score gets q·μ added (in float64, from the stored μ),
+// (R·q)·R(k − μ) + q·μ = q·k.
 #pragma once
 
 #include <cmath>
@@ -120,6 +122,10 @@ template <class Layout>
           double q[D], qc[D];  // qc scores the quantized keys: q, or R·q for rotated keys
           for (int c = 0; c < D; ++c) q[c] = qc[c] = load_as_float(a.q.data, a.q.dtype, a.q.offset(b, i, hq, c));
           if constexpr (Layout::kRotatedKeys) math::hadamard_rotate<D>(qc);
+          double qmu = 0.0;  // q·μ, added to the quantized keys' scores of a centered layout
+          if constexpr (Layout::kCenteredKeys)
+            if (qlen > 0)
+              for (int c = 0; c < D; ++c) qmu += q[c] * static_cast<double>(p.k_mean[l.k_mean_index(b, h, c)]);
           std::vector<double> s(nkeys);
           double smax = -std::numeric_limits<double>::infinity();
           for (std::int64_t t = 0; t < nkeys; ++t) {
@@ -129,7 +135,7 @@ template <class Layout>
               continue;
             }
             const double* qt = seg[t] == kSegmentQuantized ? qc : q;
-            double dot = 0.0;
+            double dot = seg[t] == kSegmentQuantized ? qmu : 0.0;
             for (int c = 0; c < D; ++c) dot += qt[c] * keys[t * D + c];
             s[t] = a.scale * dot;
             if (seg[t] == kSegmentQuantized) s[t] -= key_correction<D>(qc, &steps[t * D], a.scale, a.correction);

@@ -7,6 +7,14 @@
 // math::hadamard_rotate in float right before it is quantized. The tail of PerChannel
 // keys holds keys as given (unrotated, rounded to the tail dtype), so only the quantized
 // segment is rotated. Values are stored as given.
+//
+// Centered keys (Layout::kCenteredKeys): an append of N > 0 tokens into a batch entry of
+// length 0 first sets the entry's key mean, per kv head h and channel c,
+//   μ[b][h][c] = (((0 + x_0) + x_1) + ... + x_{N−1}) / N,
+// x_t the float value of input key element (t, h, c), the sum in float in token order and
+// one float division (both rounded to nearest); later appends keep μ. A key token that is
+// quantized is then rotated from (x_c − μ_c) (one float subtraction per element) instead of
+// x_c.
 #pragma once
 
 #include <cstdint>
@@ -125,13 +133,25 @@ template <class Layout>
         if (i < tail) return load_as_float(p.k_tail, td, l.tail_index(b, h, static_cast<int>(i), c));
         return load_as_float(k.data, k.dtype, k.offset(b, i - tail, h, c));
       };
-      // Rotated layouts: the stream tokens that are quantized, rotated in float.
+      // Centered layouts: the first append into an empty entry sets the key mean.
+      if constexpr (Layout::kCenteredKeys) {
+        if (len == 0 && num_tokens > 0) {
+          for (int c = 0; c < D; ++c) {
+            float sum = 0.0f;
+            for (std::int64_t i = 0; i < num_tokens; ++i) sum = sum + load_as_float(k.data, k.dtype, k.offset(b, i, h, c));
+            p.k_mean[l.k_mean_index(b, h, c)] = sum / static_cast<float>(num_tokens);
+          }
+        }
+      }
+      // Rotated layouts: the stream tokens that are quantized, (centered and) rotated in float.
       std::vector<float> rotated;
       if constexpr (Layout::kRotatedKeys) {
         rotated.resize(static_cast<std::size_t>(full) * D);
         for (std::int64_t i = 0; i < full; ++i) {
           float* row = rotated.data() + i * D;
           for (int c = 0; c < D; ++c) row[c] = key(i, c);
+          if constexpr (Layout::kCenteredKeys)
+            for (int c = 0; c < D; ++c) row[c] = row[c] - p.k_mean[l.k_mean_index(b, h, c)];
           math::hadamard_rotate<D>(row);
         }
       }
@@ -166,7 +186,8 @@ template <class Layout>
 
 /// Dequantized key element (token t < quantized_length, channel c) of a host cache, and
 /// its step Δ (the width of its uniform noise under the model of DESIGN.md section 3).
-/// For a rotated-key layout this is element c of the rotated key R·k.
+/// For a rotated-key layout this is element c of the rotated key R·k (R·(k − μ) when
+/// centered).
 template <class Layout>
 float dequantized_key(const Layout& l, const void* cache, int b, int h, std::int64_t t, int c, float* step = nullptr) {
   using KS = typename Layout::KSpec;

@@ -24,6 +24,9 @@ enum class Granularity {
 enum class Rotation {
   kNone,      ///< Keys are cached as given.
   kHadamard,  ///< Keys are cached as R·k, R the fixed randomized Hadamard matrix of the head dim.
+  /// Keys are cached as R·(k − μ), μ the per-(batch entry, kv head) mean of the keys of the
+  /// first append into the empty entry (kept in the cache); attention adds q·μ back.
+  kHadamardCentered,
 };
 
 /// How the score of a quantized key is corrected for the Jensen bias (DESIGN.md section 3).
@@ -52,7 +55,9 @@ constexpr const char* to_string(ScaleType t) noexcept {
 constexpr const char* to_string(Granularity g) noexcept {
   return g == Granularity::kPerToken ? "per_token" : "per_channel";
 }
-constexpr const char* to_string(Rotation r) noexcept { return r == Rotation::kNone ? "none" : "hadamard"; }
+constexpr const char* to_string(Rotation r) noexcept {
+  return r == Rotation::kNone ? "none" : r == Rotation::kHadamard ? "hadamard" : "hadamard_centered";
+}
 constexpr const char* to_string(Correction c) noexcept {
   switch (c) {
     case Correction::kNone: return "none";
