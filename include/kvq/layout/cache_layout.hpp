@@ -135,30 +135,30 @@ struct CacheLayout {
   KVQ_HOST_DEVICE std::int64_t k_mean_index(int b, int h, int c) const { return head_index(b, h) * kHeadDim + c; }
 
   // ---- region sizes and byte offsets ---------------------------------------------
-  static constexpr std::int64_t align_up(std::int64_t n) { return (n + kAlignment - 1) / kAlignment * kAlignment; }
-  std::int64_t heads_total() const { return static_cast<std::int64_t>(shape.batch) * shape.heads; }
-  std::int64_t k_codes_bytes() const { return heads_total() * shape.capacity * kKeyWordsPerToken * 4; }
-  std::int64_t k_meta_bytes() const {
+  static constexpr KVQ_HOST_DEVICE std::int64_t align_up(std::int64_t n) { return (n + kAlignment - 1) / kAlignment * kAlignment; }
+  KVQ_HOST_DEVICE std::int64_t heads_total() const { return static_cast<std::int64_t>(shape.batch) * shape.heads; }
+  KVQ_HOST_DEVICE std::int64_t k_codes_bytes() const { return heads_total() * shape.capacity * kKeyWordsPerToken * 4; }
+  KVQ_HOST_DEVICE std::int64_t k_meta_bytes() const {
     return heads_total() * (shape.capacity / kKeyTokensPerGroup) * kKeyGroupsPerTokenGroup * static_cast<std::int64_t>(sizeof(KMeta));
   }
-  std::int64_t v_codes_bytes() const { return heads_total() * shape.capacity * kValueWordsPerToken * 4; }
-  std::int64_t v_meta_bytes() const {
+  KVQ_HOST_DEVICE std::int64_t v_codes_bytes() const { return heads_total() * shape.capacity * kValueWordsPerToken * 4; }
+  KVQ_HOST_DEVICE std::int64_t v_meta_bytes() const {
     return heads_total() * shape.capacity * kValueGroupsPerToken * static_cast<std::int64_t>(sizeof(VMeta));
   }
-  std::int64_t tail_bytes() const {
+  KVQ_HOST_DEVICE std::int64_t tail_bytes() const {
     return kHasTail ? heads_total() * kKeyTokensPerGroup * kHeadDim * static_cast<std::int64_t>(dtype_size(shape.tail_dtype)) : 0;
   }
 
-  std::int64_t k_codes_offset() const { return 0; }
-  std::int64_t k_meta_offset() const { return align_up(k_codes_offset() + k_codes_bytes()); }
-  std::int64_t v_codes_offset() const { return align_up(k_meta_offset() + k_meta_bytes()); }
-  std::int64_t v_meta_offset() const { return align_up(v_codes_offset() + v_codes_bytes()); }
-  std::int64_t k_tail_offset() const { return align_up(v_meta_offset() + v_meta_bytes()); }
-  std::int64_t v_tail_offset() const { return align_up(k_tail_offset() + tail_bytes()); }
-  std::int64_t k_mean_bytes() const { return kCenteredKeys ? heads_total() * kHeadDim * 4 : 0; }
-  std::int64_t k_mean_offset() const { return align_up(v_tail_offset() + tail_bytes()); }
+  KVQ_HOST_DEVICE std::int64_t k_codes_offset() const { return 0; }
+  KVQ_HOST_DEVICE std::int64_t k_meta_offset() const { return align_up(k_codes_offset() + k_codes_bytes()); }
+  KVQ_HOST_DEVICE std::int64_t v_codes_offset() const { return align_up(k_meta_offset() + k_meta_bytes()); }
+  KVQ_HOST_DEVICE std::int64_t v_meta_offset() const { return align_up(v_codes_offset() + v_codes_bytes()); }
+  KVQ_HOST_DEVICE std::int64_t k_tail_offset() const { return align_up(v_meta_offset() + v_meta_bytes()); }
+  KVQ_HOST_DEVICE std::int64_t v_tail_offset() const { return align_up(k_tail_offset() + tail_bytes()); }
+  KVQ_HOST_DEVICE std::int64_t k_mean_bytes() const { return kCenteredKeys ? heads_total() * kHeadDim * 4 : 0; }
+  KVQ_HOST_DEVICE std::int64_t k_mean_offset() const { return align_up(v_tail_offset() + tail_bytes()); }
   /// Bytes to allocate for the whole cache (256-byte aligned base expected).
-  std::int64_t bytes() const { return align_up(k_mean_offset() + k_mean_bytes()); }
+  KVQ_HOST_DEVICE std::int64_t bytes() const { return align_up(k_mean_offset() + k_mean_bytes()); }
 };
 
 /// Typed pointers into one cache allocation. Built on the host from a base pointer;

@@ -5,6 +5,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kvq/detail/macros.hpp"
+
 namespace kvq {
 
 /// Element type of activations (Q, K, V, O) and of full-precision cache tails.
@@ -43,7 +45,7 @@ enum class Mask {
   kCausalLastSegment,  ///< Every query sees all earlier segments and the keys of the current chunk at or before its own position (LLM prefill).
 };
 
-constexpr std::size_t dtype_size(DType t) noexcept { return t == DType::kFloat32 ? 4 : 2; }
+KVQ_HOST_DEVICE constexpr std::size_t dtype_size(DType t) noexcept { return t == DType::kFloat32 ? 4 : 2; }
 constexpr std::size_t scale_type_size(ScaleType t) noexcept { return t == ScaleType::kFloat32 ? 4 : 2; }
 
 constexpr const char* to_string(DType t) noexcept {

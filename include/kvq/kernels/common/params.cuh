@@ -52,4 +52,12 @@ struct AttentionParams {
   int chunk_maps;
 };
 
+/// The key mean μ[b][h][0..D) of a centered layout (Layout::kCenteredKeys), found from the
+/// cache base (the key codes are the cache's first region).
+template <class Layout>
+__device__ __forceinline__ const float* key_mean(const AttentionParams<Layout>& p, int b, int h) {
+  const auto* base = reinterpret_cast<const unsigned char*>(p.k_codes);
+  return reinterpret_cast<const float*>(base + p.layout.k_mean_offset()) + p.layout.k_mean_index(b, h, 0);
+}
+
 }  // namespace kvq::kernels::common
