@@ -764,3 +764,82 @@ TEST_CASE("with 8-bit keys a rotated cache attends like an unrotated one", "[att
     CHECK(l_rot <= 0.01);
   }
 }
+
+TEST_CASE("a centered cache without correction attends like plain attention over its decoded keys R^T k + μ",
+          "[attention][rotation][cpu]") {
+  // Each quantized key decodes to k̃ = Rᵀ·k̂ + μ (k̂ the stored rotated, centered key), so
+  // without correction the reference must equal plain softmax attention over k̃ with q:
+  // (R·q)·k̂ + q·μ = q·k̃. Keys have large per-channel offsets, so μ matters (checked).
+  using Cen = CacheLayout<QuantSpec<2, 32, Granularity::kPerChannel>, QuantSpec<2, 32, Granularity::kPerToken>, 64,
+                          kvq::Rotation::kHadamardCentered>;
+  const int B = 2, HKV = 2, HQ = 4, D = 64, N = 77, NC = 9, NQ = 6;
+  const auto l = make_layout<Cen>(B, HKV, 96, DType::kFloat32);
+  std::mt19937_64 rng(0xb020);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  Act q(B, NQ, HQ, D), k(B, NC, HKV, D), v(B, NC, HKV, D), kc(B, N, HKV, D), vc(B, N, HKV, D);
+  for (int b = 0; b < B; ++b)
+    for (int t = 0; t < N; ++t)
+      for (int h = 0; h < HKV; ++h)
+        for (int c = 0; c < D; ++c) kc.at(b, t, h, c) = normal(rng) + (c % 5 == 0 ? 6.0f : 1.0f) * (c % 2 ? 1.0f : -1.0f);
+  fill_normal(q, rng);
+  fill_normal(k, rng);
+  fill_normal(v, rng);
+  fill_normal(vc, rng);
+  std::vector<unsigned char> cache(static_cast<std::size_t>(l.bytes()), 0);
+  std::vector<std::int32_t> lengths = {0, 0};
+  REQUIRE(kvq::reference::quantize_append(l, cache.data(), lengths.data(), kc.view(), vc.view(), 40) == Status::kSuccess);
+  REQUIRE(kvq::reference::quantize_append(l, cache.data(), lengths.data(), kc.view(40), vc.view(40), N - 40) == Status::kSuccess);
+  const auto p = kvq::layout::CachePointers<Cen>::from_base(l, cache.data());
+  AttentionArgs a;
+  a.batch = B;
+  a.q_heads = HQ;
+  a.num_q = NQ;
+  a.num_chunk = NC;
+  a.q = q.view();
+  a.k_chunk = k.view();
+  a.v_chunk = v.view();
+  a.cache_lengths = lengths.data();
+  a.scale = 0.125f;
+  a.correction = Correction::kNone;
+  Outputs o(B, HQ, NQ, D);
+  o.bind(a);
+  REQUIRE(kvq::reference::attention(l, cache.data(), a) == Status::kSuccess);
+  double worst_mu_effect = 0;
+  for (int b = 0; b < B; ++b)
+    for (int hq = 0; hq < HQ; ++hq) {
+      const int h = hq / 2;
+      const std::int64_t qlen = Cen::quantized_length(N);
+      Seq s, s_nomu;
+      for (std::int64_t t = 0; t < qlen; ++t) {
+        std::vector<double> kh(D), vv(D);
+        for (int c = 0; c < D; ++c) {
+          kh[c] = kvq::reference::dequantized_key(l, cache.data(), b, h, t, c);
+          vv[c] = kvq::reference::dequantized_value(l, cache.data(), b, h, t, c);
+        }
+        kvq::math::hadamard_rotate_inverse<64>(kh.data());
+        std::vector<double> kt = kh;
+        for (int c = 0; c < D; ++c) kt[c] += static_cast<double>(p.k_mean[l.k_mean_index(b, h, c)]);
+        s.add(kt, vv, 0, std::vector<double>(D, 0.0));
+        s_nomu.add(kh, vv, 0, std::vector<double>(D, 0.0));
+      }
+      for (Seq* x : {&s, &s_nomu}) {
+        add_tokens(*x, kc, vc, b, h, qlen, N - qlen, 1);
+        add_tokens(*x, k, v, b, h, 0, NC, 2);
+      }
+      for (int i = 0; i < NQ; ++i) {
+        std::vector<double> qv(D);
+        for (int c = 0; c < D; ++c) qv[c] = q.at(b, i, hq, c);
+        const RowExpect e = direct_row(qv, s, a.scale, Correction::kNone, Mask::kNone, i, NQ, NC);
+        const RowExpect f = direct_row(qv, s_nomu, a.scale, Correction::kNone, Mask::kNone, i, NQ, NC);
+        const std::int64_t row = (static_cast<std::int64_t>(b) * HQ + hq) * NQ + i;
+        INFO("b " << b << ", hq " << hq << ", i " << i);
+        REQUIRE(std::fabs(o.lse[static_cast<std::size_t>(row)] - static_cast<double>(e.lse)) <= 1e-9);
+        for (int c = 0; c < D; ++c)
+          REQUIRE(std::fabs(o.out[static_cast<std::size_t>(((b * NQ + i) * HQ + hq) * D + c)] - static_cast<double>(e.out[c])) <= 1e-9);
+        for (int g = 0; g < 3; ++g) REQUIRE(std::fabs(o.mass[static_cast<std::size_t>(row * 3 + g)] - static_cast<double>(e.mass[g])) <= 1e-9);
+        worst_mu_effect = std::max(worst_mu_effect, std::fabs(static_cast<double>(e.lse - f.lse)));
+      }
+    }
+  // Without the q·μ term the answer would be far off.
+  CHECK(worst_mu_effect > 0.5);
+}
