@@ -11,6 +11,7 @@
 #include "kvq/math/rotation.hpp"
 #include "kvq/math/scale_traits.hpp"
 #include "kvq/reference/attention.hpp"
+#include "kvq/reference/merge.hpp"
 #include "kvq/reference/quantize_append.hpp"
 #include "kvq/spec/quant_spec.hpp"
 #include "kvq/spec/tensor.hpp"
