@@ -14,3 +14,7 @@ KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int2Pt128D128Rot, kvq::Correction::kNon
 KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int2Pt128D128Rot, kvq::Correction::kTaylor2)
 KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int4Pt128D128Rot, kvq::Correction::kNone)
 KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int4Pt128D128Rot, kvq::Correction::kTaylor2)
+KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int2Pt128D128RotCen, kvq::Correction::kNone)
+KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int2Pt128D128RotCen, kvq::Correction::kTaylor2)
+KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int4Pt128D128RotCen, kvq::Correction::kNone)
+KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int4Pt128D128RotCen, kvq::Correction::kTaylor2)

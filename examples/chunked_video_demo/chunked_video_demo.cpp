@@ -4,7 +4,8 @@
 // chunks ; the current chunk's own keys and values]; then the chunk is appended to
 // the cache. The demo compares, per chunk, a bf16 cache with INT2/INT4 caches
 // (PerToken and PerChannel keys, and PerToken keys rotated by the randomized Hadamard
-// matrix of kvq/math/rotation.hpp) with and without the Taylor2 Jensen correction:
+// matrix of kvq/math/rotation.hpp, also centered by their first chunk's mean) with and
+// without the Taylor2 Jensen correction:
 // the softmax mass that the current chunk's queries put on the current chunk, and
 // the output error against the bf16 cache.
 //
@@ -118,6 +119,13 @@ using PerTokenInt2Rotated = kvq::layout::CacheLayout<kvq::QuantSpec<2, 128, kvq:
 using PerTokenInt4Rotated = kvq::layout::CacheLayout<kvq::QuantSpec<4, 128, kvq::Granularity::kPerToken>,
                                                      kvq::QuantSpec<4, 128, kvq::Granularity::kPerToken>, kHeadDim,
                                                      kvq::Rotation::kHadamard>;
+// Rotated keys centered by their first chunk's mean.
+using PerTokenInt2Centered = kvq::layout::CacheLayout<kvq::QuantSpec<2, 128, kvq::Granularity::kPerToken>,
+                                                      kvq::QuantSpec<2, 128, kvq::Granularity::kPerToken>, kHeadDim,
+                                                      kvq::Rotation::kHadamardCentered>;
+using PerTokenInt4Centered = kvq::layout::CacheLayout<kvq::QuantSpec<4, 128, kvq::Granularity::kPerToken>,
+                                                      kvq::QuantSpec<4, 128, kvq::Granularity::kPerToken>, kHeadDim,
+                                                      kvq::Rotation::kHadamardCentered>;
 
 /// Attention of chunk `c`'s queries on the CPU reference, with `cache` (or none) before the chunk.
 template <class Layout>
@@ -280,9 +288,11 @@ int main(int argc, char** argv) {
                     baseline[c].mass_current, 0.0, bf16_bytes, 2.0 * 2 * kHeadDim, main_backend});
   run_layout<PerTokenInt2>(o, s, gpu, dseq, baseline, &rows);
   run_layout<PerTokenInt2Rotated>(o, s, gpu, dseq, baseline, &rows);
+  run_layout<PerTokenInt2Centered>(o, s, gpu, dseq, baseline, &rows);
   run_layout<PerChannelInt2>(o, s, gpu, dseq, baseline, &rows);
   run_layout<PerTokenInt4>(o, s, gpu, dseq, baseline, &rows);
   run_layout<PerTokenInt4Rotated>(o, s, gpu, dseq, baseline, &rows);
+  run_layout<PerTokenInt4Centered>(o, s, gpu, dseq, baseline, &rows);
   run_layout<PerChannelInt4>(o, s, gpu, dseq, baseline, &rows);
 
   // Per configuration: the mean current-chunk mass bias (quantized − bf16) without and with
@@ -350,22 +360,22 @@ int main(int argc, char** argv) {
   std::printf("kvq chunked video demo (%s): D=%d, %d heads, %d chunks of %d tokens, %s key outliers, query std %.1f\n",
               gpu ? "GPU kernels" : "CPU reference", kHeadDim, o.heads, o.chunks,
               o.chunk_tokens, outliers, kQueryStd);
-  std::printf("%-5s %-6s %-12s %-9s %-9s %14s %14s %12s %12s\n", "chunk", "cache", "keys", "rotation", "corr", "mass_current",
+  std::printf("%-5s %-6s %-12s %-17s %-9s %14s %14s %12s %12s\n", "chunk", "cache", "keys", "rotation", "corr", "mass_current",
               "mass_bf16", "out_rel_err", "cache_bytes");
   for (const Row& r : rows) {
     char cache_name[16];
     std::snprintf(cache_name, sizeof cache_name, r.bits == 16 ? "bf16" : "int%d", r.bits);
-    std::printf("%-5d %-6s %-12s %-9s %-9s %14.6f %14.6f %12.5f %12lld%s\n", r.chunk, cache_name, r.key_granularity,
+    std::printf("%-5d %-6s %-12s %-17s %-9s %14.6f %14.6f %12.5f %12lld%s\n", r.chunk, cache_name, r.key_granularity,
                 kvq::to_string(r.rotation), kvq::to_string(r.correction), r.mass_current, r.mass_current_ref, r.output_rel_err,
                 r.cache_bytes, gpu && std::strcmp(r.backend, "gpu") != 0 ? "  (CPU reference)" : "");
   }
   std::printf("\nPer configuration, means over chunks 1..%d: the current chunk's mass bias (quantized - bf16)\n"
               "without and with Taylor2, the share of it Taylor2 removes, and the output error vs the bf16 cache.\n",
               o.chunks - 1);
-  std::printf("%-6s %-12s %-9s %8s %10s %13s %8s %9s %12s\n", "cache", "keys", "rotation", "B/token", "bias none",
+  std::printf("%-6s %-12s %-17s %8s %10s %13s %8s %9s %12s\n", "cache", "keys", "rotation", "B/token", "bias none",
               "bias taylor2", "removed", "err none", "err taylor2");
   for (const Summary& x : summary)
-    std::printf("int%-3d %-12s %-9s %8.1f %10.4f %13.4f %7.1f%% %9.3f %12.3f%s\n", x.bits, x.gran, kvq::to_string(x.rotation),
+    std::printf("int%-3d %-12s %-17s %8.1f %10.4f %13.4f %7.1f%% %9.3f %12.3f%s\n", x.bits, x.gran, kvq::to_string(x.rotation),
                 x.bytes_per_token, x.bias_none, x.bias_t2, 100.0 * x.removed, x.err_none, x.err_t2,
                 gpu && std::strcmp(x.backend, "gpu") != 0 ? "  (CPU reference)" : "");
   std::printf("(bf16: %.0f bytes per token of one head. Full sweep: docs/fidelity.md.)\n", 2.0 * 2 * kHeadDim);

@@ -19,6 +19,10 @@ KVQ_DECLARE_ATTENTION(kvq::variants::Int2Pt128D128Rot, kvq::Correction::kNone)
 KVQ_DECLARE_ATTENTION(kvq::variants::Int2Pt128D128Rot, kvq::Correction::kTaylor2)
 KVQ_DECLARE_ATTENTION(kvq::variants::Int4Pt128D128Rot, kvq::Correction::kNone)
 KVQ_DECLARE_ATTENTION(kvq::variants::Int4Pt128D128Rot, kvq::Correction::kTaylor2)
+KVQ_DECLARE_ATTENTION(kvq::variants::Int2Pt128D128RotCen, kvq::Correction::kNone)
+KVQ_DECLARE_ATTENTION(kvq::variants::Int2Pt128D128RotCen, kvq::Correction::kTaylor2)
+KVQ_DECLARE_ATTENTION(kvq::variants::Int4Pt128D128RotCen, kvq::Correction::kNone)
+KVQ_DECLARE_ATTENTION(kvq::variants::Int4Pt128D128RotCen, kvq::Correction::kTaylor2)
 
 namespace kvq_demo {
 
