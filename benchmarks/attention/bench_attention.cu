@@ -250,6 +250,7 @@ KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int4Pt128D128, kvq::Correction::kTaylor
 KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int4Pc32D128, kvq::Correction::kNone)
 KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int4Pc32D128, kvq::Correction::kTaylor2)
 KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int2Pt128D128Rot, kvq::Correction::kTaylor2)
+KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int2Pt128D128RotCen, kvq::Correction::kTaylor2)
 
 int main(int argc, char** argv) {
   using namespace kvq::variants;
@@ -285,6 +286,7 @@ int main(int argc, char** argv) {
   const std::vector<Shape> rotation_shapes = {{8192, 65536, 24, 24}, {4680, 18720, 12, 12}};
   add<Int2Pt128D128, Correction::kTaylor2, COV>("rot_pair/int2_pt128_taylor2_d128_sm90ov", rotation_shapes);
   add<Int2Pt128D128Rot, Correction::kTaylor2, COV>("rot_pair/int2_pt128rot_taylor2_d128_sm90ov", rotation_shapes);
+  add<Int2Pt128D128RotCen, Correction::kTaylor2, COV>("rot_pair/int2_pt128rotcen_taylor2_d128_sm90ov", rotation_shapes);
   add<Int2Pt128D128, Correction::kTaylor2, kvq::kernels::sm90::Config128NoFold>("int2_pt128_taylor2_d128_sm90fma", main_shape);
   // mma.sync kernel (every architecture; PerChannel keys run on it on Hopper too).
   add<Int2Pt128D128, Correction::kNone>("int2_pt128_none_d128", all);
