@@ -84,7 +84,7 @@ constexpr const char* to_string(AttentionPath p) noexcept { return p == Attentio
 /// Whether the mma.sync kernel (every architecture) implements a (layout, correction)
 /// pair: head dim 64 or 128, groups of at least 8, code words of a multiple of 4 codes
 /// (2, 4 and 8 bits), Exact only with PerChannel keys; rotated keys included (it scores the
-/// quantized segment with R·q), centered ones not yet.
+/// quantized segment with R·q), centered ones too (q·μ shifts the segment's softmax max).
 template <class Layout, Correction Mode>
 constexpr bool attention_variant_supported() {
   constexpr int kD = Layout::kHeadDim;
@@ -92,7 +92,7 @@ constexpr bool attention_variant_supported() {
   using V = typename Layout::VSpec;
   return (kD == 64 || kD == 128) && K::kGroupSize >= 8 && V::kGroupSize >= 8 && (32 / K::kBits) % 4 == 0 &&
          (32 / V::kBits) % 4 == 0 && (kD * K::kBits) % 128 == 0 && (kD * V::kBits) % 128 == 0 &&
-         !(K::kPerToken && Mode == Correction::kExact) && !Layout::kCenteredKeys;
+         !(K::kPerToken && Mode == Correction::kExact);
 }
 
 namespace detail::attention {

@@ -13,6 +13,7 @@
 // across warps, and the packed codes arrive kStages-2 tiles ahead.
 // Rotated keys: the quantized tiles are scored and corrected with R·q, [tail ; chunk] with
 // q (rotate_q_rows in the prologue, reload_q_fragments at tile n_qtiles; sm80/rotation.cuh).
+// Centered keys: the rows' running max takes q·μ after the quantized tiles (add_key_mean_to_max).
 #pragma once
 
 #include <cstdint>
@@ -152,7 +153,10 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
   for (int n = 0; n < c.n_tiles; ++n) {
     __syncthreads();
     if constexpr (Tr::kRotatedKeys) {
-      if (n == c.n_qtiles && n > 0) reload_q_fragments<Tr>(st, p, c, warp, lane);
+      if (n == c.n_qtiles && n > 0) {
+        reload_q_fragments<Tr>(st, p, c, warp, lane);
+        if constexpr (Tr::kCenteredKeys) add_key_mean_to_max<Tr>(st, p, c, lane);
+      }
     }
     const int buf = n & 1;
     if (n + kS - 1 < c.n_qtiles) issue_packed<Tr>(p, c, n + kS - 1, tid);
@@ -182,6 +186,13 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     }
   }
   arch::cp_async_wait<0>();
+  if constexpr (Tr::kCenteredKeys) {
+    // Quantized tiles only: the LSE needs the shifted max too.
+    if (c.n_qtiles > 0 && c.n_tiles == c.n_qtiles) {
+      reload_q_fragments<Tr>(st, p, c, warp, lane);
+      add_key_mean_to_max<Tr>(st, p, c, lane);
+    }
+  }
 
   // ---- epilogue ----------------------------------------------------------------------------
   common::write_outputs<Tr>(p, c, st, warp, lane);

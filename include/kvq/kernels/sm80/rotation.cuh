@@ -82,6 +82,32 @@ KVQ_DEVICE void reload_q_fragments(common::WarpState<Tr>& st, const common::Atte
   }
 }
 
+/// Centered keys: the quantized tiles scored (R·q)·R(k − μ), q·μ short of q·k for every key
+/// of the row. A constant per row leaves the online-softmax state relative to the max
+/// unchanged, so the row's running max (raw-score units) takes q·μ once after the last
+/// quantized tile, and no score does. st.qa must hold the unrotated fragments (rows past the
+/// q length are zeros: they get 0).
+template <class Tr>
+KVQ_DEVICE void add_key_mean_to_max(common::WarpState<Tr>& st, const common::AttentionParams<typename Tr::Layout>& p,
+                                    const CtaContext<Tr>& c, int lane) {
+  using Ops = arch::ElementOps<Tr::kElement>;
+  const float* mu = common::key_mean(p, c.b, c.h) + 2 * (lane & 3);
+  float d[2] = {0.0f, 0.0f};
+#pragma unroll
+  for (int ks = 0; ks < Tr::kKSteps; ++ks)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const float2 m2 = __ldg(reinterpret_cast<const float2*>(mu + 16 * ks + 8 * half));
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        d[h] = __fmaf_rn(Ops::lo(st.qa[ks][2 * half + h]), m2.x, d[h]);
+        d[h] = __fmaf_rn(Ops::hi(st.qa[ks][2 * half + h]), m2.y, d[h]);
+      }
+    }
+  st.m[0] += arch::quad_sum(d[0]);
+  st.m[1] += arch::quad_sum(d[1]);
+}
+
 /// The rotated query row element pair (channels ch, ch + 1, ch even) of CTA row `row`
 /// that rotate_q_rows copied for the PerChannel Exact corrections.
 template <class Tr>

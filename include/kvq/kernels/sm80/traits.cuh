@@ -30,6 +30,8 @@ struct Traits {
   static constexpr bool kTaylor4 = kMode == Correction::kTaylor4;
   /// The quantized segment holds R·k: its tiles are scored and corrected with R·q.
   static constexpr bool kRotatedKeys = Layout::kRotatedKeys;
+  /// It holds R·(k − μ): those scores come out q·μ short (add_key_mean_to_max).
+  static constexpr bool kCenteredKeys = Layout::kCenteredKeys;
 
   static_assert(Element_ == DType::kBFloat16 || Element_ == DType::kFloat16,
                 "Element must be DType::kBFloat16 or DType::kFloat16 (the MMA operand type)");
