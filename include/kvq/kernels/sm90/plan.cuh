@@ -31,6 +31,8 @@ struct Plan {
                                 (Layout::kHeadDim / KSpec::kGroupSize) * kFoldColsPerGroup <= 16;
   /// Rotated keys: quantized tiles are scored with R·q, the others with q (consumer.cuh).
   static constexpr bool kRotatedKeys = Layout::kRotatedKeys;
+  /// Centered keys: quantized scores lack q·μ, added to the running max instead (consumer.cuh).
+  static constexpr bool kCenteredKeys = Layout::kCenteredKeys;
 
   // ---- tiles and threads ----------------------------------------------------------------
   static constexpr int kConsumerGroups = Config_::kConsumerGroups;
