@@ -61,3 +61,8 @@ _kvq_attention_test(test_attention_rotated
   test_attention_rotated_pt128.cu test_attention_rotated_pc32.cu test_attention_rotated_int8.cu)
 _kvq_attention_test(test_attention_rotated_sm90 SM90_CASES
   test_attention_rotated_sm90.cu test_attention_rotated_sm90_192.cu test_attention_rotated_sm90_config.cu)
+
+# Centered rotated keys on the Hopper kernel ([sm90] cases; the plain test: compile-time
+# facts and argument refusals).
+_kvq_attention_test(test_attention_centered_sm90 SM90_CASES
+  test_attention_centered_sm90.cu test_attention_centered_sm90_config.cu)

@@ -89,6 +89,8 @@ struct AttentionErrors {
   double max_abs = 0, mean_abs = 0, max_lse = 0, max_mass = 0, max_v = 0;
   double max_ref_change = 0;  ///< max |ref(mode) - ref(None)|, when computed
   double mean_vs_none = 0;    ///< mean |o - ref(None)|, when computed
+  double mean_vs_uncentered = 0;      ///< centered keys: mean |o - ref(μ = 0)| (where a kernel that ignored μ would be)
+  double mean_lse_vs_uncentered = 0;  ///< centered keys: mean |lse - ref(μ = 0)| over rows with a finite LSE (with lse)
 };
 
 inline std::uint16_t to_bits(DType t, float x) {
@@ -167,6 +169,7 @@ std::vector<unsigned char> build_host_cache(const Layout& l, const std::vector<i
     copy(l.v_meta_offset(), lb.v_meta_offset(), lb.v_meta_bytes());
     copy(l.k_tail_offset(), lb.k_tail_offset(), lb.tail_bytes());
     copy(l.v_tail_offset(), lb.v_tail_offset(), lb.tail_bytes());
+    copy(l.k_mean_offset(), lb.k_mean_offset(), lb.k_mean_bytes());
   }
   return full;
 }
@@ -255,6 +258,18 @@ AttentionErrors run_attention_case(const AttentionCase& tc, const char* variant_
     REQUIRE(reference::attention(l, cache.data(), rn) == Status::kSuccess);
     for (std::size_t i = 0; i < n_out; ++i) err.max_ref_change = std::max(err.max_ref_change, std::fabs(none_o[i] - ref_o[i]));
   }
+  std::vector<double> uncentered_o, uncentered_lse;
+  if constexpr (Layout::kCenteredKeys) {
+    std::vector<unsigned char> zero_mu = cache;
+    std::fill_n(zero_mu.begin() + l.k_mean_offset(), l.k_mean_bytes(), 0);
+    uncentered_o.assign(n_out, 0.0);
+    uncentered_lse.assign(n_rows, 0.0);
+    reference::AttentionArgs ru = ra;
+    ru.out = uncentered_o.data();
+    ru.lse = uncentered_lse.data();
+    ru.mass = nullptr;
+    REQUIRE(reference::attention(l, zero_mu.data(), ru) == Status::kSuccess);
+  }
 
   // ---- device ------------------------------------------------------------------------------
   DeviceBuffer<unsigned char> d_cache(cache.size());
@@ -303,7 +318,8 @@ AttentionErrors run_attention_case(const AttentionCase& tc, const char* variant_
   // ---- compare -------------------------------------------------------------------------------
   const double m = std::max(1.0, static_cast<double>(tc.q_scale));  // score errors grow with |q|
   const double atol = 1e-2 * m * max_v, rtol = 1e-2;
-  double sum_vs_none = 0;
+  double sum_vs_none = 0, sum_vs_uncentered = 0, sum_lse_vs_uncentered = 0;
+  std::size_t lse_rows = 0;
   std::size_t bad = 0, checked = 0, untouched_bad = 0;
   double sum_abs = 0;
   std::ostringstream first;
@@ -319,6 +335,7 @@ AttentionErrors run_attention_case(const AttentionCase& tc, const char* variant_
           const double r = ref_o[ri];
           const double x = from_bits(dt, out[off]);
           if (check_visible_correction) sum_vs_none += std::fabs(x - none_o[ri]);
+          if (!uncentered_o.empty()) sum_vs_uncentered += std::fabs(x - uncentered_o[ri]);
           const double e = std::fabs(x - r);
           ++checked;
           sum_abs += std::isfinite(e) ? e : 1e30;
@@ -339,6 +356,7 @@ AttentionErrors run_attention_case(const AttentionCase& tc, const char* variant_
           } else {
             const double e = std::fabs(x - r);
             err.max_lse = std::max(err.max_lse, std::isfinite(e) ? e : 1e30);
+            if (!uncentered_lse.empty()) sum_lse_vs_uncentered += std::fabs(x - uncentered_lse[row]), ++lse_rows;
             if (!(e <= 1.5e-2 * m + 1e-3 * std::fabs(r))) {
               if (bad < 5) first << " lse[" << row << "]=" << x << " ref=" << r << ";";
               ++bad;
@@ -377,12 +395,18 @@ AttentionErrors run_attention_case(const AttentionCase& tc, const char* variant_
   }
   err.mean_abs = checked ? sum_abs / checked : 0.0;
   err.mean_vs_none = checked ? sum_vs_none / checked : 0.0;
-  std::printf("[attention] %-22s %-7s %s | max|o-ref| %.3g (atol %.3g) mean %.3g | lse %.3g | mass %.3g%s\n", variant_name,
+  err.mean_vs_uncentered = checked ? sum_vs_uncentered / checked : 0.0;
+  err.mean_lse_vs_uncentered = lse_rows ? sum_lse_vs_uncentered / lse_rows : 0.0;
+  std::printf("[attention] %-22s %-7s %s | max|o-ref| %.3g (atol %.3g) mean %.3g | lse %.3g | mass %.3g%s%s\n", variant_name,
               to_string(Mode), tc.describe().c_str(), err.max_abs, atol, err.mean_abs, err.max_lse, err.max_mass,
               check_visible_correction ? (" | correction moves ref by " + std::to_string(err.max_ref_change) +
                                           ", mean |o - ref(none)| " + std::to_string(err.mean_vs_none))
                                              .c_str()
-                                       : "");
+                                       : "",
+              Layout::kCenteredKeys ? (" | mean |o - ref(mu = 0)| " + std::to_string(err.mean_vs_uncentered) +
+                                       ", lse " + std::to_string(err.mean_lse_vs_uncentered))
+                                          .c_str()
+                                    : "");
   INFO("first mismatches:" << first.str());
   CHECK(bad == 0);
   CHECK(untouched_bad == 0);
