@@ -64,3 +64,7 @@ _kvq_attention_test(test_attention_rotated_sm90 SM90_CASES
 
 # Centered rotated keys: the mma.sync kernel (forced).
 _kvq_attention_test(test_attention_centered test_attention_centered_pt128.cu test_attention_centered_pc32_d64.cu)
+# Centered rotated keys on the Hopper kernel ([sm90] cases; the plain test: compile-time
+# facts and argument refusals).
+_kvq_attention_test(test_attention_centered_sm90 SM90_CASES
+  test_attention_centered_sm90.cu test_attention_centered_sm90_config.cu)

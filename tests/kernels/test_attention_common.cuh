@@ -91,6 +91,7 @@ struct AttentionErrors {
   double mean_vs_none = 0;    ///< mean |o - ref(None)|, when computed
   double mean_vs_uncentered = 0;     ///< centered layouts: mean |o - ref(μ = 0)|, the reference without q·μ
   double max_lse_vs_uncentered = 0;  ///< centered layouts: max |lse - lse ref(μ = 0)|
+  double mean_lse_vs_uncentered = 0;  ///< centered layouts: mean |lse - lse ref(μ = 0)| over rows with a finite LSE
 };
 
 inline std::uint16_t to_bits(DType t, float x) {
@@ -319,7 +320,8 @@ AttentionErrors run_attention_case(const AttentionCase& tc, const char* variant_
   // ---- compare -------------------------------------------------------------------------------
   const double m = std::max(1.0, static_cast<double>(tc.q_scale));  // score errors grow with |q|
   const double atol = 1e-2 * m * max_v, rtol = 1e-2;
-  double sum_vs_none = 0, sum_vs_uncentered = 0;
+  double sum_vs_none = 0, sum_vs_uncentered = 0, sum_lse_vs_uncentered = 0;
+  std::size_t lse_rows = 0;
   std::size_t bad = 0, checked = 0, untouched_bad = 0;
   double sum_abs = 0;
   std::ostringstream first;
@@ -348,8 +350,11 @@ AttentionErrors run_attention_case(const AttentionCase& tc, const char* variant_
         const std::size_t row = (static_cast<std::size_t>(b) * tc.q_heads + h) * tc.num_q + i;
         if (tc.lse) {
           const double r = ref_lse[row], x = lse[row];
-          if (!unc_lse.empty() && std::isfinite(unc_lse[row]) && std::isfinite(x))
+          if (!unc_lse.empty() && std::isfinite(unc_lse[row]) && std::isfinite(x)) {
             err.max_lse_vs_uncentered = std::max(err.max_lse_vs_uncentered, std::fabs(x - unc_lse[row]));
+            sum_lse_vs_uncentered += std::fabs(x - unc_lse[row]);
+            ++lse_rows;
+          }
           if (std::isinf(r) && r < 0) {
             if (!(std::isinf(x) && x < 0)) {
               if (bad < 5) first << " lse[" << row << "]=" << x << " ref=-inf;";
@@ -397,6 +402,7 @@ AttentionErrors run_attention_case(const AttentionCase& tc, const char* variant_
   err.mean_abs = checked ? sum_abs / checked : 0.0;
   err.mean_vs_none = checked ? sum_vs_none / checked : 0.0;
   err.mean_vs_uncentered = checked ? sum_vs_uncentered / checked : 0.0;
+  err.mean_lse_vs_uncentered = lse_rows ? sum_lse_vs_uncentered / static_cast<double>(lse_rows) : 0.0;
   std::printf("[attention] %-22s %-7s %s | max|o-ref| %.3g (atol %.3g) mean %.3g | lse %.3g | mass %.3g%s\n", variant_name,
               to_string(Mode), tc.describe().c_str(), err.max_abs, atol, err.mean_abs, err.max_lse, err.max_mass,
               check_visible_correction ? (" | correction moves ref by " + std::to_string(err.max_ref_change) +
@@ -404,8 +410,8 @@ AttentionErrors run_attention_case(const AttentionCase& tc, const char* variant_
                                              .c_str()
                                        : "");
   if constexpr (Layout::kCenteredKeys)
-    std::printf("[attention] %-22s without q.mu: mean |o - ref| %.3g, max |lse - ref| %.3g\n", variant_name,
-                err.mean_vs_uncentered, err.max_lse_vs_uncentered);
+    std::printf("[attention] %-22s without q.mu: mean |o - ref| %.3g, lse max %.3g mean %.3g\n", variant_name,
+                err.mean_vs_uncentered, err.max_lse_vs_uncentered, err.mean_lse_vs_uncentered);
   INFO("first mismatches:" << first.str());
   CHECK(bad == 0);
   CHECK(untouched_bad == 0);

@@ -237,7 +237,7 @@ class AttentionPlan {
  public:
   static constexpr bool kForcedSm90 = detail::attention::is_sm90_config<Config>();
   static constexpr bool kAuto = std::is_same_v<Config, AutoConfig>;
-  static constexpr bool kSm90Implemented = kernels::sm90::variant_supported<Layout, Mode>() && !Layout::kCenteredKeys;
+  static constexpr bool kSm90Implemented = kernels::sm90::variant_supported<Layout, Mode>();
   static constexpr bool kSm80Implemented = attention_variant_supported<Layout, Mode>();
   /// Whether some kernel of this Config implements the variant (compile time).
   static constexpr bool kImplemented = kForcedSm90 ? kSm90Implemented : kSm80Implemented || (kAuto && kSm90Implemented);

@@ -46,9 +46,11 @@ KVQ_DEVICE void load_q(const common::AttentionParams<typename Tr::Layout>& p, co
 /// Rotated keys: the warpgroup's 64 rows of R·q into the Q buffer, rounded to the element
 /// type (rows past the q length are zeros). Warp ww of the warpgroup rotates rows
 /// 16 ww .. 16 ww + 15, lane l holding channels [l D/32, (l + 1) D/32) of a row.
+/// Centered keys: qmu gets q·μ of the rows the lane keeps the softmax state of (rows g and
+/// g + 8 of the warp, g = lane / 4), from the unrotated q.
 template <class Tr>
 KVQ_DEVICE void load_q_rotated(const common::AttentionParams<typename Tr::Layout>& p, const common::CtaContext<Tr>& c,
-                               const Smem<Tr>& sm, int wg, int ww, int lane) {
+                               const Smem<Tr>& sm, int wg, int ww, int lane, float (&qmu)[2]) {
   using Ops = arch::ElementOps<Tr::kElement>;
   constexpr int kE = Tr::kHeadDim / 32;  // 4 or 2 channels: 8 or 4 bytes per lane
   constexpr int kW = kE / 2;
@@ -71,11 +73,27 @@ KVQ_DEVICE void load_q_rotated(const common::AttentionParams<typename Tr::Layout
       }
     }
   }
+  [[maybe_unused]] float mu[kE], d[16];  // centered keys: μ of the lane's channels, q·μ partial per row
+  if constexpr (Tr::kCenteredKeys) {
+    const float* m = common::key_mean(p, c.b, c.h) + lane * kE;
+    if constexpr (kE == 4) {
+      const float4 v = *reinterpret_cast<const float4*>(m);
+      mu[0] = v.x, mu[1] = v.y, mu[2] = v.z, mu[3] = v.w;
+    } else {
+      const float2 v = *reinterpret_cast<const float2*>(m);
+      mu[0] = v.x, mu[1] = v.y;
+    }
+  }
 #pragma unroll
   for (int j = 0; j < 16; ++j) {
     float x[kE];
 #pragma unroll
     for (int i = 0; i < kW; ++i) x[2 * i] = Ops::lo(w[j][i]), x[2 * i + 1] = Ops::hi(w[j][i]);
+    if constexpr (Tr::kCenteredKeys) {
+      d[j] = 0.0f;
+#pragma unroll
+      for (int i = 0; i < kE; ++i) d[j] = __fmaf_rn(x[i], mu[i], d[j]);
+    }
     common::warp_hadamard_rotate<Tr::kHeadDim>(x, lane);
     const int row = 64 * wg + 16 * ww + j;
     unsigned char* dst = sm.base + Tr::kOffQ + arch::sw128_offset<Tr::kRows>(row, lane * kE / 8) + in_chunk;
@@ -84,6 +102,26 @@ KVQ_DEVICE void load_q_rotated(const common::AttentionParams<typename Tr::Layout
     } else {
       *reinterpret_cast<std::uint32_t*>(dst) = Ops::pack(x[0], x[1]);
     }
+  }
+  if constexpr (Tr::kCenteredKeys) {
+    // Reduce-scatter over the lanes: the lane bits 4, 3, 2 pick the row bits 2, 1, 0 kept
+    // (half the rows per step, one shuffle per row pair), then the sums over each quad.
+#pragma unroll
+    for (int k = 0; k < 3; ++k) {
+      const int rb = 4 >> k;
+      const bool up = (lane & (16 >> k)) != 0;
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        if ((j & 7 & ~(rb - 1)) != 0) continue;
+        const float keep = up ? d[j | rb] : d[j];
+        const float send = up ? d[j] : d[j | rb];
+        d[j] = keep + __shfl_xor_sync(0xffffffffu, send, 16 >> k);
+      }
+    }
+    qmu[0] = arch::quad_sum(d[0]);
+    qmu[1] = arch::quad_sum(d[8]);
+  } else {
+    (void)qmu;
   }
 }
 
@@ -115,6 +153,15 @@ KVQ_DEVICE void restore_q(const common::AttentionParams<typename Tr::Layout>& p,
   arch::cp_async_wait<0>();
   arch::fence_proxy_async();
   arch::named_barrier_sync(kQBarrier + wg, 128);
+}
+
+/// Centered keys, after a row's last quantized tile: its quantized scores lacked q·μ, one
+/// constant per row, so the softmax state is exact relative to the max plus q·μ (the max in
+/// units of the raw scores q·k, unscaled; with it the pending P and O rescales stay valid).
+template <class Tr>
+KVQ_DEVICE void add_key_mean(common::WarpState<Tr>& st, const float (&qmu)[2]) {
+  st.m[0] += qmu[0];
+  st.m[1] += qmu[1];
 }
 
 template <class Tr>
@@ -313,7 +360,8 @@ KVQ_DEVICE void mask_tile(const common::AttentionParams<typename Tr::Layout>& p,
 /// second runs, then waits for it and rescales O.
 template <class Tr>
 KVQ_DEVICE void consume_overlapped(const common::AttentionParams<typename Tr::Layout>& p, const common::CtaContext<Tr>& c,
-                                   const Smem<Tr>& sm, common::WarpState<Tr>& st, int wg, int cw, int lane) {
+                                   const Smem<Tr>& sm, common::WarpState<Tr>& st, int wg, int cw, int lane,
+                                   const float (&qmu)[2]) {
   constexpr int kS = Tr::kStages;
   const bool track_mass = p.mass != nullptr;
   // P(n-1) of tile -1 is zero, against the Q tile as a stand-in V (finite values, the same
@@ -334,7 +382,10 @@ KVQ_DEVICE void consume_overlapped(const common::AttentionParams<typename Tr::La
     float s[Tr::kNTiles][4];
     // QK(n - 1) and PV(n - 2) were waited for at the end of the last iteration.
     if constexpr (Tr::kRotatedKeys)
-      if (n == c.n_qtiles && n > 0) restore_q<Tr>(p, c, sm, wg, 32 * (cw & 3) + lane);
+      if (n == c.n_qtiles && n > 0) {
+        restore_q<Tr>(p, c, sm, wg, 32 * (cw & 3) + lane);
+        if constexpr (Tr::kCenteredKeys) add_key_mean<Tr>(st, qmu);
+      }
     arch::mbarrier_wait(sm.bar(kFullK, buf), parity);
     if (n > 0) arch::mbarrier_wait(sm.bar(kFullV, prev), ((n - 1) / kS) & 1);
     arch::fence_operands(st.o);
@@ -375,10 +426,10 @@ KVQ_DEVICE void consume_overlapped(const common::AttentionParams<typename Tr::La
 /// other; with it they take turns at the softmax in warpgroup order (named barrier
 /// kTurnBarrier + wg opens wg's turn; the previous warpgroup opens it when its own softmax
 /// is done, the last one opens the first turn), so that one warpgroup's softmax runs while
-/// the others' MMAs do.
+/// the others' MMAs do. qmu: centered keys' q·μ of the lane's rows (load_q_rotated).
 template <class Tr>
 KVQ_DEVICE void consume(const common::AttentionParams<typename Tr::Layout>& p, const common::CtaContext<Tr>& c,
-                        const Smem<Tr>& sm, int wg, int cw, int lane) {
+                        const Smem<Tr>& sm, int wg, int cw, int lane, const float (&qmu)[2]) {
   constexpr int kS = Tr::kStages;
   common::WarpState<Tr> st;
   st.init();
@@ -389,7 +440,9 @@ KVQ_DEVICE void consume(const common::AttentionParams<typename Tr::Layout>& p, c
     arch::named_barrier_sync(kFoldBarrier + wg, 128);
   }
   if constexpr (Tr::kOverlap) {
-    consume_overlapped<Tr>(p, c, sm, st, wg, cw, lane);
+    consume_overlapped<Tr>(p, c, sm, st, wg, cw, lane, qmu);
+    if constexpr (Tr::kCenteredKeys)
+      if (c.n_tiles == c.n_qtiles) add_key_mean<Tr>(st, qmu);
     common::write_outputs<Tr>(p, c, st, cw, lane);
     return;
   }
@@ -406,7 +459,10 @@ KVQ_DEVICE void consume(const common::AttentionParams<typename Tr::Layout>& p, c
     float s[Tr::kNTiles][4];
     // Every MMA of tile n - 1 was waited for (pv_and_release).
     if constexpr (Tr::kRotatedKeys)
-      if (n == c.n_qtiles && n > 0) restore_q<Tr>(p, c, sm, wg, 32 * (cw & 3) + lane);
+      if (n == c.n_qtiles && n > 0) {
+        restore_q<Tr>(p, c, sm, wg, 32 * (cw & 3) + lane);
+        if constexpr (Tr::kCenteredKeys) add_key_mean<Tr>(st, qmu);
+      }
     arch::mbarrier_wait(sm.bar(kFullK, buf), parity);
     arch::wgmma_fence();
     issue_qk<Tr>(s, d, buf);
@@ -430,6 +486,8 @@ KVQ_DEVICE void consume(const common::AttentionParams<typename Tr::Layout>& p, c
       arch::named_barrier_arrive(kTurnBarrier + (wg + 1) % kG, kTurnThreads);
     pv_and_release<Tr, false>(st.o, pa, sm, d, buf, parity, lane);
   }
+  if constexpr (Tr::kCenteredKeys)
+    if (c.n_tiles == c.n_qtiles) add_key_mean<Tr>(st, qmu);  // no unquantized tile: for the LSE
   common::write_outputs<Tr>(p, c, st, cw, lane);
 }
 

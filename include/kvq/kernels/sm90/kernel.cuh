@@ -22,7 +22,9 @@
 // (R·q, for the quantized tiles and their correction terms) and loads q over them at its
 // first unquantized tile, once its earlier MMAs are done. In place rather than a second Q
 // buffer: that would take two of the four ring slots of the 128-row INT2 plan and does not
-// fit the 192-row INT4 plan at all.
+// fit the 192-row INT4 plan at all. Centered keys (Layout::kCenteredKeys): the quantized
+// scores lack q·μ, a constant per row, which moves no weight within the quantized tiles: it
+// is added to the row's running max once, after its last quantized tile (consumer.cuh).
 //
 // Supported here: PerToken keys (2- or 4-bit codes, group size >= 8, shared-memory plans
 // within 227 KB) with corrections None, Taylor2, Taylor4; head dim 64 or 128; bf16 or
@@ -87,10 +89,11 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     }
   }
   const int wg = warp / 4;
+  float qmu[2] = {0.0f, 0.0f};  // centered keys: q·μ of the lane's two rows (none: no quantized tile)
   if (wg > 0) {
     if constexpr (Tr::kRotatedKeys) {
       if (c.n_qtiles > 0) {
-        load_q_rotated<Tr>(p, c, sm, wg - 1, warp & 3, lane);
+        load_q_rotated<Tr>(p, c, sm, wg - 1, warp & 3, lane, qmu);
       } else {
         load_q<Tr>(p, c, sm, wg - 1, tid & 127);
       }
@@ -109,7 +112,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
     }
   } else {
     arch::regs_alloc<Tr::kConsumerRegs>();
-    consume<Tr>(p, c, sm, wg - 1, warp - 4, lane);
+    consume<Tr>(p, c, sm, wg - 1, warp - 4, lane, qmu);
   }
 #elif defined(__CUDA_ARCH__)
   // Built for a target without wgmma: a stub that marks itself with static shared memory

@@ -31,6 +31,8 @@ struct Plan {
                                 (Layout::kHeadDim / KSpec::kGroupSize) * kFoldColsPerGroup <= 16;
   /// Rotated keys: quantized tiles are scored with R·q, the others with q (consumer.cuh).
   static constexpr bool kRotatedKeys = Layout::kRotatedKeys;
+  /// Centered keys: quantized scores lack q·μ, added to the running max instead (consumer.cuh).
+  static constexpr bool kCenteredKeys = Layout::kCenteredKeys;
 
   // ---- tiles and threads ----------------------------------------------------------------
   static constexpr int kConsumerGroups = Config_::kConsumerGroups;
@@ -111,7 +113,7 @@ struct Plan {
 /// Exact, head dim 64 or 128, 2- or 4-bit codes (8-bit caches run on the mma.sync
 /// kernel: at D 128 their plan does not fit, and that path is not tested on the Hopper
 /// kernel), and shared-memory plans of both CTA shapes (Config128, Config192) within
-/// 227 KB. Rotated keys included (the rotation takes no shared memory).
+/// 227 KB. Rotated keys included, centered or not (neither takes shared memory).
 template <class Layout, Correction Mode>
 constexpr bool variant_supported() {
   using K = typename Layout::KSpec;
