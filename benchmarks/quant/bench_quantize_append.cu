@@ -13,6 +13,10 @@
 //   <variant> ending in `_rot`: the same layout with rotated keys (R·k cached, rotated on the
 //   device before quantization; 80 registers); compare with the unrotated <variant> of the
 //   same run (target: rotation costs <= 5% of the bandwidth)
+//   <variant> ending in `_rotcen`: centered rotated keys (R·(k − μ)), appends into non-empty
+//   entries (the steady state: key_mean_kernel only reads the lengths); compare with `_rot`.
+//   `_rotcen_first`: every append is the first into an empty entry (μ computed from its
+//   keys first; the bytes counted are still those of the quantize kernel)
 //   BM_copy/bytes:<read + written>                         cudaMemcpyAsync D2D of half that
 // Counters: GB/s (read + written), copy_GB/s (the copy of the same bytes, same binary),
 // ratio_to_copy, us_per_append, blocks_per_sm (occupancy of the quantize kernel). The
@@ -55,6 +59,14 @@ constexpr kvq::Rotation kRot = kvq::Rotation::kHadamard;
 using Int2Pt128Rot = CacheLayout<QS<2, 128, kPT>, QS<2, 128, kPT>, 128, kRot>;
 using Int2Pc32Rot = CacheLayout<QS<2, 32, kPC>, QS<2, 128, kPT>, 128, kRot>;
 using Int4Pt128Rot = CacheLayout<QS<4, 128, kPT>, QS<4, 128, kPT>, 128, kRot>;
+using Int2Pt128RotCen = CacheLayout<QS<2, 128, kPT>, QS<2, 128, kPT>, 128, kvq::Rotation::kHadamardCentered>;
+
+/// Where the appends of an iteration start.
+enum class Start {
+  kPacked,    ///< rep r at length r·n (rep 0 into an empty entry)
+  kNonEmpty,  ///< rep r at length 128 + r·n (no append into an empty entry)
+  kEmpty,     ///< every rep at length 0 (each the first append into its entry)
+};
 
 constexpr int kReps = 8;
 
@@ -147,10 +159,11 @@ std::pair<std::int64_t, std::int64_t> append_bytes(std::int64_t n, int heads) {
 }
 
 template <class L, int kMinBlocks>
-void bm_append(benchmark::State& state, DType dtype, kvq::detail::append::LaunchOptions opt) {
+void bm_append(benchmark::State& state, DType dtype, kvq::detail::append::LaunchOptions opt, Start where) {
   const std::int64_t n = state.range(0);
   const int heads = static_cast<int>(state.range(1));
-  kvq::layout::CacheShape shape{1, heads, n * kReps, dtype};
+  const std::int64_t first = where == Start::kNonEmpty ? 128 : 0;
+  kvq::layout::CacheShape shape{1, heads, first + n * kReps, dtype};
   L l;
   if (L::make(shape, &l) != Status::kSuccess) return state.SkipWithError("layout refused the shape");
   DeviceBuffer<unsigned char> cache(static_cast<std::size_t>(l.bytes()));
@@ -160,9 +173,10 @@ void bm_append(benchmark::State& state, DType dtype, kvq::detail::append::Launch
   fill_inputs<<<1024, 256>>>(k.get(), elems, L::kHeadDim, dtype == DType::kBFloat16, 1u);
   fill_inputs<<<1024, 256>>>(v.get(), elems, L::kHeadDim, dtype == DType::kBFloat16, 2u);
   KVQ_TEST_CUDA(cudaGetLastError());
-  // Rep r appends at length r * n (its own cache region): one length slot per rep.
+  // Rep r appends at length first + r * n (its own cache region), or at 0: one length slot per rep.
   std::vector<std::int32_t> start(kReps);
-  for (int r = 0; r < kReps; ++r) start[static_cast<std::size_t>(r)] = static_cast<std::int32_t>(r * n);
+  for (int r = 0; r < kReps; ++r)
+    start[static_cast<std::size_t>(r)] = where == Start::kEmpty ? 0 : static_cast<std::int32_t>(first + r * n);
   DeviceBuffer<std::int32_t> lengths(start);
   std::vector<kvq::AppendArguments> args(kReps);
   for (int r = 0; r < kReps; ++r) {
@@ -232,9 +246,9 @@ void bm_copy(benchmark::State& state) {
 /// Registers BM_quantize_append<suffix>/<name>/n:N/h:H and the BM_copy of the same bytes.
 template <class L, int kMinBlocks = kvq::kernels::quantize::Traits<L>::kMinBlocks>
 void add(const std::string& name, DType dtype, std::vector<std::pair<std::int64_t, std::int64_t>> shapes,
-         kvq::detail::append::LaunchOptions opt = {}) {
+         kvq::detail::append::LaunchOptions opt = {}, Start where = Start::kPacked) {
   const std::string prefix = opt.update_lengths ? "BM_quantize_append/" : "BM_quantize_append_kernel/";
-  auto* b = benchmark::RegisterBenchmark((prefix + name).c_str(), bm_append<L, kMinBlocks>, dtype, opt);
+  auto* b = benchmark::RegisterBenchmark((prefix + name).c_str(), bm_append<L, kMinBlocks>, dtype, opt, where);
   for (const auto& [n, h] : shapes) b->Args({n, h});
   b->ArgNames({"n", "h"})->UseManualTime()->Unit(benchmark::kMicrosecond);
   static std::set<std::int64_t> copies;  // one BM_copy per byte count
@@ -254,14 +268,21 @@ int main(int argc, char** argv) {
   kernel_only.update_lengths = false;
   add<Int2Pt128>("int2_pt128_d128", DType::kBFloat16, sizes);
   add<Int2Pt128Rot>("int2_pt128_d128_rot", DType::kBFloat16, sizes);
+  add<Int2Pt128RotCen>("int2_pt128_d128_rotcen", DType::kBFloat16, sizes, {}, Start::kNonEmpty);
+  add<Int2Pt128RotCen>("int2_pt128_d128_rotcen_first", DType::kBFloat16, sizes, {}, Start::kEmpty);
   add<Int2Pc32>("int2_pc32_d128", DType::kBFloat16, sizes);
   add<Int2Pc32Rot>("int2_pc32_d128_rot", DType::kBFloat16, sizes);
   add<Int2Pt128>("int2_pt128_d128", DType::kBFloat16, target, kernel_only);
   add<Int2Pt128Rot>("int2_pt128_d128_rot", DType::kBFloat16, target, kernel_only);
+  add<Int2Pt128RotCen>("int2_pt128_d128_rotcen", DType::kBFloat16, target, kernel_only, Start::kNonEmpty);
   add<Int2Pc32>("int2_pc32_d128", DType::kBFloat16, target, kernel_only);
   add<Int2Pc32Rot>("int2_pc32_d128_rot", DType::kBFloat16, target, kernel_only);
   // Register budget: 80 instead of 64 registers (6 instead of 8 blocks of 128 threads per SM).
   add<Int2Pc32, 6>("int2_pc32_regs80_d128", DType::kBFloat16, target, kernel_only);
+  // Small appends (decode-like): the fixed cost of the extra key_mean_kernel launch.
+  const std::vector<std::pair<std::int64_t, std::int64_t>> small = {{1, 8}, {32, 8}};
+  add<Int2Pt128Rot>("int2_pt128_d128_rot", DType::kBFloat16, small);
+  add<Int2Pt128RotCen>("int2_pt128_d128_rotcen", DType::kBFloat16, small, {}, Start::kNonEmpty);
   add<Int2Pt128>("int2_pt128_d128_fp16in", DType::kFloat16, target);
   add<Int4Pt128>("int4_pt128_d128", DType::kBFloat16, target);
   add<Int4Pt128Rot>("int4_pt128_d128_rot", DType::kBFloat16, target);

@@ -15,6 +15,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "support/cuda_check.cuh"
@@ -78,9 +79,22 @@ using LayoutPtD512Rot = CacheLayout<QS<2, 512, kPT, kF16>, QS<2, 128, kPT, kF16>
 using LayoutPc2Rot = CacheLayout<QS<2, 32, kPC, kF16>, QS<2, 128, kPT, kF16>, 128, kRot>;
 using LayoutPc4D64Rot = CacheLayout<QS<4, 32, kPC, kBF16>, QS<2, 64, kPT, kF32>, 64, kRot>;
 
-/// The layout with the same specs and no rotation (the same bytes, keys cached as given).
+// Centered rotated keys (R·(k − μ) cached, μ in the k_mean region): the default variants
+// Int2Pt128D128RotCen, Int2Pc32D128RotCen, Int4Pt128D128RotCen, Int2Pt64D64RotCen
+// (api/default_variants.cuh), INT4 per-channel at D 64 and one-lane rows at D 32.
+constexpr kvq::Rotation kCen = kvq::Rotation::kHadamardCentered;
+using LayoutPt2Cen = CacheLayout<QS<2, 128, kPT, kF16>, QS<2, 128, kPT, kF16>, 128, kCen>;
+using LayoutPc2Cen = CacheLayout<QS<2, 32, kPC, kF16>, QS<2, 128, kPT, kF16>, 128, kCen>;
+using LayoutPt4Cen = CacheLayout<QS<4, 128, kPT, kF16>, QS<4, 128, kPT, kF16>, 128, kCen>;
+using LayoutPtD64Cen = CacheLayout<QS<2, 64, kPT, kF16>, QS<2, 64, kPT, kF16>, 64, kCen>;
+using LayoutPc4D64Cen = CacheLayout<QS<4, 32, kPC, kBF16>, QS<2, 64, kPT, kF32>, 64, kCen>;
+using LayoutPtD32Cen = CacheLayout<QS<4, 8, kPT, kF32>, QS<2, 32, kPT, kF16>, 32, kCen>;
+
+/// The layout one transform short: centered -> rotated, rotated -> unrotated. The same bytes up
+/// to the k_mean region.
 template <class L>
-using Unrotated = CacheLayout<typename L::KSpec, typename L::VSpec, L::kHeadDim>;
+using OneTransformLess = CacheLayout<typename L::KSpec, typename L::VSpec, L::kHeadDim,
+                                     L::kCenteredKeys ? kvq::Rotation::kHadamard : kvq::Rotation::kNone>;
 
 std::uint16_t to_bits(DType t, float x) {
   return t == DType::kBFloat16 ? kvq::math::float_to_bf16_bits_rn(x) : kvq::math::float_to_half_bits_rn(x);
@@ -202,11 +216,13 @@ template <class Layout>
 std::vector<Region> regions(const Layout& l) {
   return {{"k_codes", l.k_codes_offset(), l.k_codes_bytes()}, {"k_meta", l.k_meta_offset(), l.k_meta_bytes()},
           {"v_codes", l.v_codes_offset(), l.v_codes_bytes()}, {"v_meta", l.v_meta_offset(), l.v_meta_bytes()},
-          {"k_tail", l.k_tail_offset(), l.tail_bytes()},      {"v_tail", l.v_tail_offset(), l.tail_bytes()}};
+          {"k_tail", l.k_tail_offset(), l.tail_bytes()},      {"v_tail", l.v_tail_offset(), l.tail_bytes()},
+          {"k_mean", l.k_mean_offset(), l.k_mean_bytes()}};
 }
 
 /// Random poison bytes, with valid random values in the tail regions (read when a batch
-/// entry starts with a partial key group).
+/// entry starts with a partial key group) and in the k_mean region (read when it starts
+/// with a length > 0).
 template <class Layout>
 std::vector<unsigned char> poisoned_cache(const Layout& l, std::mt19937_64& rng) {
   std::vector<unsigned char> c(static_cast<std::size_t>(l.bytes()));
@@ -216,7 +232,26 @@ std::vector<unsigned char> poisoned_cache(const Layout& l, std::mt19937_64& rng)
     auto* p = reinterpret_cast<std::uint16_t*>(c.data() + off);
     for (std::int64_t i = 0; i < l.tail_bytes() / 2; ++i) p[i] = to_bits(l.shape.tail_dtype, normal(rng));
   }
+  for (std::int64_t i = 0; i < l.k_mean_bytes() / 4; ++i) {
+    const float m = normal(rng);
+    std::memcpy(c.data() + l.k_mean_offset() + 4 * i, &m, 4);
+  }
   return c;
+}
+
+/// `got` with every k_mean float that is a NaN where `want` has a NaN replaced by want's bytes:
+/// a NaN mean's payload is the host's (C++ leaves it open; the device's is canonical). A NaN
+/// mean makes its rows NaN, so the codes and metadata still say whether it was one.
+template <class Layout>
+std::vector<unsigned char> with_host_nan_means(const Layout& l, std::vector<unsigned char> got,
+                                               const std::vector<unsigned char>& want) {
+  for (std::int64_t off = l.k_mean_offset(); off < l.k_mean_offset() + l.k_mean_bytes(); off += 4) {
+    float g, w;
+    std::memcpy(&g, got.data() + off, 4);
+    std::memcpy(&w, want.data() + off, 4);
+    if (std::isnan(g) && std::isnan(w)) std::memcpy(got.data() + off, want.data() + off, 4);
+  }
+  return got;
 }
 
 /// Number of differing bytes in [begin, end), and a description of the first.
@@ -239,8 +274,9 @@ std::int64_t count_mismatches(const Layout& l, const std::vector<unsigned char>&
 }
 
 template <class Layout>
-void require_same_cache(const Layout& l, const std::vector<unsigned char>& got, const std::vector<unsigned char>& want) {
-  REQUIRE(got.size() == want.size());
+void require_same_cache(const Layout& l, const std::vector<unsigned char>& got_bytes, const std::vector<unsigned char>& want) {
+  REQUIRE(got_bytes.size() == want.size());
+  const std::vector<unsigned char> got = with_host_nan_means(l, got_bytes, want);
   if (std::memcmp(got.data(), want.data(), got.size()) == 0) return;
   std::string first;
   const std::int64_t bad = count_mismatches(l, got, want, 0, static_cast<std::int64_t>(got.size()), &first);
@@ -257,26 +293,28 @@ struct Case {
   DType dtype;
   Storage storage;
   bool specials;
+  /// (append index, batch entry): the entry's length is reset to 0 before that append.
+  std::vector<std::pair<int, int>> resets = {};
 };
 
 std::int64_t round_up(std::int64_t x, std::int64_t m) { return (x + m - 1) / m * m; }
 
 /// Rotated layouts: `rotated` (a cache after some appends) against `plain`, the cache of the
-/// same appends to the unrotated layout: the values and both tails are the same bytes, the
-/// keys differ once a token is quantized (a kernel that forgot to rotate would fail here).
+/// same appends to OneTransformLess<Layout> (unrotated, or rotated but not centered): the values
+/// and both tails are the same bytes, the keys differ once an append has quantized a token
+/// (a kernel that forgot to rotate, or to center, would fail here).
 template <class Layout>
 void require_rotated_keys_differ(const Layout& l, const std::vector<unsigned char>& rotated,
-                                 const std::vector<unsigned char>& plain, const std::vector<std::int32_t>& lengths) {
-  REQUIRE(rotated.size() == plain.size());
-  std::int64_t quantized = 0;
-  for (const std::int32_t n : lengths) quantized += Layout::quantized_length(n);
+                                 const std::vector<unsigned char>& plain, bool quantized) {
+  REQUIRE(static_cast<std::int64_t>(plain.size()) == l.k_mean_offset());
   for (const Region& r : regions(l)) {
+    if (std::string(r.name) == "k_mean") continue;  // only the centered cache has one
     std::string first;
     const std::int64_t bad = count_mismatches(l, rotated, plain, r.offset, r.offset + r.bytes, &first);
     const bool key_codes = std::string(r.name) == "k_codes", key_meta = std::string(r.name) == "k_meta";
-    INFO(r.name << ": " << bad << " bytes differ from the unrotated cache; first: " << first);
+    INFO(r.name << ": " << bad << " bytes differ from the cache one transform short; first: " << first);
     if (key_meta) continue;  // differs too, except for groups whose metadata rotation keeps (constant rows)
-    if (key_codes) CHECK((bad > 0) == (quantized > 0));
+    if (key_codes) CHECK((bad > 0) == quantized);
     else CHECK(bad == 0);
   }
 }
@@ -300,14 +338,22 @@ void run_case(const Case& c, std::uint64_t seed, const kvq::detail::append::Laun
   DeviceBuffer<unsigned char> dev(host);
   std::vector<std::int32_t> lengths = c.start;
   DeviceBuffer<std::int32_t> dev_lengths(lengths);
-  // Rotated layouts: the reference of the same appends without rotation, from the same bytes.
-  Unrotated<Layout> pl;
-  REQUIRE(Unrotated<Layout>::make(shape, &pl) == Status::kSuccess);
-  REQUIRE(pl.bytes() == l.bytes());
-  std::vector<unsigned char> plain = host;
+  // Rotated layouts: the reference of the same appends one transform short (no rotation, or no
+  // centering), from the same bytes.
+  using Less = OneTransformLess<Layout>;
+  Less pl;
+  REQUIRE(Less::make(shape, &pl) == Status::kSuccess);
+  REQUIRE(pl.bytes() == l.k_mean_offset());
+  std::vector<unsigned char> plain(host.begin(), host.begin() + pl.bytes());
   std::vector<std::int32_t> plain_lengths = lengths;
+  bool quantized = false;  // an append has quantized a key token
   int step = 0;
   for (const std::int64_t n : c.appends) {
+    for (const auto& [at, entry] : c.resets) {
+      if (at != step) continue;
+      lengths[static_cast<std::size_t>(entry)] = plain_lengths[static_cast<std::size_t>(entry)] = 0;
+      dev_lengths.upload(lengths);
+    }
     INFO("seed " << seed << ", append " << step++ << " of " << n << " tokens, " << kvq::to_string(c.dtype) << ", "
                  << to_string(c.storage) << ", batch " << c.batch << ", heads " << c.heads);
     Activations a = make_activations(c.batch, n, c.heads, Layout::kHeadDim, c.dtype, c.storage, c.specials, rng);
@@ -323,13 +369,16 @@ void run_case(const Case& c, std::uint64_t seed, const kvq::detail::append::Laun
     const Status gs = plan.run(args, test_stream(), opt);
     REQUIRE(kvq::to_string(gs) == std::string(kvq::to_string(Status::kSuccess)));
     KVQ_TEST_CUDA(cudaStreamSynchronize(test_stream()));
+    const std::vector<std::int32_t> before = lengths;
     REQUIRE(kvq::reference::quantize_append(l, host.data(), lengths.data(), a.hk, a.hv, n) == Status::kSuccess);
+    for (std::size_t b = 0; b < lengths.size(); ++b)
+      quantized = quantized || Layout::quantized_length(lengths[b]) > Layout::quantized_length(before[b]);
     const std::vector<unsigned char> got = dev.download();
     require_same_cache(l, got, host);
     REQUIRE(dev_lengths.download() == lengths);
     if constexpr (Layout::kRotatedKeys) {
       REQUIRE(kvq::reference::quantize_append(pl, plain.data(), plain_lengths.data(), a.hk, a.hv, n) == Status::kSuccess);
-      require_rotated_keys_differ(l, got, plain, lengths);
+      require_rotated_keys_differ(l, got, plain, quantized);
     }
   }
 }
@@ -483,6 +532,46 @@ TEST_CASE("rotated keys: tails filled and completed in pieces, 3000-token chunks
   SECTION("per-channel, bf16 tail") { run_case<LayoutPc2Rot>(pieces_bf16, Catch::rngSeed() + 52); }
   SECTION("per-channel, 3000 tokens") { run_case<LayoutPc2Rot>(big, Catch::rngSeed() + 53); }
   SECTION("per-token, 3000 tokens") { run_case<LayoutPt2Rot>(big, Catch::rngSeed() + 54); }
+}
+
+TEST_CASE("quantize_append with centered keys matches the reference bit for bit: INT2 per-token group 128, D 128",
+          "[quant][gpu][rotation][centered][sanitize]") {
+  run_standard_cases<LayoutPt2Cen>(61);
+}
+
+TEST_CASE("quantize_append with centered keys matches the reference bit for bit: INT2 per-channel group 32 (tail), D 128",
+          "[quant][gpu][rotation][centered][sanitize]") {
+  run_standard_cases<LayoutPc2Cen>(62);
+}
+
+TEST_CASE("quantize_append with centered keys matches the reference bit for bit: INT4 per-token group 128, D 128",
+          "[quant][gpu][rotation][centered]") {
+  run_standard_cases<LayoutPt4Cen>(63);
+}
+
+TEST_CASE("quantize_append with centered keys matches the reference bit for bit: D 64 (INT2 per-token, INT4 per-channel), D 32",
+          "[quant][gpu][rotation][centered]") {
+  SECTION("INT2 per-token group 64, D 64") { run_standard_cases<LayoutPtD64Cen>(64); }
+  SECTION("INT4 per-channel group 32, D 64") { run_standard_cases<LayoutPc4D64Cen>(65); }
+  SECTION("INT4 per-token group 8, D 32") { run_standard_cases<LayoutPtD32Cen>(66); }
+}
+
+TEST_CASE("centered keys: entries reset to length 0 and refilled, tails in pieces, a first append of 1 and of 3000 tokens",
+          "[quant][gpu][rotation][centered]") {
+  // μ is set by the first append into an empty entry (a reset one included) and kept after.
+  const Case pieces{3, 2, {0, 17, 0}, {5, 1, 26, 31, 2, 64, 30}, DType::kFloat16, Storage::kContiguous, true,
+                    {{2, 0}, {4, 1}, {4, 2}}};
+  const Case one{2, 3, {0, 63}, {1, 40, 33, 7}, DType::kBFloat16, Storage::kPackedQkv, true, {{1, 0}, {2, 1}, {3, 0}}};
+  const Case big{2, 8, {0, 77}, {3000, 45, 300}, DType::kBFloat16, Storage::kContiguous, true, {{2, 0}}};
+  const Case scalar{2, 2, {0, 3}, {70, 5, 31}, DType::kFloat16, Storage::kScalar, true, {{1, 1}}};
+  SECTION("per-channel, fp16 tail") { run_case<LayoutPc2Cen>(pieces, Catch::rngSeed() + 71); }
+  SECTION("per-channel, first append of 1 token") { run_case<LayoutPc2Cen>(one, Catch::rngSeed() + 72); }
+  SECTION("per-channel, 3000 tokens") { run_case<LayoutPc2Cen>(big, Catch::rngSeed() + 73); }
+  SECTION("per-channel, scalar loads") { run_case<LayoutPc2Cen>(scalar, Catch::rngSeed() + 74); }
+  SECTION("per-token, pieces") { run_case<LayoutPt2Cen>(pieces, Catch::rngSeed() + 75); }
+  SECTION("per-token, first append of 1 token") { run_case<LayoutPt2Cen>(one, Catch::rngSeed() + 76); }
+  SECTION("per-token, 3000 tokens") { run_case<LayoutPt2Cen>(big, Catch::rngSeed() + 77); }
+  SECTION("per-token, scalar loads") { run_case<LayoutPt2Cen>(scalar, Catch::rngSeed() + 78); }
 }
 
 TEST_CASE("a chunk of 3000 tokens over 2 x 8 heads", "[quant][gpu]") {
@@ -988,7 +1077,7 @@ void check_capacity_guard(std::uint64_t seed) {
   std::vector<unsigned char> want = poison;
   std::vector<std::int32_t> ref_len = {0, 0, 0};
   REQUIRE(kvq::reference::quantize_append(l, want.data(), ref_len.data(), a.hk, a.hv, 40) == Status::kSuccess);
-  const auto got = cache.download();
+  const auto got = with_host_nan_means(l, cache.download(), want);
   for (const Region& r : regions(l)) {
     const std::int64_t per_entry = r.bytes / shape.batch;
     std::string first_appended, first_untouched;
@@ -1005,6 +1094,11 @@ void check_capacity_guard(std::uint64_t seed) {
 TEST_CASE("an entry whose append would pass the capacity is left untouched by the kernel", "[quant][gpu][sanitize]") {
   check_capacity_guard<LayoutPt2>(Catch::rngSeed() + 5);
   check_capacity_guard<LayoutPc2>(Catch::rngSeed() + 6);
+}
+
+TEST_CASE("centered keys: an entry the append does not fit keeps its key mean", "[quant][gpu][centered][sanitize]") {
+  check_capacity_guard<LayoutPt2Cen>(Catch::rngSeed() + 7);
+  check_capacity_guard<LayoutPc2Cen>(Catch::rngSeed() + 8);
 }
 
 TEST_CASE("the runtime-dispatched overload runs the listed layout of the variant", "[quant][gpu]") {

@@ -11,6 +11,10 @@
 // Rotated-key layouts (Layout::kRotatedKeys) cache R·k (math/rotation.hpp) for every key token
 // that is quantized, rotated on the device in float right before its quantization; the
 // PerChannel key tail holds keys as given. Rotated PerChannel keys need HeadDim <= 256.
+// Centered layouts (Layout::kCenteredKeys) cache R·(k − μ): run() first launches
+// key_mean_kernel, which sets μ of every entry whose device length is 0 from this chunk's keys
+// (the quantize kernel's guard applies), then the quantize kernel (on sm_90 its programmatic
+// dependent, waiting for it before reading μ).
 //
 // Every entry point returns a Status and never throws, prints or exits; bad arguments
 // are refused before any launch and nothing is written (README.md has the Status table).
@@ -106,8 +110,8 @@ struct LaunchOptions {
 }  // namespace detail::append
 
 /// Plan once, run many: initialize() validates the layout and the arguments and queries
-/// the device once; run() checks the per-call arguments and launches the quantize kernel
-/// and the lengths update.
+/// the device once; run() checks the per-call arguments and launches the key mean (centered
+/// layouts), the quantize kernel and the lengths update.
 /// \tparam MinBlocks  resident blocks per SM asked of ptxas for the quantize kernel (its
 ///                    register budget); the default is the tuned one.
 template <class Layout, int MinBlocks = kernels::quantize::Traits<Layout>::kMinBlocks>
@@ -137,6 +141,7 @@ class AppendPlan {
   Layout layout_{};
   DType dtype_ = DType::kBFloat16;
   bool programmatic_ = false;
+  int sm_count_ = 1;
   bool initialized_ = false;
 };
 
@@ -151,6 +156,7 @@ Status AppendPlan<Layout, MinBlocks>::initialize(const Layout& l, const AppendAr
   layout_ = l;
   dtype_ = a.k.dtype;
   programmatic_ = dev.cc_major >= 9;
+  sm_count_ = dev.sm_count > 0 ? dev.sm_count : 1;
   initialized_ = true;
   return Status::kSuccess;
 }
@@ -192,9 +198,21 @@ Status AppendPlan<Layout, MinBlocks>::run(const AppendArguments& a, cudaStream_t
                                                   tiles,
                                                   ap::vector_loads_ok(a.k) && ap::vector_loads_ok(a.v),
                                                   grid_3d};
+    if constexpr (Layout::kCenteredKeys) {
+      // Few blocks: with no empty entry each only reads lengths.
+      using KP = kernels::quantize::KeyMeanPlan;
+      const std::int64_t items = KP::items(l), cap = 4 * static_cast<std::int64_t>(sm_count_);
+      device::LaunchShape mean;
+      mean.grid = dim3(static_cast<unsigned>(items < cap ? items : cap));
+      mean.block = dim3(static_cast<unsigned>(KP::kThreads));
+      auto* mean_kernel = dtype_ == DType::kBFloat16 ? &kernels::quantize::key_mean_kernel<Layout, DType::kBFloat16>
+                                                     : &kernels::quantize::key_mean_kernel<Layout, DType::kFloat16>;
+      if ((s = device::launch(mean_kernel, mean, stream, p)) != Status::kSuccess) return s;
+    }
     auto* kernel = dtype_ == DType::kBFloat16 ? &kernels::quantize::quantize_append_kernel<Layout, DType::kBFloat16, MinBlocks>
                                               : &kernels::quantize::quantize_append_kernel<Layout, DType::kFloat16, MinBlocks>;
     device::LaunchShape shape;
+    shape.programmatic = Layout::kCenteredKeys && programmatic_;
     shape.grid = grid_3d ? dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(l.shape.heads),
                                 static_cast<unsigned>(l.shape.batch))
                          : dim3(static_cast<unsigned>(blocks));

@@ -125,6 +125,8 @@ __global__ void __launch_bounds__(Traits<Layout>::kThreads, kMinBlocks)
       if (!hd.ok) return;  // block-uniform: the capacity guard
       __shared__ __align__(16) unsigned char smem[Tr::kSmemBytes];
       if (s0 < hd.full) per_channel_tile<Layout, kIn>(p, hd, s0, smem, early && hd.tail == 0, kd, vx);
+      // Every block of a fitting entry ends after key_mean_kernel: update_lengths_kernel waits for this grid only.
+      if constexpr (Layout::kCenteredKeys) wait_for_key_mean();
       if (tile == 0) {
         __syncthreads();  // every read of the old tail (tile 0 only) is done
         write_new_tail<Layout, kIn>(p, hd);
@@ -152,7 +154,12 @@ __global__ void __launch_bounds__(Traits<Layout>::kThreads, kMinBlocks)
       const Head hd = make_head(p, b, h);
       if (!hd.ok) return;  // block-uniform: the capacity guard
       __shared__ __align__(16) unsigned char smem[Tr::kSmemBytes];
-      if constexpr (Layout::kRotatedKeys) {
+      if constexpr (Layout::kCenteredKeys) {
+        float kr[32];  // R·(k − μ)
+        wait_for_key_mean();  // also keeps update_lengths_kernel after key_mean_kernel
+        rotate_key_segment<Tr::kHeadDim, kIn, true>(kx, kmask, tid & 31, kr, p.cache.k_mean + p.layout.k_mean_index(b, h, 0));
+        per_token_tile<Layout, kIn>(p, hd, s0, row, q, valid, kr, vx, smem);
+      } else if constexpr (Layout::kRotatedKeys) {
         float kr[32];  // R·k: the row's lanes are in this warp
         rotate_key_segment<Tr::kHeadDim, kIn>(kx, kmask, tid & 31, kr);
         per_token_tile<Layout, kIn>(p, hd, s0, row, q, valid, kr, vx, smem);

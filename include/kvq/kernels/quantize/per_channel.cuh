@@ -120,15 +120,17 @@ KVQ_DEVICE void load_channel_tile(const Params<Layout>& p, const Head& hd, std::
 /// Rotated keys, pass 1 of per_channel_tile: R·k of this thread's rounds (kr: that of round 0,
 /// from kd), the float (min, max) of each of its 8 channels over its tokens, a zero minimum
 /// with the sign of its first zero in token order, stored as 8 float2 at `part`. Every lane of
-/// the warp calls it (the rotation shuffles).
+/// the warp calls it (the rotation shuffles). Centered keys: `mean` = μ of the 8 channels.
 template <class Layout, DType kIn>
 KVQ_DEVICE void rotated_key_partials(const Params<Layout>& p, const Head& hd, std::int64_t s0, int t0, int c, int lane,
-                                     bool kvalid, const std::uint32_t (&kd)[16], float (&kr)[32], float2* part) {
+                                     bool kvalid, const std::uint32_t (&kd)[16], const float* mean, float (&kr)[32],
+                                     float2* part) {
   using Tr = Traits<Layout>;
   constexpr int D = Tr::kHeadDim;
   constexpr int kR = Tr::kRounds;
+  constexpr bool kC = Layout::kCenteredKeys;
   const uint4 masks = load_chunk_sign_masks<D>(lane);
-  rotate_key_chunks<D, kIn>(kd, masks, lane, kr);
+  rotate_key_chunks<D, kIn, kC>(kd, masks, lane, kr, mean);
   float mn[8], mx[8];
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
@@ -139,7 +141,7 @@ KVQ_DEVICE void rotated_key_partials(const Params<Layout>& p, const Head& hd, st
     std::uint32_t d[16];
     float f[32];
     load_key_round_any(p, hd, s0 + t0 + 4 * r, c, kvalid, d);
-    rotate_key_chunks<D, kIn>(d, masks, lane, f);
+    rotate_key_chunks<D, kIn, kC>(d, masks, lane, f, mean);
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
       mn[i] = fmin_nan(mn[i], fmin_nan(fmin_nan(f[i], f[8 + i]), fmin_nan(f[16 + i], f[24 + i])));
@@ -162,7 +164,7 @@ KVQ_DEVICE void rotated_key_partials(const Params<Layout>& p, const Head& hd, st
       } else {
         std::uint32_t d[16];
         load_key_round_any(p, hd, s0 + t0 + 4 * r, c, kvalid, d);
-        rotate_key_chunks<D, kIn>(d, masks, lane, f);
+        rotate_key_chunks<D, kIn, kC>(d, masks, lane, f, mean);
       }
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
@@ -212,8 +214,13 @@ KVQ_DEVICE void per_channel_tile(const Params<Layout>& p, const Head& hd, std::i
     else load_channel_tile<false>(p, hd, s0, kd, vx);
   }
   float kr[Layout::kRotatedKeys ? 32 : 1];  // rotated keys: R·k of this thread's round (one round)
+  float mean[Layout::kCenteredKeys ? 8 : 1];  // centered keys: μ of this thread's 8 channels
+  if constexpr (Layout::kCenteredKeys) {
+    wait_for_key_mean();
+    load_chunk_mean(p.cache.k_mean + p.layout.k_mean_index(hd.b, hd.h, 0), c, mean);
+  }
   if constexpr (Layout::kRotatedKeys) {
-    rotated_key_partials<Layout, kIn>(p, hd, s0, t0, c, lane, kvalid, kd, kr, sm.float_sets() + set * D + 8 * c);
+    rotated_key_partials<Layout, kIn>(p, hd, s0, t0, c, lane, kvalid, kd, mean, kr, sm.float_sets() + set * D + 8 * c);
   } else {
     std::uint32_t mn[4], mx[4];
 #pragma unroll
@@ -327,7 +334,7 @@ KVQ_DEVICE void per_channel_tile(const Params<Layout>& p, const Head& hd, std::i
     auto enc = [&](int i) { return math::GroupEncoder{zr[i].x, zr[i].y, 0.0f}; };
     auto step = [&](int i) { return sm.step()[u0 + i]; };
     if constexpr (Layout::kRotatedKeys) {
-      if (kR > 1) rotate_key_chunks<D, kIn>(kd, load_chunk_sign_masks<D>(lane), lane, kr);
+      if (kR > 1) rotate_key_chunks<D, kIn, Layout::kCenteredKeys>(kd, load_chunk_sign_masks<D>(lane), lane, kr, mean);
 #pragma unroll
       for (int j = 0; j < 4; ++j) encode_chunk<kBits, kIn>(kr + 8 * j, fast, enc, step, acc[j]);
     } else {

@@ -150,13 +150,64 @@ KVQ_DEVICE void unpack_signed_floats(const std::uint32_t (&x)[N / 2], const std:
   }
 }
 
+/// Centered keys: out[l] = s_l · (element l − mean[l % M]), the subtraction rounded once, then
+/// the sign flipped (exact; flipping before subtracting would change the sign of exact zeros).
+template <DType kIn, int N, int M>
+KVQ_DEVICE void unpack_centered_signed_floats(const std::uint32_t (&x)[N / 2], const std::uint32_t* mask, const float* mean,
+                                              float (&out)[N]) {
+#pragma unroll
+  for (int w = 0; w < N / 2; ++w) {
+    const float a = __fsub_rn(lo<kIn>(x[w]), mean[(2 * w) % M]);
+    const float b = __fsub_rn(hi<kIn>(x[w]), mean[(2 * w + 1) % M]);
+    out[2 * w] = __uint_as_float(__float_as_uint(a) ^ (mask[w] << 16));
+    out[2 * w + 1] = __uint_as_float(__float_as_uint(b) ^ (mask[w] & 0x80000000u));
+  }
+}
+
+/// Centered keys, before the first read of μ: μ of an empty entry is written by
+/// key_mean_kernel, of which the quantize kernel is a programmatic dependent on sm_90.
+KVQ_DEVICE void wait_for_key_mean() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+/// μ of the 4 chunks of lane q of a segment (SegmentPlan<·, D>): mean[8j + i] = μ of row element
+/// 8·chunk(q, j) + i. Plain loads: μ may have been written by the grid this one depends on.
+template <int D>
+KVQ_DEVICE void load_segment_mean(const float* row_mean, int q, float (&mean)[32]) {
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const int l = 8 * j;
+    const auto* src = reinterpret_cast<const float4*>(row_mean + (segment_row_element<D>(q, l)));
+    const float4 a = src[0], b = src[1];
+    mean[l] = a.x, mean[l + 1] = a.y, mean[l + 2] = a.z, mean[l + 3] = a.w;
+    mean[l + 4] = b.x, mean[l + 5] = b.y, mean[l + 6] = b.z, mean[l + 7] = b.w;
+  }
+}
+
+/// μ of the 8 channels 8c .. 8c + 7 of a chunk.
+KVQ_DEVICE void load_chunk_mean(const float* row_mean, int c, float (&mean)[8]) {
+  const auto* src = reinterpret_cast<const float4*>(row_mean + 8 * c);
+  const float4 a = src[0], b = src[1];
+  mean[0] = a.x, mean[1] = a.y, mean[2] = a.z, mean[3] = a.w;
+  mean[4] = b.x, mean[5] = b.y, mean[6] = b.z, mean[7] = b.w;
+}
+
 /// R·k of the key row whose segment lane q holds (SegmentPlan<·, D>): every lane of the warp
 /// calls it; the lanes of a row are the aligned group of D/32 lanes around `lane`; `masks`:
-/// load_segment_sign_masks<D>(lane).
-template <int D, DType kIn>
-KVQ_DEVICE void rotate_key_segment(const std::uint32_t (&kx)[16], const std::uint32_t (&masks)[16], int lane, float (&out)[32]) {
+/// load_segment_sign_masks<D>(lane). kCentered: R·(k − μ), `row_mean` = μ[b][h] (D floats).
+template <int D, DType kIn, bool kCentered = false>
+KVQ_DEVICE void rotate_key_segment(const std::uint32_t (&kx)[16], const std::uint32_t (&masks)[16], int lane, float (&out)[32],
+                                   const float* row_mean = nullptr) {
   static_assert(math::rotation_supports(D), "rotated keys need a power-of-two head dim in [32, 512]");
-  unpack_signed_floats<kIn, 32>(kx, masks, out);
+  if constexpr (kCentered) {
+    float mean[32];
+    load_segment_mean<D>(row_mean, lane & (D / 32 - 1), mean);
+    unpack_centered_signed_floats<kIn, 32, 32>(kx, masks, mean, out);
+  } else {
+    unpack_signed_floats<kIn, 32>(kx, masks, out);
+  }
   if constexpr (D == 32) {
     local_stage<0>(out);
     local_stage<1>(out);
@@ -180,14 +231,17 @@ KVQ_DEVICE void rotate_key_segment(const std::uint32_t (&kx)[16], const std::uin
 /// R·k of 4 key rows of which this thread holds channels 8c .. 8c + 7 (d[4j + w]: pair w of
 /// token j, as load_key_round gives them); out[8j + i] = rotated channel 8c + i of token j.
 /// Every lane of the warp calls it; a row spans the aligned group of D/8 lanes around `lane`;
-/// `masks`: load_chunk_sign_masks<D>(lane).
-template <int D, DType kIn>
-KVQ_DEVICE void rotate_key_chunks(const std::uint32_t (&d)[16], uint4 masks, int lane, float (&out)[32]) {
+/// `masks`: load_chunk_sign_masks<D>(lane). kCentered: R·(k − μ), `mean` = μ of the 8 channels
+/// (load_chunk_mean).
+template <int D, DType kIn, bool kCentered = false>
+KVQ_DEVICE void rotate_key_chunks(const std::uint32_t (&d)[16], uint4 masks, int lane, float (&out)[32],
+                                  const float* mean = nullptr) {
   static_assert(math::rotation_supports(D) && D <= 256, "PerChannel rotated keys need a row within a warp (D <= 256)");
   constexpr int kLanesPerRow = D / 8;
   const std::uint32_t m[16] = {masks.x, masks.y, masks.z, masks.w, masks.x, masks.y, masks.z, masks.w,
                                masks.x, masks.y, masks.z, masks.w, masks.x, masks.y, masks.z, masks.w};
-  unpack_signed_floats<kIn, 32>(d, m, out);
+  if constexpr (kCentered) unpack_centered_signed_floats<kIn, 32, 8>(d, m, mean, out);
+  else unpack_signed_floats<kIn, 32>(d, m, out);
   local_stage<0>(out);
   local_stage<1>(out);
   local_stage<2>(out);

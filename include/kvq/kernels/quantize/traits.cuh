@@ -94,8 +94,7 @@ struct Traits {
   /// Rotated PerChannel keys need a token row within one warp (D/8 lanes: D <= 256).
   static constexpr bool kSupported = kHeadDim % 32 == 0 && kHeadDim <= 512 && KSpec::kGroupSize >= 8 &&
                                      VSpec::kGroupSize >= 8 && kSmemBytes <= 48 * 1024 &&
-                                     !(Layout::kRotatedKeys && kKeyPerChannel && kChunksPerRow > 32) &&
-                                     !Layout::kCenteredKeys;
+                                     !(Layout::kRotatedKeys && kKeyPerChannel && kChunksPerRow > 32);
 };
 
 /// Everything the kernel reads: plain pointers, shapes and strides (built by the host API).
