@@ -165,4 +165,16 @@ template <class Layout>
   return Status::kSuccess;
 }
 
+/// The same through block tables (host tables): refuses a cache length whose pages are
+/// not all listed and in the pool.
+template <class Paged>
+[[nodiscard]] Status attention(const layout::PagedView<Paged>& view, const void* cache, const AttentionArgs& a) {
+  if (a.cache_lengths != nullptr) {
+    if (view.tables == nullptr || a.batch != view.shape.batch) return Status::kErrorInvalidArgument;
+    for (int b = 0; b < a.batch; ++b)
+      if (!view.pages_valid(b, a.cache_lengths[b])) return Status::kErrorInvalidArgument;
+  }
+  return attention<layout::PagedView<Paged>>(view, cache, a);
+}
+
 }  // namespace kvq::reference

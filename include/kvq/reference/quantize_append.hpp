@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "kvq/layout/cache_layout.hpp"
+#include "kvq/layout/paged_layout.hpp"
 #include "kvq/math/pack.hpp"
 #include "kvq/math/quantize.hpp"
 #include "kvq/math/rotation.hpp"
@@ -182,6 +183,21 @@ template <class Layout>
     lengths[b] = static_cast<std::int32_t>(len + num_tokens);
   }
   return Status::kSuccess;
+}
+
+/// The same through block tables (host tables): the contiguous definition token by token,
+/// each token at its page. Refuses (and changes nothing) if a table lists a page outside the
+/// pool for any token an entry will hold, or a length would exceed the table's capacity.
+template <class Paged>
+[[nodiscard]] Status quantize_append(const layout::PagedView<Paged>& view, void* cache, std::int32_t* lengths, const Tensor4& k,
+                                     const Tensor4& v, std::int64_t num_tokens) {
+  if (cache == nullptr || lengths == nullptr || view.tables == nullptr || num_tokens < 0) return Status::kErrorInvalidArgument;
+  for (int b = 0; b < view.shape.batch; ++b) {
+    if (lengths[b] < 0) return Status::kErrorInvalidArgument;
+    if (lengths[b] + num_tokens > view.shape.capacity) return Status::kErrorCapacityExceeded;
+    if (!view.pages_valid(b, lengths[b] + num_tokens)) return Status::kErrorInvalidArgument;
+  }
+  return quantize_append<layout::PagedView<Paged>>(view, cache, lengths, k, v, num_tokens);
 }
 
 /// Dequantized key element (token t < quantized_length, channel c) of a host cache, and

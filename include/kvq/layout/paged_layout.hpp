@@ -1,0 +1,249 @@
+// Paged cache layout: a pool of fixed-size pages of packed codes and metadata, and one
+// block table (int32 page ids) per batch entry, so that an engine keeps sink frames, rolls a
+// window, picks frames or shares a prefix by editing tables instead of copying caches.
+//
+// Memory. One allocation of bytes() bytes: the pool, num_pages pages of page_bytes() each,
+// then the per-entry state ([batch] slots): the PerChannel key tail and value tail
+// ([batch][heads][Tk][HeadDim] each, tail dtype) and, for centered layouts, the key mean
+// μ ([batch][heads][HeadDim] float32). A page holds page_tokens consecutive tokens of one
+// batch entry for every kv head, head-major inside each region:
+//
+//   page = [key codes  [heads][page_tokens][kKeyWordsPerToken] uint32]
+//          [key meta   [heads][page_tokens / Tk][kKeyGroupsPerTokenGroup] KMeta]
+//          [value codes[heads][page_tokens][kValueWordsPerToken] uint32]
+//          [value meta [heads][page_tokens][kValueGroupsPerToken] VMeta]   (each 256-byte aligned)
+//
+// so that a CTA serving one kv head reads, per page, one contiguous run of codes and one of
+// metadata, as it does per tile in the contiguous layout (FlashInfer's HND), and one table
+// serves all heads of a layer.
+//
+// Addressing. Token t of entry b lives in page table[b][t / page_tokens], slot
+// t % page_tokens. page_tokens is a multiple of the key tokens-per-group Tk, so a PerChannel
+// key group never straddles a page. Pages may come in any order and one page may appear in
+// several entries' tables (attention only reads). The attention over the cache has no mask
+// inside it, so the order of cached tokens does not matter to it.
+//
+// PagedView<Layout> binds a paged layout to its tables and offers the interface of the
+// contiguous CacheLayout (the same index functions, with every index relative to the
+// allocation's base), so the CPU reference and the kernels run one code path for both.
+#pragma once
+
+#include <cstdint>
+
+#include "kvq/detail/macros.hpp"
+#include "kvq/layout/cache_layout.hpp"
+#include "kvq/status.hpp"
+
+namespace kvq::layout {
+
+/// Runtime shape of a paged cache.
+struct PagedShape {
+  int batch = 0;                  ///< batch entries (slots of per-entry state and of the tables)
+  int heads = 0;                  ///< kv heads
+  int page_tokens = 0;            ///< tokens per page, a multiple of the key tokens-per-group
+  std::int64_t num_pages = 0;     ///< pages in the pool
+  int max_pages_per_entry = 0;    ///< columns of the block table (an entry's capacity / page_tokens)
+  DType tail_dtype = DType::kBFloat16;
+};
+
+/// The paged layout of a variant (the same template parameters as CacheLayout).
+template <class KSpec_, class VSpec_, int HeadDim_, Rotation KeyRotation_ = Rotation::kNone>
+struct PagedCacheLayout {
+  /// The contiguous layout of the same variant: constants, metadata types, lengths.
+  using Contiguous = CacheLayout<KSpec_, VSpec_, HeadDim_, KeyRotation_>;
+  using KSpec = typename Contiguous::KSpec;
+  using VSpec = typename Contiguous::VSpec;
+  using KMeta = typename Contiguous::KMeta;
+  using VMeta = typename Contiguous::VMeta;
+  static constexpr int kHeadDim = Contiguous::kHeadDim;
+  static constexpr Rotation kKeyRotation = Contiguous::kKeyRotation;
+  static constexpr bool kRotatedKeys = Contiguous::kRotatedKeys;
+  static constexpr bool kCenteredKeys = Contiguous::kCenteredKeys;
+  static constexpr int kKeyWordsPerToken = Contiguous::kKeyWordsPerToken;
+  static constexpr int kValueWordsPerToken = Contiguous::kValueWordsPerToken;
+  static constexpr int kKeyTokensPerGroup = Contiguous::kKeyTokensPerGroup;
+  static constexpr int kKeyGroupsPerTokenGroup = Contiguous::kKeyGroupsPerTokenGroup;
+  static constexpr int kValueGroupsPerToken = Contiguous::kValueGroupsPerToken;
+  static constexpr bool kHasTail = Contiguous::kHasTail;
+  static constexpr double kBytesPerToken = Contiguous::kBytesPerToken;
+  static constexpr std::int64_t kAlignment = 256;
+
+  PagedShape shape{};
+
+  /// Validates a shape; on success writes the layout to *out.
+  [[nodiscard]] static Status make(const PagedShape& s, PagedCacheLayout* out) {
+    if (out == nullptr || s.batch <= 0 || s.heads <= 0 || s.page_tokens <= 0 || s.num_pages < 0 ||
+        s.max_pages_per_entry < 0)
+      return Status::kErrorInvalidArgument;
+    if (s.page_tokens % kKeyTokensPerGroup != 0) return Status::kErrorInvalidArgument;
+    if (static_cast<std::int64_t>(s.max_pages_per_entry) * s.page_tokens > INT32_MAX) return Status::kErrorInvalidArgument;
+    out->shape = s;
+    return Status::kSuccess;
+  }
+
+  static KVQ_HOST_DEVICE std::int64_t quantized_length(std::int64_t length) { return Contiguous::quantized_length(length); }
+  static KVQ_HOST_DEVICE std::int64_t tail_length(std::int64_t length) { return Contiguous::tail_length(length); }
+  static constexpr KVQ_HOST_DEVICE std::int64_t align_up(std::int64_t n) { return (n + kAlignment - 1) / kAlignment * kAlignment; }
+
+  /// Tokens an entry can hold: max_pages_per_entry · page_tokens.
+  KVQ_HOST_DEVICE std::int64_t entry_capacity() const {
+    return static_cast<std::int64_t>(shape.max_pages_per_entry) * shape.page_tokens;
+  }
+
+  // ---- inside a page (bytes from the page's start) ----------------------------------------
+  KVQ_HOST_DEVICE std::int64_t page_k_codes_offset() const { return 0; }
+  KVQ_HOST_DEVICE std::int64_t page_k_meta_offset() const {
+    return align_up(std::int64_t{shape.heads} * shape.page_tokens * kKeyWordsPerToken * 4);
+  }
+  KVQ_HOST_DEVICE std::int64_t page_v_codes_offset() const {
+    return page_k_meta_offset() + align_up(std::int64_t{shape.heads} * (shape.page_tokens / kKeyTokensPerGroup) *
+                                           kKeyGroupsPerTokenGroup * static_cast<std::int64_t>(sizeof(KMeta)));
+  }
+  KVQ_HOST_DEVICE std::int64_t page_v_meta_offset() const {
+    return page_v_codes_offset() + align_up(std::int64_t{shape.heads} * shape.page_tokens * kValueWordsPerToken * 4);
+  }
+  KVQ_HOST_DEVICE std::int64_t page_bytes() const {
+    return page_v_meta_offset() + align_up(std::int64_t{shape.heads} * shape.page_tokens * kValueGroupsPerToken *
+                                           static_cast<std::int64_t>(sizeof(VMeta)));
+  }
+
+  // ---- the allocation ---------------------------------------------------------------------
+  KVQ_HOST_DEVICE std::int64_t pool_bytes() const { return shape.num_pages * page_bytes(); }
+  KVQ_HOST_DEVICE std::int64_t tail_bytes() const {
+    return kHasTail ? std::int64_t{shape.batch} * shape.heads * kKeyTokensPerGroup * kHeadDim *
+                          static_cast<std::int64_t>(dtype_size(shape.tail_dtype))
+                    : 0;
+  }
+  KVQ_HOST_DEVICE std::int64_t k_tail_offset() const { return pool_bytes(); }
+  KVQ_HOST_DEVICE std::int64_t v_tail_offset() const { return align_up(k_tail_offset() + tail_bytes()); }
+  KVQ_HOST_DEVICE std::int64_t k_mean_bytes() const {
+    return kCenteredKeys ? std::int64_t{shape.batch} * shape.heads * kHeadDim * 4 : 0;
+  }
+  KVQ_HOST_DEVICE std::int64_t k_mean_offset() const { return align_up(v_tail_offset() + tail_bytes()); }
+  /// Bytes to allocate (256-byte aligned base expected).
+  KVQ_HOST_DEVICE std::int64_t bytes() const { return align_up(k_mean_offset() + k_mean_bytes()); }
+};
+
+/// A paged layout bound to its block tables: the interface of CacheLayout (shape.batch,
+/// shape.heads, shape.capacity, shape.tail_dtype, the index functions, bytes()), with code
+/// and metadata indices counted from the allocation's base in their element type
+/// (CachePointers<PagedView> points the code and metadata regions at the base, the tails and
+/// the mean at their regions). The tables are
+/// [batch][table_stride] int32, host memory for the CPU reference, device memory for kernels;
+/// the view never checks them (see pages_valid).
+template <class Paged>
+struct PagedView {
+  using Layout = Paged;
+  using KSpec = typename Paged::KSpec;
+  using VSpec = typename Paged::VSpec;
+  using KMeta = typename Paged::KMeta;
+  using VMeta = typename Paged::VMeta;
+  static constexpr int kHeadDim = Paged::kHeadDim;
+  static constexpr Rotation kKeyRotation = Paged::kKeyRotation;
+  static constexpr bool kRotatedKeys = Paged::kRotatedKeys;
+  static constexpr bool kCenteredKeys = Paged::kCenteredKeys;
+  static constexpr int kKeyWordsPerToken = Paged::kKeyWordsPerToken;
+  static constexpr int kValueWordsPerToken = Paged::kValueWordsPerToken;
+  static constexpr int kKeyTokensPerGroup = Paged::kKeyTokensPerGroup;
+  static constexpr int kKeyGroupsPerTokenGroup = Paged::kKeyGroupsPerTokenGroup;
+  static constexpr int kValueGroupsPerToken = Paged::kValueGroupsPerToken;
+  static constexpr bool kHasTail = Paged::kHasTail;
+  static constexpr bool kPaged = true;
+
+  /// The fields of CacheShape that the reference and the kernels read.
+  struct Shape {
+    int batch;
+    int heads;
+    std::int64_t capacity;  ///< entry_capacity()
+    DType tail_dtype;
+  };
+
+  Paged layout{};
+  const std::int32_t* tables = nullptr;
+  std::int64_t table_stride = 0;  ///< elements from one entry's table to the next
+  Shape shape{};
+
+  static PagedView bind(const Paged& l, const std::int32_t* tables, std::int64_t table_stride) {
+    PagedView v;
+    v.layout = l;
+    v.tables = tables;
+    v.table_stride = table_stride;
+    v.shape = {l.shape.batch, l.shape.heads, l.entry_capacity(), l.shape.tail_dtype};
+    return v;
+  }
+
+  static KVQ_HOST_DEVICE std::int64_t quantized_length(std::int64_t length) { return Paged::quantized_length(length); }
+  static KVQ_HOST_DEVICE std::int64_t tail_length(std::int64_t length) { return Paged::tail_length(length); }
+
+  /// Byte offset of the page that holds token t of entry b.
+  KVQ_HOST_DEVICE std::int64_t page_base(int b, std::int64_t t) const {
+    return static_cast<std::int64_t>(tables[b * table_stride + t / layout.shape.page_tokens]) * layout.page_bytes();
+  }
+  KVQ_HOST_DEVICE std::int64_t slot(std::int64_t t) const { return t % layout.shape.page_tokens; }
+
+  KVQ_HOST_DEVICE std::int64_t k_code_word(int b, int h, std::int64_t t) const {
+    return (page_base(b, t) + layout.page_k_codes_offset()) / 4 +
+           (std::int64_t{h} * layout.shape.page_tokens + slot(t)) * kKeyWordsPerToken;
+  }
+  KVQ_HOST_DEVICE std::int64_t v_code_word(int b, int h, std::int64_t t) const {
+    return (page_base(b, t) + layout.page_v_codes_offset()) / 4 +
+           (std::int64_t{h} * layout.shape.page_tokens + slot(t)) * kValueWordsPerToken;
+  }
+  KVQ_HOST_DEVICE std::int64_t k_meta_index(int b, int h, std::int64_t t, int c) const {
+    return (page_base(b, t) + layout.page_k_meta_offset()) / static_cast<std::int64_t>(sizeof(KMeta)) +
+           (std::int64_t{h} * (layout.shape.page_tokens / kKeyTokensPerGroup) + slot(t) / kKeyTokensPerGroup) *
+               kKeyGroupsPerTokenGroup +
+           c / KSpec::kChannelsPerGroup;
+  }
+  KVQ_HOST_DEVICE std::int64_t v_meta_index(int b, int h, std::int64_t t, int c) const {
+    return (page_base(b, t) + layout.page_v_meta_offset()) / static_cast<std::int64_t>(sizeof(VMeta)) +
+           (std::int64_t{h} * layout.shape.page_tokens + slot(t)) * kValueGroupsPerToken + c / VSpec::kGroupSize;
+  }
+  /// Tail slot i of entry b (elements from its tail region's start, as in CacheLayout).
+  KVQ_HOST_DEVICE std::int64_t tail_index(int b, int h, int i, int c) const {
+    return ((std::int64_t{b} * layout.shape.heads + h) * kKeyTokensPerGroup + i) * kHeadDim + c;
+  }
+  /// Channel c of entry b's key mean (floats from the k_mean region's start).
+  KVQ_HOST_DEVICE std::int64_t k_mean_index(int b, int h, int c) const {
+    return (std::int64_t{b} * layout.shape.heads + h) * kHeadDim + c;
+  }
+  std::int64_t bytes() const { return layout.bytes(); }
+
+  /// Whether every page that tokens [0, end) of entry b occupy is listed in its table and
+  /// lies in the pool (host tables only).
+  bool pages_valid(int b, std::int64_t end) const {
+    if (end < 0 || end > shape.capacity) return false;
+    const std::int64_t pages = (end + layout.shape.page_tokens - 1) / layout.shape.page_tokens;
+    for (std::int64_t i = 0; i < pages; ++i) {
+      const std::int32_t id = tables[b * table_stride + i];
+      if (id < 0 || id >= layout.shape.num_pages) return false;
+    }
+    return true;
+  }
+};
+
+/// The code and metadata pointers of a paged view are the allocation's base (the view's
+/// indices count pages from it); the per-entry tails and mean point at their regions.
+template <class Paged>
+struct CachePointers<PagedView<Paged>> {
+  std::uint32_t* k_codes;
+  typename Paged::KMeta* k_meta;
+  std::uint32_t* v_codes;
+  typename Paged::VMeta* v_meta;
+  void* k_tail;
+  void* v_tail;
+  float* k_mean;
+
+  static CachePointers from_base(const PagedView<Paged>& v, void* base) {
+    auto* p = static_cast<unsigned char*>(base);
+    return {static_cast<std::uint32_t*>(base),
+            static_cast<typename Paged::KMeta*>(base),
+            static_cast<std::uint32_t*>(base),
+            static_cast<typename Paged::VMeta*>(base),
+            p + v.layout.k_tail_offset(),
+            p + v.layout.v_tail_offset(),
+            reinterpret_cast<float*>(p + v.layout.k_mean_offset())};
+  }
+};
+
+}  // namespace kvq::layout
