@@ -92,6 +92,7 @@ struct AttentionErrors {
   double mean_vs_uncentered = 0;     ///< centered layouts: mean |o - ref(μ = 0)|, the reference without q·μ
   double max_lse_vs_uncentered = 0;  ///< centered layouts: max |lse - lse ref(μ = 0)|
   double mean_lse_vs_uncentered = 0;  ///< centered layouts: mean |lse - lse ref(μ = 0)| over rows with a finite LSE
+  std::size_t checked = 0;            ///< output elements compared with the reference
 };
 
 inline std::uint16_t to_bits(DType t, float x) {
@@ -399,6 +400,7 @@ AttentionErrors run_attention_case(const AttentionCase& tc, const char* variant_
         }
       }
   }
+  err.checked = checked;
   err.mean_abs = checked ? sum_abs / checked : 0.0;
   err.mean_vs_none = checked ? sum_vs_none / checked : 0.0;
   err.mean_vs_uncentered = checked ? sum_vs_uncentered / checked : 0.0;
