@@ -29,20 +29,8 @@ KVQ_DEVICE void warp_hadamard_rotate(float (&x)[D / 32], int lane) {
   KVQ_PRAGMA_UNROLL
   for (int i = 0; i < E; ++i)
     if ((bits >> i) & 1u) x[i] = -x[i];
-  // Butterflies within the lane.
-  KVQ_PRAGMA_UNROLL
-  for (int h = 1; h < E; h *= 2) {
-    KVQ_PRAGMA_UNROLL
-    for (int i = 0; i < E; i += 2 * h) {
-      KVQ_PRAGMA_UNROLL
-      for (int j = i; j < i + h; ++j) {
-        const float a = x[j];
-        const float b = x[j + h];
-        x[j] = a + b;
-        x[j + h] = a - b;
-      }
-    }
-  }
+  // Butterflies within the lane: the stages h < E, a transform of the lane's E elements.
+  math::detail::walsh_hadamard<E>(x);
   // Butterflies across lanes.
   KVQ_PRAGMA_UNROLL
   for (int m = 1; m < 32; m *= 2) {
