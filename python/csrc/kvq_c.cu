@@ -349,6 +349,8 @@ const char* kvq_c_status_string(int32_t status) {
   return kvq::to_string(static_cast<kvq::Status>(status));
 }
 
+const char* kvq_c_last_cuda_error_string(void) { return cudaGetErrorString(kvq::last_cuda_error()); }
+
 int32_t kvq_c_variant_count(void) { return kvq_c::count(kvq_c::Layouts{}); }
 
 int32_t kvq_c_variant_get(int32_t index, kvq_c_variant* out, uint32_t* corrections) {

@@ -126,6 +126,9 @@ KVQ_C_API int32_t kvq_c_abi_version(void);
 KVQ_C_API int32_t kvq_c_append_args_size(void);
 KVQ_C_API int32_t kvq_c_attention_args_size(void);
 KVQ_C_API const char* kvq_c_status_string(int32_t status);
+/* The CUDA error of this host thread's last failed runtime call inside kvq (after a
+ * KVQ_C_ERROR_CUDA_RUNTIME), as cudaGetErrorString words; "no error" where none failed. */
+KVQ_C_API const char* kvq_c_last_cuda_error_string(void);
 
 /* The compiled cache variants: index 0..count-1; *corrections gets the bit (1 << mode) of
  * every correction mode whose attention is compiled for the variant. */

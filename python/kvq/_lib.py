@@ -38,6 +38,8 @@ class KvqError(RuntimeError):
 
     def __init__(self, where, status, detail=""):
         self.status = status
+        if status == ERROR_CUDA_RUNTIME and not detail and _lib is not None:
+            detail = _lib.kvq_c_last_cuda_error_string().decode()
         msg = "%s failed: %s (kvq status %d)" % (where, status_string(status), status)
         super().__init__(msg + (": " + detail if detail else ""))
 
@@ -73,6 +75,7 @@ def _bind(lib):
         "kvq_c_append_args_size": (i32, []),
         "kvq_c_attention_args_size": (i32, []),
         "kvq_c_status_string": (ctypes.c_char_p, [i32]),
+        "kvq_c_last_cuda_error_string": (ctypes.c_char_p, []),
         "kvq_c_variant_count": (i32, []),
         "kvq_c_variant_get": (i32, [i32, ctypes.POINTER(Variant), ctypes.POINTER(ctypes.c_uint32)]),
         "kvq_c_cache_create": (i32, [ctypes.POINTER(Variant), i32, i32, i64, i32, i32, ctypes.POINTER(vp)]),

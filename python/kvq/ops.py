@@ -145,6 +145,20 @@ _lib_def.impl("attention", _attention_cuda, "CUDA")
 torch.library.register_fake("kvq::attention", _attention_fake, lib=_lib_def)
 
 
+def _attention_setup_context(ctx, inputs, output):
+    # Inference only: the outputs carry no gradient (so that a model traced with grad enabled
+    # compiles), and backward is never reached.
+    ctx.mark_non_differentiable(*output)
+
+
+def _attention_backward(ctx, *grads):  # pragma: no cover (outputs are non-differentiable)
+    raise RuntimeError("kvq.attention has no backward: kvq caches serve inference")
+
+
+torch.library.register_autograd("kvq::attention", _attention_backward, setup_context=_attention_setup_context,
+                                lib=_lib_def)
+
+
 def register(binding):
     """Adds a cache binding to the registry; returns its cache_id."""
     _REGISTRY.append(binding)
