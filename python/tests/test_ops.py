@@ -114,8 +114,10 @@ def test_append_dequantizes_close_to_its_input(variant):
     assert bool((kerr <= kbound).all())
     assert bool((steps[:, :, :ql] > 0).all())
     assert torch.equal(keys[:, :, ql:70], kin[:, :, ql:70])  # the tail holds the keys as given
+    # Uniform noise of step/sqrt(12) per value, step = range/(2^bits - 1) of 128 Gaussian
+    # values (~5.2): ~0.5 (INT2) and ~0.1 (INT4) of their norm; a misplaced token gives ~1.4.
     rel = float((values[:, :, :70] - vin).norm() / vin.norm())
-    assert rel < (0.45 if bits == 2 else 0.12)
+    assert rel < (0.65 if bits == 2 else 0.15)
 
 
 def test_append_overflow_is_flagged_and_leaves_the_cache():
@@ -165,7 +167,7 @@ def test_torch_compile_fullgraph():
             yc, mc = compiled(x, append)
             torch.cuda.synchronize()
             assert float((ye.float() - yc.float()).abs().max()) <= 2e-2 * max(float(ye.abs().max()), 1.0)
-            assert float((me - mc).abs().max()) <= 1e-3
+            assert float((me - mc).abs().max()) <= 5e-3
     assert torch.equal(caches[0].lengths, caches[1].lengths)
     assert caches[1].lengths.tolist() == [96, 96]
 
