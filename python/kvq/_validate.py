@@ -9,8 +9,15 @@ ACTIVATION_DTYPES = ("bfloat16", "float16")
 _ATTENTION_STRIDE_MULTIPLE = 8
 
 
+_DTYPE_NAMES = {}
+
+
 def dtype_name(dtype):
-    return str(dtype).replace("torch.", "")
+    """'bfloat16' for torch.bfloat16 (memoized: this runs on every call)."""
+    n = _DTYPE_NAMES.get(dtype)
+    if n is None:
+        n = _DTYPE_NAMES[dtype] = str(dtype).replace("torch.", "")
+    return n
 
 
 def _where(t):

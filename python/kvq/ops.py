@@ -159,6 +159,11 @@ torch.library.register_autograd("kvq::attention", _attention_backward, setup_con
                                 lib=_lib_def)
 
 
+# The overloads themselves (calling them skips the packet's overload resolution).
+append_op = torch.ops.kvq.append.default
+attention_op = torch.ops.kvq.attention.default
+
+
 def register(binding):
     """Adds a cache binding to the registry; returns its cache_id."""
     _REGISTRY.append(binding)
