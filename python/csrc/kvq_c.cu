@@ -13,6 +13,7 @@
 #include <vector>
 
 #include <kvq/math/rotation.hpp>
+#include <kvq/reference/attention.hpp>
 #include <kvq/reference/quantize_append.hpp>
 
 #include "variants.cuh"
@@ -114,6 +115,9 @@ struct CacheBase {
   virtual int attention(const kvq_c_attention_args& a) = 0;
   virtual int prepare(int correction, int mask, int q_heads) = 0;
   virtual int dequantize_host(const void* cache, const int32_t* lengths, float* keys, float* values, float* steps) const = 0;
+  virtual int quantize_append_host(void* cache, int32_t* lengths, const kvq_c_append_args& a) const = 0;
+  virtual int attention_host(const kvq_c_attention_args& a, double* out, double* lse, double* mass) const = 0;
+  bool host_only = false;
   int64_t bytes = 0;
   int key_tokens_per_group = 1;
   int device = 0;
@@ -141,6 +145,8 @@ class Cache final : public CacheBase {
     heads = shape.heads;
     head_dim = kD;
     dtype = shape.tail_dtype;
+    host_only = dev < 0;
+    if (host_only) return Status::kSuccess;
     // The append plan needs only the layout and the dtype: placeholder (aligned, never
     // dereferenced) pointers stand for the buffers that every call passes.
     kvq::AppendArguments a;
@@ -155,7 +161,7 @@ class Cache final : public CacheBase {
 
   int append(const kvq_c_append_args& c) override {
     DType d;
-    if (!to_dtype(c.dtype, &d) || d != dtype || c.batch != batch || c.heads != heads || c.head_dim != kD)
+    if (host_only || !to_dtype(c.dtype, &d) || d != dtype || c.batch != batch || c.heads != heads || c.head_dim != kD)
       return code(Status::kErrorInvalidArgument);
     kvq::AppendArguments a;
     a.cache = c.cache;
@@ -173,7 +179,7 @@ class Cache final : public CacheBase {
 
   int attention(const kvq_c_attention_args& c) override {
     DType d;
-    if (!to_dtype(c.dtype, &d) || d != dtype || c.batch != batch || c.kv_heads != heads || c.head_dim != kD)
+    if (host_only || !to_dtype(c.dtype, &d) || d != dtype || c.batch != batch || c.kv_heads != heads || c.head_dim != kD)
       return code(Status::kErrorInvalidArgument);
     kvq::AttentionArguments a;
     a.cache = c.cache;
@@ -206,6 +212,7 @@ class Cache final : public CacheBase {
   }
 
   int prepare(int correction, int mask, int q_heads) override {
+    if (host_only) return code(Status::kErrorInvalidArgument);
     if (mask != KVQ_C_MASK_NONE && mask != KVQ_C_MASK_CAUSAL_LAST_SEGMENT) return code(Status::kErrorInvalidArgument);
     // Placeholder arguments of the planned shape: an empty call (no query row) that fixes
     // batch, q heads, dtype and mask; initialize() launches nothing.
@@ -263,6 +270,42 @@ class Cache final : public CacheBase {
       }
     }
     return code(Status::kSuccess);
+  }
+
+  int quantize_append_host(void* cache, int32_t* lengths, const kvq_c_append_args& c) const override {
+    DType d;
+    if (!to_dtype(c.dtype, &d) || d != dtype || c.batch != batch || c.heads != heads || c.head_dim != kD)
+      return code(Status::kErrorInvalidArgument);
+    return code(kvq::reference::quantize_append(layout_, cache, lengths, tensor(c.k, d, c.k_stride),
+                                                tensor(c.v, d, c.v_stride), c.num_tokens));
+  }
+
+  int attention_host(const kvq_c_attention_args& c, double* out, double* lse, double* mass) const override {
+    DType d;
+    if (!to_dtype(c.dtype, &d) || d != dtype || c.batch != batch || c.kv_heads != heads || c.head_dim != kD)
+      return code(Status::kErrorInvalidArgument);
+    kvq::reference::AttentionArgs a;
+    a.batch = c.batch;
+    a.q_heads = c.q_heads;
+    a.num_q = c.num_q;
+    a.num_chunk = c.num_chunk;
+    a.q = tensor(c.q, d, c.q_stride);
+    a.k_chunk = tensor(c.k_chunk, d, c.k_stride);
+    a.v_chunk = tensor(c.v_chunk, d, c.v_stride);
+    a.cache_lengths = c.cache_lengths;
+    a.scale = c.scale;
+    a.mask = c.mask == KVQ_C_MASK_NONE ? Mask::kNone : Mask::kCausalLastSegment;
+    switch (c.correction) {
+      case KVQ_C_CORRECTION_NONE: a.correction = Correction::kNone; break;
+      case KVQ_C_CORRECTION_TAYLOR2: a.correction = Correction::kTaylor2; break;
+      case KVQ_C_CORRECTION_TAYLOR4: a.correction = Correction::kTaylor4; break;
+      case KVQ_C_CORRECTION_EXACT: a.correction = Correction::kExact; break;
+      default: return code(Status::kErrorInvalidArgument);
+    }
+    a.out = out;
+    a.lse = lse;
+    a.mass = mass;
+    return code(kvq::reference::attention(layout_, c.cache, a));
   }
 
  private:
@@ -365,7 +408,7 @@ int32_t kvq_c_cache_create(const kvq_c_variant* variant, int32_t batch, int32_t 
   if (out == nullptr) return KVQ_C_ERROR_INVALID_ARGUMENT;
   *out = nullptr;
   kvq::DType d;
-  if (variant == nullptr || !kvq_c::to_dtype(dtype, &d) || batch <= 0 || kv_heads <= 0 || capacity < 0 || device < 0)
+  if (variant == nullptr || !kvq_c::to_dtype(dtype, &d) || batch <= 0 || kv_heads <= 0 || capacity < 0 || device < -1)
     return KVQ_C_ERROR_INVALID_ARGUMENT;
   const kvq::layout::CacheShape shape{batch, kv_heads, capacity, d};
   std::unique_ptr<kvq_c::CacheBase> impl;
@@ -412,6 +455,18 @@ int32_t kvq_c_dequantize_host(const kvq_c_cache* cache, const void* host_cache, 
                               float* values, float* key_steps) {
   if (cache == nullptr) return KVQ_C_ERROR_INVALID_ARGUMENT;
   return cache->impl->dequantize_host(host_cache, host_lengths, keys, values, key_steps);
+}
+
+int32_t kvq_c_quantize_append_host(const kvq_c_cache* cache, void* host_cache, int32_t* host_lengths,
+                                   const kvq_c_append_args* args) {
+  if (cache == nullptr || args == nullptr) return KVQ_C_ERROR_INVALID_ARGUMENT;
+  return cache->impl->quantize_append_host(host_cache, host_lengths, *args);
+}
+
+int32_t kvq_c_attention_host(const kvq_c_cache* cache, const kvq_c_attention_args* args, double* out, double* lse,
+                             double* mass) {
+  if (cache == nullptr || args == nullptr || out == nullptr) return KVQ_C_ERROR_INVALID_ARGUMENT;
+  return cache->impl->attention_host(*args, out, lse, mass);
 }
 
 int32_t kvq_c_rotate_rows_host(int32_t head_dim, double* rows, int64_t n) {

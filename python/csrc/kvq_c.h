@@ -137,7 +137,9 @@ KVQ_C_API int32_t kvq_c_variant_get(int32_t index, kvq_c_variant* out, uint32_t*
 
 /* A cache of `variant` for `batch` entries of `kv_heads` heads and `capacity` tokens, with
  * activations (and the unquantized key tail) of `dtype`, on CUDA device `device`. Plans the
- * append. KVQ_C_ERROR_NOT_SUPPORTED where the variant is not compiled. */
+ * append. KVQ_C_ERROR_NOT_SUPPORTED where the variant is not compiled. device = -1 makes a
+ * host-only handle (no device needed) for the *_host functions; its kvq_c_append,
+ * kvq_c_attention and kvq_c_prepare_attention return KVQ_C_ERROR_INVALID_ARGUMENT. */
 KVQ_C_API int32_t kvq_c_cache_create(const kvq_c_variant* variant, int32_t batch, int32_t kv_heads, int64_t capacity,
                                      int32_t dtype, int32_t device, kvq_c_cache** out);
 KVQ_C_API void kvq_c_cache_destroy(kvq_c_cache* cache);
@@ -164,6 +166,15 @@ KVQ_C_API int32_t kvq_c_attention(kvq_c_cache* cache, const kvq_c_attention_args
  * elements are not written. */
 KVQ_C_API int32_t kvq_c_dequantize_host(const kvq_c_cache* cache, const void* host_cache, const int32_t* host_lengths,
                                         float* keys, float* values, float* key_steps);
+/* The CPU reference (kvq/reference) on host memory, for tests: quantize-and-append of
+ * num_tokens tokens of k and v (dtype KVQ_C_FP16/BF16, strides in elements) into a host cache
+ * with host lengths; and attention (args as kvq_c_attention's, every pointer a host pointer;
+ * o/lse/mass ignored) writing out [batch, num_q, q_heads, D], lse [batch, q_heads, num_q] and
+ * mass [batch, q_heads, num_q, 3] as float64 (lse and mass optional). */
+KVQ_C_API int32_t kvq_c_quantize_append_host(const kvq_c_cache* cache, void* host_cache, int32_t* host_lengths,
+                                             const kvq_c_append_args* args);
+KVQ_C_API int32_t kvq_c_attention_host(const kvq_c_cache* cache, const kvq_c_attention_args* args, double* out,
+                                       double* lse, double* mass);
 /* rows[n][head_dim] <- R·rows (float64), R the key rotation of the head dim (64 or 128). */
 KVQ_C_API int32_t kvq_c_rotate_rows_host(int32_t head_dim, double* rows, int64_t n);
 

@@ -87,6 +87,8 @@ def _bind(lib):
         "kvq_c_attention": (i32, [vp, vp]),
         "kvq_c_dequantize_host": (i32, [vp, vp, vp, vp, vp, vp]),
         "kvq_c_rotate_rows_host": (i32, [i32, vp, i64]),
+        "kvq_c_quantize_append_host": (i32, [vp, vp, vp, vp]),
+        "kvq_c_attention_host": (i32, [vp, vp, vp, vp, vp]),
     }
     for name, (res, args) in sig.items():
         f = getattr(lib, name)

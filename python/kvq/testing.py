@@ -1,28 +1,33 @@
 """Host-side helpers for tests: the dequantized cache (through the C ABI's CPU reference)
 and the torch SDPA reference of kvq's attention built from it. Slow; for small shapes."""
-import ctypes
-
 import torch
 import torch.nn.functional as F
 
 from . import _lib
 
 
+def dequantize_host(handle, shape, host_buffer, host_lengths):
+    """(keys, values, key_steps) float32 [batch, kv_heads, capacity, head_dim] of a host copy
+    of a cache (uint8 CPU tensor) with host lengths (int32 CPU tensor), through the C ABI's
+    CPU reference: keys/values as attention sees them (rotated keys rotated back, centered ones
+    with μ added), zero past each entry's length; key_steps the step of every quantized key
+    element (rotated space for rotated keys), zero elsewhere."""
+    keys = torch.zeros(shape, dtype=torch.float32)
+    values = torch.zeros(shape, dtype=torch.float32)
+    steps = torch.zeros(shape, dtype=torch.float32)
+    s = _lib.lib().kvq_c_dequantize_host(handle, host_buffer.data_ptr(), host_lengths.data_ptr(), keys.data_ptr(),
+                                         values.data_ptr(), steps.data_ptr())
+    _lib.check("kvq_c_dequantize_host", s)
+    return keys, values, steps
+
+
 def dequantize(cache):
-    """(keys, values, key_steps, lengths) of a KVCache, on the CPU: keys/values float32
-    [batch, kv_heads, capacity, head_dim] as attention sees them (rotated keys rotated back,
-    centered ones with μ added), zero past each entry's length; key_steps the step of every
-    quantized key element (rotated space for rotated keys), zero elsewhere; lengths int32."""
+    """(keys, values, key_steps, lengths) of a KVCache, on the CPU (see dequantize_host)."""
     torch.cuda.synchronize(cache.device)
     host = cache.buffer.cpu()
     lengths = cache.lengths.cpu()
     shape = (cache.batch, cache.kv_heads, cache.capacity, cache.head_dim)
-    keys = torch.zeros(shape, dtype=torch.float32)
-    values = torch.zeros(shape, dtype=torch.float32)
-    steps = torch.zeros(shape, dtype=torch.float32)
-    s = _lib.lib().kvq_c_dequantize_host(cache._binding.handle, host.data_ptr(), lengths.data_ptr(), keys.data_ptr(),
-                                         values.data_ptr(), steps.data_ptr())
-    _lib.check("kvq_c_dequantize_host", s)
+    keys, values, steps = dequantize_host(cache._binding.handle, shape, host, lengths)
     return keys, values, steps, lengths
 
 
@@ -58,19 +63,26 @@ def reference_attention(cache, q, k_chunk, v_chunk, correction, mask="none", sca
     """torch SDPA (math backend, float64, CPU) over [dequantized cache ; chunk] with the
     correction of the quantized keys as an additive bias. Returns (o [B, nq, Hq, D] float64,
     lse [B, Hq, nq], mass [B, Hq, nq, 3])."""
+    keys, values, steps, lengths = dequantize(cache)
+    return sdpa_reference(keys, values, steps, lengths, cache.meta.key_tokens_per_group,
+                          cache.variant["rotation"] != "none", q, k_chunk, v_chunk, correction, mask, scale)
+
+
+def sdpa_reference(keys, values, steps, lengths, key_tokens_per_group, rotated, q, k_chunk, v_chunk, correction,
+                   mask="none", scale=None):
+    """The reference of reference_attention from a dequantized cache (dequantize_host)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    keys, values, steps, lengths = dequantize(cache)
-    d = cache.head_dim
+    d = keys.shape[-1]
+    kv_heads = keys.shape[1]
     scale = d ** -0.5 if scale is None else scale
-    rotated = cache.variant["rotation"] != "none"
-    tpg = cache.meta.key_tokens_per_group
+    tpg = key_tokens_per_group
     q = q.detach().to("cpu", torch.float64)
     kc = k_chunk.detach().to("cpu", torch.float64)
     vc = v_chunk.detach().to("cpu", torch.float64)
     B, nq, hq, _ = q.shape
     nc = kc.shape[1]
-    r = hq // cache.kv_heads
+    r = hq // kv_heads
     outs, lses, masses = [], [], []
     for b in range(B):
         L = int(lengths[b])

@@ -1,7 +1,12 @@
 #!/usr/bin/env python3
 """CTest entry of the kvq package's tests: runs pytest on this directory when python3 has
 pytest and torch and sees a CUDA device and libkvq_c loads; exits 77 (CTest: skipped)
-otherwise, with the reason."""
+otherwise, with the reason.
+
+    run_pytest.py [--cpu] [TARGET [pytest args...]]
+
+--cpu runs the host-only tests (test_reference_cpu.py, test_validation_pure.py), which need
+torch and libkvq_c but no CUDA device."""
 import os
 import sys
 
@@ -13,7 +18,12 @@ def skip(reason):
 
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
-    target = sys.argv[1] if len(sys.argv) > 1 else here
+    argv = sys.argv[1:]
+    cpu = bool(argv) and argv[0] == "--cpu"
+    if cpu:
+        argv = argv[1:]
+    target = argv[0] if argv else here
+    extra = argv[1:]
     try:
         import pytest
     except ImportError:
@@ -22,7 +32,7 @@ def main():
         import torch
     except ImportError:
         skip("torch is not installed")
-    if not torch.cuda.is_available():
+    if not cpu and not torch.cuda.is_available():
         skip("torch sees no CUDA device")
     sys.path.insert(0, os.path.dirname(here))
     try:
@@ -30,7 +40,11 @@ def main():
         kvq._lib.lib()
     except ImportError as e:
         skip(str(e))
-    sys.exit(pytest.main(["-q", "-rs", target] + sys.argv[2:]))
+    if cpu:
+        targets = [os.path.join(target, "test_reference_cpu.py"), os.path.join(target, "test_validation_pure.py")]
+    else:
+        targets = [target]
+    sys.exit(pytest.main(["-q", "-rs"] + targets + extra))
 
 
 if __name__ == "__main__":
