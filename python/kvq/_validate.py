@@ -27,20 +27,22 @@ def _where(t):
 
 def check_tensor(name, t, meta, heads, tokens=None, what="[batch, tokens, heads, head_dim]"):
     """Checks one [batch, tokens, heads, head_dim] activation against the cache `meta`
-    (batch, head_dim, dtype name, device index)."""
-    if not hasattr(t, "shape") or not hasattr(t, "stride"):
-        raise TypeError("kvq: %s must be a torch.Tensor, got %s" % (name, type(t).__name__))
-    if t.device.type != "cuda":
+    (batch, head_dim, dtype name, device index). Returns (shape, strides): the 4 sizes and
+    the (batch, token, head) strides, 0 for a dimension of size 1 (never stepped over)."""
+    try:
+        shape, dev, dt, st = t.shape, t.device, t.dtype, t.stride()
+    except (AttributeError, TypeError):
+        raise TypeError("kvq: %s must be a torch.Tensor, got %s" % (name, type(t).__name__)) from None
+    if dev.type != "cuda":
         raise ValueError("kvq: %s is on %s; kvq runs on CUDA tensors (the cache is on cuda:%d)"
                          % (name, _where(t), meta.device_index))
-    if t.device.index is not None and t.device.index != meta.device_index:
+    if dev.index is not None and dev.index != meta.device_index:
         raise ValueError("kvq: %s is on %s but the cache is on cuda:%d" % (name, _where(t), meta.device_index))
-    dn = dtype_name(t.dtype)
-    if dn not in ACTIVATION_DTYPES:
-        raise TypeError("kvq: %s has dtype %s; kvq takes bfloat16 or float16" % (name, dn))
+    dn = dtype_name(dt)
     if dn != meta.dtype_name:
+        if dn not in ACTIVATION_DTYPES:
+            raise TypeError("kvq: %s has dtype %s; kvq takes bfloat16 or float16" % (name, dn))
         raise TypeError("kvq: %s has dtype %s but the cache was made for %s" % (name, dn, meta.dtype_name))
-    shape = tuple(t.shape)
     if len(shape) != 4:
         raise ValueError("kvq: %s must be 4-D %s, got shape %s" % (name, what, list(shape)))
     b, n, h, d = shape
@@ -52,13 +54,13 @@ def check_tensor(name, t, meta, heads, tokens=None, what="[batch, tokens, heads,
         raise ValueError("kvq: %s has %d heads, expected %d" % (name, h, heads))
     if tokens is not None and n != tokens:
         raise ValueError("kvq: %s has %d tokens, expected %d" % (name, n, tokens))
-    st = tuple(t.stride())
-    if d > 1 and st[3] != 1:
+    sb, sn, sh, sd = st
+    if d > 1 and sd != 1:
         raise ValueError("kvq: %s must have a unit stride along head_dim (strides %s); call .contiguous()"
                          % (name, list(st)))
-    if any(s < 0 for s in st):
+    if sb < 0 or sn < 0 or sh < 0 or sd < 0:
         raise ValueError("kvq: %s has a negative stride (strides %s)" % (name, list(st)))
-    return shape
+    return shape, (sb if b > 1 else 0, sn if n > 1 else 0, sh if h > 1 else 0)
 
 
 def effective_strides(t):
@@ -68,42 +70,43 @@ def effective_strides(t):
 
 
 def check_append(meta, k, v):
-    """Checks append(k, v); returns the number of tokens."""
-    kb, kn, _, _ = check_tensor("k", k, meta, meta.kv_heads)
-    check_tensor("v", v, meta, meta.kv_heads, tokens=kn)
+    """Checks append(k, v); returns (tokens, k strides, v strides)."""
+    (_, kn, _, _), ks = check_tensor("k", k, meta, meta.kv_heads)
+    _, vs = check_tensor("v", v, meta, meta.kv_heads, tokens=kn)
     if kn > meta.capacity:
         raise ValueError("kvq: appending %d tokens to a cache of capacity %d" % (kn, meta.capacity))
-    return kn
+    return kn, ks, vs
 
 
-def _check_attention_strides(name, t):
-    for s, dim in zip(effective_strides(t), ("batch", "token", "head")):
+def _check_attention_strides(name, strides):
+    for s, dim in zip(strides, ("batch", "token", "head")):
         if s % _ATTENTION_STRIDE_MULTIPLE != 0:
             raise ValueError("kvq: %s's %s stride %d is not a multiple of %d elements (16 bytes); "
                              "call .contiguous()" % (name, dim, s, _ATTENTION_STRIDE_MULTIPLE))
 
 
 def check_attention(meta, q, k_chunk, v_chunk, correction, mask, scale):
-    """Checks attention(q, k_chunk, v_chunk); returns (batch, num_q, q_heads, num_chunk)."""
-    b, nq, hq, _ = check_tensor("q", q, meta, None)
+    """Checks attention(q, k_chunk, v_chunk); returns (batch, num_q, q_heads, num_chunk,
+    q strides, k_chunk strides, v_chunk strides)."""
+    (b, nq, hq, _), qs = check_tensor("q", q, meta, None)
     if hq < meta.kv_heads or hq % meta.kv_heads != 0:
         raise ValueError("kvq: q has %d heads, which is not a multiple of the cache's %d kv heads"
                          % (hq, meta.kv_heads))
     if hq > 65535:
         raise ValueError("kvq: q has %d heads; at most 65535 are supported" % hq)
-    _, nc, _, _ = check_tensor("k_chunk", k_chunk, meta, meta.kv_heads)
-    check_tensor("v_chunk", v_chunk, meta, meta.kv_heads, tokens=nc)
-    _check_attention_strides("q", q)
-    _check_attention_strides("k_chunk", k_chunk)
-    _check_attention_strides("v_chunk", v_chunk)
+    (_, nc, _, _), ks = check_tensor("k_chunk", k_chunk, meta, meta.kv_heads)
+    _, vs = check_tensor("v_chunk", v_chunk, meta, meta.kv_heads, tokens=nc)
+    _check_attention_strides("q", qs)
+    _check_attention_strides("k_chunk", ks)
+    _check_attention_strides("v_chunk", vs)
     if correction not in meta.corrections:
         raise ValueError("kvq: correction %r is not compiled for this cache variant (compiled: %s)"
                          % (correction, ", ".join(sorted(meta.corrections))))
-    if mask not in ("none", "causal"):
+    if mask != "none" and mask != "causal":
         raise ValueError("kvq: mask must be 'none' or 'causal', got %r" % (mask,))
     if not (scale > 0.0 and scale < float("inf")):
         raise ValueError("kvq: scale must be positive and finite, got %r" % (scale,))
-    return b, nq, hq, nc
+    return b, nq, hq, nc, qs, ks, vs
 
 
 def check_alignment(name, t):

@@ -13,12 +13,10 @@ The ops identify their cache by a small integer (``cache_id``) that indexes the 
 of live caches (kvq.cache.KVCache registers itself); the cache tensors travel as
 arguments so that torch sees every read and write.
 """
-import ctypes
-
 import torch
 
 from . import _lib
-from ._validate import check_alignment, check_append, check_attention, effective_strides
+from ._validate import check_alignment, check_append, check_attention
 
 # cache_id -> the live cache's binding (kvq.cache._Binding); None once freed.
 _REGISTRY = []
@@ -27,6 +25,16 @@ _DTYPE_CODE = {torch.float16: _lib.FP16, torch.bfloat16: _lib.BF16}
 _CORRECTION_NAMES = {v: k for k, v in _lib.CORRECTIONS.items()}
 _MASK_NAMES = {v: k for k, v in _lib.MASKS.items()}
 
+try:
+    _is_compiling = torch.compiler.is_compiling
+except AttributeError:  # pragma: no cover
+    def _is_compiling():
+        return True  # always through the op
+try:
+    _dispatch_stack_len = torch._C._len_torch_dispatch_stack
+except AttributeError:  # pragma: no cover
+    def _dispatch_stack_len():
+        return 1  # always through the op
 try:
     _raw_stream = torch._C._cuda_getCurrentRawStream  # the current stream's cudaStream_t as an int
 except AttributeError:  # pragma: no cover
@@ -53,7 +61,7 @@ def _binding(cache_id):
     return b
 
 
-def _check_cache_tensors(b, cache, lengths):
+def _check_cache_tensors(b, cache, lengths, error=None):
     """The cache buffer and lengths passed to an op must be those of the cache's layout
     (torch.compile may pass copies of them, so only their shape, dtype and device count)."""
     m = b.meta
@@ -65,18 +73,18 @@ def _check_cache_tensors(b, cache, lengths):
                          % (m.batch, b.buffer.device, lengths.dtype, list(lengths.shape), lengths.device))
     if cache.numel() and cache.stride(0) != 1:
         raise ValueError("kvq: the cache tensor must be contiguous")
+    if error is not None and (tuple(error.shape) != (1,) or str(error.dtype) != "torch.int32"
+                              or error.device != b.buffer.device):
+        raise ValueError("kvq: the error tensor must be int32 [1] on %s" % b.buffer.device)
 
 
 # ---- append --------------------------------------------------------------------------
 
-def _append_cuda(cache, lengths, k, v, error, cache_id, max_cache_length):
-    b = _binding(cache_id)
-    n = check_append(b.meta, k, v)
-    _check_cache_tensors(b, cache, lengths)
-    ks, vs = effective_strides(k), effective_strides(v)
-    args = b.append_buf
+def append_launch(b, cache, lengths, k, v, error, max_cache_length):
+    """Checks and enqueues one append of cache binding `b` on torch's current stream."""
+    n, ks, vs = check_append(b.meta, k, v)
     _lib.APPEND_ARGS.pack_into(
-        args, 0, cache.data_ptr(), lengths.data_ptr(), k.data_ptr(), v.data_ptr(), error.data_ptr(),
+        b.append_buf, 0, cache.data_ptr(), lengths.data_ptr(), k.data_ptr(), v.data_ptr(), error.data_ptr(),
         _raw_stream(b.meta.device_index), ks[0], ks[1], ks[2], vs[0], vs[1], vs[2], n, max_cache_length,
         b.dtype_code, b.meta.batch, b.meta.kv_heads, b.meta.head_dim)
     s = b.append_fn(b.handle, b.append_addr)
@@ -84,10 +92,16 @@ def _append_cuda(cache, lengths, k, v, error, cache_id, max_cache_length):
         raise _lib.KvqError("kvq append", s)
 
 
+def _append_cuda(cache, lengths, k, v, error, cache_id, max_cache_length):
+    b = _binding(cache_id)
+    _check_cache_tensors(b, cache, lengths, error)
+    append_launch(b, cache, lengths, k, v, error, max_cache_length)
+
+
 def _append_fake(cache, lengths, k, v, error, cache_id, max_cache_length):
     b = _binding(cache_id)
     check_append(b.meta, k, v)
-    _check_cache_tensors(b, cache, lengths)
+    _check_cache_tensors(b, cache, lengths, error)
 
 
 _lib_def.impl("append", _append_cuda, "CUDA")
@@ -104,22 +118,34 @@ def _outputs(q, b, nq, hq, return_lse, return_mass):
     return o, lse, mass
 
 
-def _attention_cuda(cache, lengths, q, k_chunk, v_chunk, cache_id, correction, mask, scale, return_lse,
-                    return_mass, max_cache_length):
-    b = _binding(cache_id)
+def attention_launch(b, cache, lengths, q, k_chunk, v_chunk, correction, mask, scale, return_lse, return_mass,
+                     max_cache_length, op_outputs=True):
+    """Checks and enqueues one attention of cache binding `b` on torch's current stream;
+    returns (o, lse, mass). With op_outputs=False an output not asked for is None instead of
+    an empty tensor (the op's schema needs tensors)."""
     meta = b.meta
-    bsz, nq, hq, nc = check_attention(meta, q, k_chunk, v_chunk, _CORRECTION_NAMES.get(correction),
-                                      _MASK_NAMES.get(mask), scale)
-    _check_cache_tensors(b, cache, lengths)
-    check_alignment("q", q)
-    check_alignment("k_chunk", k_chunk)
-    check_alignment("v_chunk", v_chunk)
-    o, lse, mass = _outputs(q, bsz, nq, hq, return_lse, return_mass)
-    qs, ks, vs = effective_strides(q), effective_strides(k_chunk), effective_strides(v_chunk)
+    bsz, nq, hq, nc, qs, ks, vs = check_attention(meta, q, k_chunk, v_chunk, _CORRECTION_NAMES.get(correction),
+                                                  _MASK_NAMES.get(mask), scale)
+    qp, kp, vp = q.data_ptr(), k_chunk.data_ptr(), v_chunk.data_ptr()
+    if (qp | kp | vp) & 15:
+        check_alignment("q", q)
+        check_alignment("k_chunk", k_chunk)
+        check_alignment("v_chunk", v_chunk)
     d = meta.head_dim
+    dev = q.device
+    o = torch.empty((bsz, nq, hq, d), dtype=q.dtype, device=dev)
+    lse = mass = None
+    if return_lse:
+        lse = torch.empty((bsz, hq, nq), dtype=torch.float32, device=dev)
+    elif op_outputs:
+        lse = torch.empty((0,), dtype=torch.float32, device=dev)
+    if return_mass:
+        mass = torch.empty((bsz, hq, nq, 3), dtype=torch.float32, device=dev)
+    elif op_outputs:
+        mass = torch.empty((0,), dtype=torch.float32, device=dev)
     _lib.ATTENTION_ARGS.pack_into(
         b.attention_buf, 0,
-        cache.data_ptr(), lengths.data_ptr(), q.data_ptr(), k_chunk.data_ptr(), v_chunk.data_ptr(), o.data_ptr(),
+        cache.data_ptr(), lengths.data_ptr(), qp, kp, vp, o.data_ptr(),
         lse.data_ptr() if return_lse else 0, mass.data_ptr() if return_mass else 0,
         _raw_stream(meta.device_index),
         qs[0], qs[1], qs[2], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2],
@@ -132,11 +158,19 @@ def _attention_cuda(cache, lengths, q, k_chunk, v_chunk, cache_id, correction, m
     return o, lse, mass
 
 
+def _attention_cuda(cache, lengths, q, k_chunk, v_chunk, cache_id, correction, mask, scale, return_lse,
+                    return_mass, max_cache_length):
+    b = _binding(cache_id)
+    _check_cache_tensors(b, cache, lengths)
+    return attention_launch(b, cache, lengths, q, k_chunk, v_chunk, correction, mask, scale, return_lse, return_mass,
+                            max_cache_length)
+
+
 def _attention_fake(cache, lengths, q, k_chunk, v_chunk, cache_id, correction, mask, scale, return_lse,
                     return_mass, max_cache_length):
     b = _binding(cache_id)
-    bsz, nq, hq, _ = check_attention(b.meta, q, k_chunk, v_chunk, _CORRECTION_NAMES.get(correction),
-                                     _MASK_NAMES.get(mask), scale)
+    bsz, nq, hq, _, _, _, _ = check_attention(b.meta, q, k_chunk, v_chunk, _CORRECTION_NAMES.get(correction),
+                                              _MASK_NAMES.get(mask), scale)
     _check_cache_tensors(b, cache, lengths)
     return _outputs(q, bsz, nq, hq, return_lse, return_mass)
 
@@ -175,5 +209,9 @@ def unregister(cache_id):
         _REGISTRY[cache_id] = None
 
 
-def addressof(buf):
-    return ctypes.addressof(buf)
+def direct_call_ok(t):
+    """Whether a KVCache method may call the launch functions directly instead of through
+    torch's dispatcher (same checks and launch, minus the dispatcher's microseconds): in
+    eager mode with a plain tensor and no dispatch mode active. Under torch.compile, fake or
+    functional tensors, or a tracing mode, the op is called."""
+    return type(t) is torch.Tensor and not _is_compiling() and _dispatch_stack_len() == 0

@@ -55,8 +55,9 @@ class AttentionChecks(unittest.TestCase):
         return V.check_attention(M, q or ok_q(), k or ok_kv(), v or ok_kv(), correction, mask, scale)
 
     def test_valid(self):
-        self.assertEqual(self.check(), (2, 16, 8, 16))
-        self.assertEqual(self.check(k=ok_kv(0), v=ok_kv(0)), (2, 16, 8, 0))
+        full = (16 * 8 * 128, 8 * 128, 128)
+        self.assertEqual(self.check(), (2, 16, 8, 16, full, (16 * 4 * 128, 4 * 128, 128), (16 * 4 * 128, 4 * 128, 128)))
+        self.assertEqual(self.check(k=ok_kv(0), v=ok_kv(0))[:4], (2, 16, 8, 0))
 
     def test_cpu_tensor(self):
         with self.assertRaisesRegex(ValueError, "q is on cpu"):
@@ -100,7 +101,7 @@ class AttentionChecks(unittest.TestCase):
         # A size-1 dimension's stride is never used.
         one = T((2, 1, 8, 128), strides=(8 * 128, 3, 128, 1))
         self.assertEqual(V.effective_strides(one), (8 * 128, 0, 128))
-        self.check(q=one)
+        self.assertEqual(self.check(q=one)[4], (8 * 128, 0, 128))
 
     def test_modes(self):
         with self.assertRaisesRegex(ValueError, "'exact' is not compiled"):
@@ -118,10 +119,10 @@ class AttentionChecks(unittest.TestCase):
 
 class AppendChecks(unittest.TestCase):
     def test_valid_and_unaligned_strides(self):
-        self.assertEqual(V.check_append(M, ok_kv(10), ok_kv(10)), 10)
+        self.assertEqual(V.check_append(M, ok_kv(10), ok_kv(10))[0], 10)
         # Append accepts strides that are not multiples of 8 (scalar loads).
         odd = T((2, 10, 4, 128), strides=(10 * 4 * 130, 4 * 130, 130, 1))
-        self.assertEqual(V.check_append(M, odd, odd), 10)
+        self.assertEqual(V.check_append(M, odd, odd), (10, (5200, 520, 130), (5200, 520, 130)))
 
     def test_errors(self):
         with self.assertRaisesRegex(ValueError, "k has 8 heads, expected 4"):
