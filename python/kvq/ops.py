@@ -21,7 +21,6 @@ from ._validate import check_alignment, check_append, check_attention
 # cache_id -> the live cache's binding (kvq.cache._Binding); None once freed.
 _REGISTRY = []
 
-_DTYPE_CODE = {torch.float16: _lib.FP16, torch.bfloat16: _lib.BF16}
 _CORRECTION_NAMES = {v: k for k, v in _lib.CORRECTIONS.items()}
 _MASK_NAMES = {v: k for k, v in _lib.MASKS.items()}
 
