@@ -117,6 +117,15 @@ class KVCache:
         _lib.check("kvq_c_cache_create", s,
                    "capacity must be a multiple of the key group (%d tokens)" % keys["k_group"]
                    if s == _lib.ERROR_INVALID_ARGUMENT and key_granularity == "per_channel" else "")
+        try:
+            self._setup(L, handle, keys, corrections, correction, dtype, device, batch, kv_heads, capacity, head_dim)
+        except BaseException:
+            if getattr(self, "_finalizer", None) is None:
+                L.kvq_c_cache_destroy(handle)
+            raise
+        self.prepare(q_heads=q_heads or kv_heads, corrections=(correction,))
+
+    def _setup(self, L, handle, keys, corrections, correction, dtype, device, batch, kv_heads, capacity, head_dim):
         self.variant = keys
         self.corrections = frozenset(corrections)
         self.correction = correction
@@ -135,7 +144,6 @@ class KVCache:
         self.cache_id = ops.register(self._binding)
         self._binding.cache_id = self.cache_id
         self._finalizer = weakref.finalize(self, _free, self.cache_id, handle.value)
-        self.prepare(q_heads=q_heads or kv_heads, corrections=(correction,))
 
     # ---- properties ------------------------------------------------------------------
     @property
