@@ -65,7 +65,8 @@ def gpu_ms(fn, iters):
 
 def cpp_ms(path, nq, cache_len, heads, reps):
     name = "BM_attention/rot_pair/int2_pt128_taylor2_d128_sm90ov/nq:%d/cache:%d/h:%d" % (nq, cache_len, heads)
-    out = subprocess.run([path, "--benchmark_filter=^%s$" % name, "--benchmark_format=json",
+    # (UseManualTime benchmarks carry a "/manual_time" suffix: the filter ends at the "/".)
+    out = subprocess.run([path, "--benchmark_filter=^%s/" % name, "--benchmark_format=json",
                           "--benchmark_repetitions=%d" % reps], check=True, capture_output=True, text=True).stdout
     runs = [b for b in json.loads(out)["benchmarks"] if b.get("run_type") == "iteration"]
     if not runs:
