@@ -14,7 +14,8 @@ GPU time: CUDA events around one call, after a short sleep kernel that hides the
 heads, head dim 128, Nq = chunk = 4680 tokens (3 frames of 1560), 18720 cached tokens,
 INT2 PerToken G128 keys and values, Taylor2. With --cpp-bench BUILD/benchmarks/bench_attention
 the C++ benchmark of the same kernel configuration runs in between two Python rounds and the
-ratio is printed.
+ratio is printed (bench_attention fills its cache with synthetic codes, this script with
+quantized random keys and values; the kernel does the same work for any data).
 
     python3 python/benchmarks/bench_ops.py [--cpp-bench build/benchmarks/bench_attention]
 """
