@@ -17,7 +17,8 @@
  * kvq_c_cache_create and kvq_c_prepare_attention, or by the first call of a
  * (correction, mask, q heads) combination; call kvq_c_prepare_attention (or run once)
  * before capturing. One cache handle must not be used from several host threads at once
- * (calls on one handle are serialized by a mutex).
+ * (calls on one handle are serialized by a mutex). Contiguous caches only: block tables
+ * (paged caches) are not part of this ABI version.
  */
 #ifndef KVQ_C_H_
 #define KVQ_C_H_
