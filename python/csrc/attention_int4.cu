@@ -1,0 +1,11 @@
+// INT4 default pairs of the C ABI library (variants.cuh).
+#include "variants.cuh"
+
+KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int4Pt128D128, kvq::Correction::kNone)
+KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int4Pt128D128, kvq::Correction::kTaylor2)
+KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int4Pt128D128, kvq::Correction::kTaylor4)
+KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int4Pc32D128, kvq::Correction::kNone)
+KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int4Pc32D128, kvq::Correction::kTaylor2)
+KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int4Pc32D128, kvq::Correction::kTaylor4)
+KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int4Pc32D128, kvq::Correction::kExact)
+KVQ_INSTANTIATE_ATTENTION(kvq::variants::Int4Pc32D64, kvq::Correction::kTaylor2)

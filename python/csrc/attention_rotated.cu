@@ -1,0 +1,4 @@
+// Rotated and centered pairs of the C ABI library (variants.cuh).
+#include "variants.cuh"
+
+KVQ_C_FOR_EACH_ROTATED_ATTENTION_VARIANT(KVQ_INSTANTIATE_ATTENTION)

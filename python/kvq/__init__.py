@@ -1,0 +1,15 @@
+"""kvq for PyTorch: low-bit (INT2/INT4) KV caches with Jensen-bias-corrected fused attention.
+
+    import torch, kvq
+    cache = kvq.KVCache(batch=1, kv_heads=12, capacity=18720, head_dim=128, bits=2)
+    o = cache.attention(q, k_chunk, v_chunk)     # torch.ops.kvq.attention
+    cache.append(k_chunk, v_chunk)               # torch.ops.kvq.append
+
+The ops come from libkvq_c (kvq's C ABI, built by CMake from kvq's headers) through ctypes;
+see kvq._lib for where the library is looked for.
+"""
+from ._lib import KvqError, compiled_variants, library_path
+from .cache import KVCache
+
+__all__ = ["KVCache", "KvqError", "compiled_variants", "library_path"]
+__version__ = "0.1.0"

@@ -1,0 +1,117 @@
+"""Argument checks of the kvq ops, on anything with ``shape``, ``dtype``, ``device`` and
+``stride()`` (torch tensors, fake tensors under torch.compile, or test doubles): they
+raise before anything is launched. Nothing here imports torch.
+"""
+
+ACTIVATION_DTYPES = ("bfloat16", "float16")
+# q, k_chunk, v_chunk and o are read and written 16 bytes at a time: strides in elements
+# must be multiples of 8 (the head_dim stride is 1).
+_ATTENTION_STRIDE_MULTIPLE = 8
+
+
+_DTYPE_NAMES = {}
+
+
+def dtype_name(dtype):
+    """'bfloat16' for torch.bfloat16 (memoized: this runs on every call)."""
+    n = _DTYPE_NAMES.get(dtype)
+    if n is None:
+        n = _DTYPE_NAMES[dtype] = str(dtype).replace("torch.", "")
+    return n
+
+
+def _where(t):
+    d = t.device
+    return "%s:%s" % (d.type, d.index) if d.index is not None else d.type
+
+
+def check_tensor(name, t, meta, heads, tokens=None, what="[batch, tokens, heads, head_dim]"):
+    """Checks one [batch, tokens, heads, head_dim] activation against the cache `meta`
+    (batch, head_dim, dtype name, device index). Returns (shape, strides): the 4 sizes and
+    the (batch, token, head) strides, 0 for a dimension of size 1 (never stepped over)."""
+    try:
+        shape, dev, dt, st = t.shape, t.device, t.dtype, t.stride()
+    except (AttributeError, TypeError):
+        raise TypeError("kvq: %s must be a torch.Tensor, got %s" % (name, type(t).__name__)) from None
+    if dev.type != "cuda":
+        raise ValueError("kvq: %s is on %s; kvq runs on CUDA tensors (the cache is on cuda:%d)"
+                         % (name, _where(t), meta.device_index))
+    if dev.index is not None and dev.index != meta.device_index:
+        raise ValueError("kvq: %s is on %s but the cache is on cuda:%d" % (name, _where(t), meta.device_index))
+    dn = dtype_name(dt)
+    if dn != meta.dtype_name:
+        if dn not in ACTIVATION_DTYPES:
+            raise TypeError("kvq: %s has dtype %s; kvq takes bfloat16 or float16" % (name, dn))
+        raise TypeError("kvq: %s has dtype %s but the cache was made for %s" % (name, dn, meta.dtype_name))
+    if len(shape) != 4:
+        raise ValueError("kvq: %s must be 4-D %s, got shape %s" % (name, what, list(shape)))
+    b, n, h, d = shape
+    if b != meta.batch:
+        raise ValueError("kvq: %s has batch %d but the cache has batch %d" % (name, b, meta.batch))
+    if d != meta.head_dim:
+        raise ValueError("kvq: %s has head_dim %d but the cache has head_dim %d" % (name, d, meta.head_dim))
+    if heads is not None and h != heads:
+        raise ValueError("kvq: %s has %d heads, expected %d" % (name, h, heads))
+    if tokens is not None and n != tokens:
+        raise ValueError("kvq: %s has %d tokens, expected %d" % (name, n, tokens))
+    sb, sn, sh, sd = st
+    if d > 1 and sd != 1:
+        raise ValueError("kvq: %s must have a unit stride along head_dim (strides %s); call .contiguous()"
+                         % (name, list(st)))
+    if sb < 0 or sn < 0 or sh < 0 or sd < 0:
+        raise ValueError("kvq: %s has a negative stride (strides %s)" % (name, list(st)))
+    return shape, (sb if b > 1 else 0, sn if n > 1 else 0, sh if h > 1 else 0)
+
+
+def effective_strides(t):
+    """(batch, token, head) strides with 0 for dimensions of size 1 (never stepped over)."""
+    sh, st = t.shape, t.stride()
+    return (st[0] if sh[0] > 1 else 0, st[1] if sh[1] > 1 else 0, st[2] if sh[2] > 1 else 0)
+
+
+def check_append(meta, k, v):
+    """Checks append(k, v); returns (tokens, k strides, v strides)."""
+    (_, kn, _, _), ks = check_tensor("k", k, meta, meta.kv_heads)
+    _, vs = check_tensor("v", v, meta, meta.kv_heads, tokens=kn)
+    if kn > meta.capacity:
+        raise ValueError("kvq: appending %d tokens to a cache of capacity %d" % (kn, meta.capacity))
+    return kn, ks, vs
+
+
+def _check_attention_strides(name, strides):
+    for s, dim in zip(strides, ("batch", "token", "head")):
+        if s % _ATTENTION_STRIDE_MULTIPLE != 0:
+            raise ValueError("kvq: %s's %s stride %d is not a multiple of %d elements (16 bytes); "
+                             "call .contiguous()" % (name, dim, s, _ATTENTION_STRIDE_MULTIPLE))
+
+
+def check_attention(meta, q, k_chunk, v_chunk, correction, mask, scale):
+    """Checks attention(q, k_chunk, v_chunk); returns (batch, num_q, q_heads, num_chunk,
+    q strides, k_chunk strides, v_chunk strides)."""
+    (b, nq, hq, _), qs = check_tensor("q", q, meta, None)
+    if hq < meta.kv_heads or hq % meta.kv_heads != 0:
+        raise ValueError("kvq: q has %d heads, which is not a multiple of the cache's %d kv heads"
+                         % (hq, meta.kv_heads))
+    if hq > 65535:
+        raise ValueError("kvq: q has %d heads; at most 65535 are supported" % hq)
+    (_, nc, _, _), ks = check_tensor("k_chunk", k_chunk, meta, meta.kv_heads)
+    _, vs = check_tensor("v_chunk", v_chunk, meta, meta.kv_heads, tokens=nc)
+    _check_attention_strides("q", qs)
+    _check_attention_strides("k_chunk", ks)
+    _check_attention_strides("v_chunk", vs)
+    if correction not in meta.corrections:
+        raise ValueError("kvq: correction %r is not compiled for this cache variant (compiled: %s)"
+                         % (correction, ", ".join(sorted(meta.corrections))))
+    if mask != "none" and mask != "causal":
+        raise ValueError("kvq: mask must be 'none' or 'causal', got %r" % (mask,))
+    if not (scale > 0.0 and scale < float("inf")):
+        raise ValueError("kvq: scale must be positive and finite, got %r" % (scale,))
+    return b, nq, hq, nc, qs, ks, vs
+
+
+def check_alignment(name, t):
+    """The 16-byte alignment of a real tensor's data (not checkable on fake tensors)."""
+    p = t.data_ptr()
+    if p % 16 != 0 and t.numel() > 0:
+        raise ValueError("kvq: %s's data is not 16-byte aligned (a view at an odd offset?); call .contiguous()"
+                         % name)

@@ -1,0 +1,216 @@
+"""kvq's torch ops: ``torch.ops.kvq.append`` and ``torch.ops.kvq.attention``.
+
+They are defined with torch.library schemas (the mutated cache, lengths and error word
+annotated ``Tensor(a!)``), given CUDA implementations that call libkvq_c through ctypes,
+and fake implementations (torch.library.register_fake) that only check the arguments and
+describe the outputs, so that torch.compile(fullgraph=True) traces them without a graph
+break. The CUDA implementations allocate their outputs with torch (inside a CUDA graph
+capture they come from the graph's pool) and call C functions that only check and enqueue
+on torch's current stream: no allocation, synchronization or host read of device data,
+so append and attention can be captured in a CUDA graph.
+
+The ops identify their cache by a small integer (``cache_id``) that indexes the registry
+of live caches (kvq.cache.KVCache registers itself); the cache tensors travel as
+arguments so that torch sees every read and write.
+"""
+import torch
+
+from . import _lib
+from ._validate import check_alignment, check_append, check_attention
+
+# cache_id -> the live cache's binding (kvq.cache._Binding); None once freed.
+_REGISTRY = []
+
+_CORRECTION_NAMES = {v: k for k, v in _lib.CORRECTIONS.items()}
+_MASK_NAMES = {v: k for k, v in _lib.MASKS.items()}
+
+try:
+    _is_compiling = torch.compiler.is_compiling
+except AttributeError:  # pragma: no cover
+    def _is_compiling():
+        return True  # always through the op
+try:
+    _dispatch_stack_len = torch._C._len_torch_dispatch_stack
+except AttributeError:  # pragma: no cover
+    def _dispatch_stack_len():
+        return 1  # always through the op
+try:
+    _raw_stream = torch._C._cuda_getCurrentRawStream  # the current stream's cudaStream_t as an int
+except AttributeError:  # pragma: no cover
+    def _raw_stream(index):
+        return torch.cuda.current_stream(index).cuda_stream
+
+_lib_def = torch.library.Library("kvq", "DEF")
+_lib_def.define(
+    "append(Tensor(a!) cache, Tensor(b!) lengths, Tensor k, Tensor v, Tensor(c!) error, int cache_id, "
+    "int max_cache_length) -> ()")
+_lib_def.define(
+    "attention(Tensor cache, Tensor lengths, Tensor q, Tensor k_chunk, Tensor v_chunk, int cache_id, "
+    "int correction, int mask, float scale, bool return_lse, bool return_mass, int max_cache_length) "
+    "-> (Tensor, Tensor, Tensor)")
+
+
+def _binding(cache_id):
+    try:
+        b = _REGISTRY[cache_id]
+    except (IndexError, TypeError):
+        b = None
+    if b is None:
+        raise ValueError("kvq: cache_id %r names no live kvq cache" % (cache_id,))
+    return b
+
+
+def _check_cache_tensors(b, cache, lengths, error=None):
+    """The cache buffer and lengths passed to an op must be those of the cache's layout
+    (torch.compile may pass copies of them, so only their shape, dtype and device count)."""
+    m = b.meta
+    if tuple(cache.shape) != (m.nbytes,) or str(cache.dtype) != "torch.uint8" or cache.device != b.buffer.device:
+        raise ValueError("kvq: the cache tensor must be the uint8 [%d] buffer on %s of cache_id %d, got %s %s on %s"
+                         % (m.nbytes, b.buffer.device, b.cache_id, cache.dtype, list(cache.shape), cache.device))
+    if tuple(lengths.shape) != (m.batch,) or str(lengths.dtype) != "torch.int32" or lengths.device != b.buffer.device:
+        raise ValueError("kvq: the lengths tensor must be int32 [%d] on %s, got %s %s on %s"
+                         % (m.batch, b.buffer.device, lengths.dtype, list(lengths.shape), lengths.device))
+    if cache.numel() and cache.stride(0) != 1:
+        raise ValueError("kvq: the cache tensor must be contiguous")
+    if error is not None and (tuple(error.shape) != (1,) or str(error.dtype) != "torch.int32"
+                              or error.device != b.buffer.device):
+        raise ValueError("kvq: the error tensor must be int32 [1] on %s" % b.buffer.device)
+
+
+# ---- append --------------------------------------------------------------------------
+
+def append_launch(b, cache, lengths, k, v, error, max_cache_length):
+    """Checks and enqueues one append of cache binding `b` on torch's current stream."""
+    n, ks, vs = check_append(b.meta, k, v)
+    _lib.APPEND_ARGS.pack_into(
+        b.append_buf, 0, cache.data_ptr(), lengths.data_ptr(), k.data_ptr(), v.data_ptr(), error.data_ptr(),
+        _raw_stream(b.meta.device_index), ks[0], ks[1], ks[2], vs[0], vs[1], vs[2], n, max_cache_length,
+        b.dtype_code, b.meta.batch, b.meta.kv_heads, b.meta.head_dim)
+    s = b.append_fn(b.handle, b.append_addr)
+    if s != 0:
+        raise _lib.KvqError("kvq append", s)
+
+
+def _append_cuda(cache, lengths, k, v, error, cache_id, max_cache_length):
+    b = _binding(cache_id)
+    _check_cache_tensors(b, cache, lengths, error)
+    append_launch(b, cache, lengths, k, v, error, max_cache_length)
+
+
+def _append_fake(cache, lengths, k, v, error, cache_id, max_cache_length):
+    b = _binding(cache_id)
+    check_append(b.meta, k, v)
+    _check_cache_tensors(b, cache, lengths, error)
+
+
+_lib_def.impl("append", _append_cuda, "CUDA")
+torch.library.register_fake("kvq::append", _append_fake, lib=_lib_def)
+
+
+# ---- attention -----------------------------------------------------------------------
+
+def _outputs(q, b, nq, hq, return_lse, return_mass):
+    d = q.shape[3]
+    o = torch.empty((b, nq, hq, d), dtype=q.dtype, device=q.device)
+    lse = torch.empty((b, hq, nq) if return_lse else (0,), dtype=torch.float32, device=q.device)
+    mass = torch.empty((b, hq, nq, 3) if return_mass else (0,), dtype=torch.float32, device=q.device)
+    return o, lse, mass
+
+
+def attention_launch(b, cache, lengths, q, k_chunk, v_chunk, correction, mask, scale, return_lse, return_mass,
+                     max_cache_length, op_outputs=True):
+    """Checks and enqueues one attention of cache binding `b` on torch's current stream;
+    returns (o, lse, mass). With op_outputs=False an output not asked for is None instead of
+    an empty tensor (the op's schema needs tensors)."""
+    meta = b.meta
+    bsz, nq, hq, nc, qs, ks, vs = check_attention(meta, q, k_chunk, v_chunk, _CORRECTION_NAMES.get(correction),
+                                                  _MASK_NAMES.get(mask), scale)
+    qp, kp, vp = q.data_ptr(), k_chunk.data_ptr(), v_chunk.data_ptr()
+    if (qp | kp | vp) & 15:
+        check_alignment("q", q)
+        check_alignment("k_chunk", k_chunk)
+        check_alignment("v_chunk", v_chunk)
+    d = meta.head_dim
+    dev = q.device
+    o = torch.empty((bsz, nq, hq, d), dtype=q.dtype, device=dev)
+    lse = mass = None
+    if return_lse:
+        lse = torch.empty((bsz, hq, nq), dtype=torch.float32, device=dev)
+    elif op_outputs:
+        lse = torch.empty((0,), dtype=torch.float32, device=dev)
+    if return_mass:
+        mass = torch.empty((bsz, hq, nq, 3), dtype=torch.float32, device=dev)
+    elif op_outputs:
+        mass = torch.empty((0,), dtype=torch.float32, device=dev)
+    _lib.ATTENTION_ARGS.pack_into(
+        b.attention_buf, 0,
+        cache.data_ptr(), lengths.data_ptr(), qp, kp, vp, o.data_ptr(),
+        lse.data_ptr() if return_lse else 0, mass.data_ptr() if return_mass else 0,
+        _raw_stream(meta.device_index),
+        qs[0], qs[1], qs[2], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2],
+        nq * hq * d if bsz > 1 else 0, hq * d if nq > 1 else 0, d if hq > 1 else 0,
+        nq, nc, max_cache_length,
+        scale, correction, mask, b.dtype_code, bsz, hq, meta.kv_heads, d)
+    s = b.attention_fn(b.handle, b.attention_addr)
+    if s != 0:
+        raise _lib.KvqError("kvq attention", s)
+    return o, lse, mass
+
+
+def _attention_cuda(cache, lengths, q, k_chunk, v_chunk, cache_id, correction, mask, scale, return_lse,
+                    return_mass, max_cache_length):
+    b = _binding(cache_id)
+    _check_cache_tensors(b, cache, lengths)
+    return attention_launch(b, cache, lengths, q, k_chunk, v_chunk, correction, mask, scale, return_lse, return_mass,
+                            max_cache_length)
+
+
+def _attention_fake(cache, lengths, q, k_chunk, v_chunk, cache_id, correction, mask, scale, return_lse,
+                    return_mass, max_cache_length):
+    b = _binding(cache_id)
+    bsz, nq, hq, _, _, _, _ = check_attention(b.meta, q, k_chunk, v_chunk, _CORRECTION_NAMES.get(correction),
+                                              _MASK_NAMES.get(mask), scale)
+    _check_cache_tensors(b, cache, lengths)
+    return _outputs(q, bsz, nq, hq, return_lse, return_mass)
+
+
+_lib_def.impl("attention", _attention_cuda, "CUDA")
+torch.library.register_fake("kvq::attention", _attention_fake, lib=_lib_def)
+
+
+def _attention_setup_context(ctx, inputs, output):
+    # Inference only: the outputs carry no gradient (so that a model traced with grad enabled
+    # compiles), and backward is never reached.
+    ctx.mark_non_differentiable(*output)
+
+
+def _attention_backward(ctx, *grads):  # pragma: no cover (outputs are non-differentiable)
+    raise RuntimeError("kvq.attention has no backward: kvq caches serve inference")
+
+
+torch.library.register_autograd("kvq::attention", _attention_backward, setup_context=_attention_setup_context,
+                                lib=_lib_def)
+
+
+# The overloads themselves (calling them skips the packet's overload resolution).
+append_op = torch.ops.kvq.append.default
+attention_op = torch.ops.kvq.attention.default
+
+
+def register(binding):
+    """Adds a cache binding to the registry; returns its cache_id."""
+    _REGISTRY.append(binding)
+    return len(_REGISTRY) - 1
+
+
+def unregister(cache_id):
+    if 0 <= cache_id < len(_REGISTRY):
+        _REGISTRY[cache_id] = None
+
+
+def direct_call_ok(t):
+    """Whether a KVCache method may call the launch functions directly instead of through
+    torch's dispatcher (same checks and launch, minus the dispatcher's microseconds): in
+    eager mode with a plain tensor and no dispatch mode active. Under torch.compile, fake or
+    functional tensors, or a tracing mode, the op is called."""
+    return type(t) is torch.Tensor and not _is_compiling() and _dispatch_stack_len() == 0

@@ -1,0 +1,168 @@
+/* kvq's C ABI from C, on the host only (a host-only handle, device -1: no GPU needed): the
+ * variant listing, status strings, refusals, and the CPU reference behind the host
+ * functions (quantize-and-append, dequantization, attention) on a small cache. Exits 0 when
+ * every check holds, 1 otherwise (each failure printed). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kvq_c.h"
+
+static int failures = 0;
+#define CHECK(cond)                                                 \
+  do {                                                              \
+    if (!(cond)) {                                                  \
+      fprintf(stderr, "%s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond); \
+      ++failures;                                                   \
+    }                                                               \
+  } while (0)
+
+/* bf16 bits of a float (round to nearest even; the inputs are finite). */
+static uint16_t bf16(float x) {
+  uint32_t u;
+  memcpy(&u, &x, 4);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (uint16_t)(u >> 16);
+}
+
+static float uniform(unsigned* s) {
+  *s = *s * 1664525u + 1013904223u;
+  return (float)((*s >> 8) & 0xffffff) / 16777216.0f * 2.0f - 1.0f;
+}
+
+int main(void) {
+  enum { B = 1, H = 2, D = 128, CAP = 64, N = 40, NQ = 8 };
+  CHECK(kvq_c_abi_version() == KVQ_C_ABI_VERSION);
+  CHECK(kvq_c_append_args_size() == (int32_t)sizeof(kvq_c_append_args));
+  CHECK(kvq_c_attention_args_size() == (int32_t)sizeof(kvq_c_attention_args));
+  CHECK(strcmp(kvq_c_status_string(KVQ_C_ERROR_NOT_SUPPORTED), "variant not supported") == 0);
+  CHECK(strcmp(kvq_c_status_string(99), "unknown status") == 0);
+
+  /* The listing has INT2 PerToken G128 D128 with None, Taylor2 and Taylor4. */
+  int found = 0;
+  for (int32_t i = 0; i < kvq_c_variant_count(); ++i) {
+    kvq_c_variant v;
+    uint32_t corr = 0;
+    CHECK(kvq_c_variant_get(i, &v, &corr) == KVQ_C_SUCCESS);
+    if (v.k_bits == 2 && v.k_group == 128 && v.k_granularity == KVQ_C_PER_TOKEN && v.head_dim == 128 &&
+        v.rotation == KVQ_C_ROTATION_NONE)
+      found = corr == 7u;
+  }
+  CHECK(found);
+  {
+    kvq_c_variant v;
+    uint32_t corr;
+    CHECK(kvq_c_variant_get(kvq_c_variant_count(), &v, &corr) == KVQ_C_ERROR_INVALID_ARGUMENT);
+  }
+
+  kvq_c_variant v = {2, 128, KVQ_C_PER_TOKEN, 2, 128, D, KVQ_C_ROTATION_NONE};
+  kvq_c_cache* c = NULL;
+  kvq_c_variant bad = v;
+  bad.k_bits = 3;
+  CHECK(kvq_c_cache_create(&bad, B, H, CAP, KVQ_C_BF16, -1, &c) == KVQ_C_ERROR_NOT_SUPPORTED && c == NULL);
+  CHECK(kvq_c_cache_create(&v, 0, H, CAP, KVQ_C_BF16, -1, &c) == KVQ_C_ERROR_INVALID_ARGUMENT);
+  CHECK(kvq_c_cache_create(&v, B, H, CAP, KVQ_C_BF16, -1, &c) == KVQ_C_SUCCESS && c != NULL);
+  if (c == NULL) return 1;
+  CHECK(kvq_c_cache_key_tokens_per_group(c) == 1);
+  const int64_t bytes = kvq_c_cache_bytes(c);
+  CHECK(bytes >= (int64_t)B * H * CAP * (D / 4 * 2 + 8));
+  CHECK(kvq_c_prepare_attention(c, KVQ_C_CORRECTION_TAYLOR2, KVQ_C_MASK_NONE, H) == KVQ_C_ERROR_INVALID_ARGUMENT);
+
+  unsigned char* cache = calloc((size_t)bytes, 1);
+  int32_t lengths[B] = {0};
+  uint16_t* k = malloc(sizeof(uint16_t) * B * N * H * D);
+  uint16_t* vv = malloc(sizeof(uint16_t) * B * N * H * D);
+  float* kf = malloc(sizeof(float) * B * N * H * D);
+  unsigned seed = 1;
+  for (int i = 0; i < B * N * H * D; ++i) {
+    k[i] = bf16(uniform(&seed));
+    vv[i] = bf16(uniform(&seed));
+    uint32_t u = (uint32_t)k[i] << 16;
+    memcpy(&kf[i], &u, 4);
+  }
+  kvq_c_append_args a;
+  memset(&a, 0, sizeof a);
+  a.k = k;
+  a.v = vv;
+  a.k_stride[0] = a.v_stride[0] = (int64_t)N * H * D;
+  a.k_stride[1] = a.v_stride[1] = (int64_t)H * D;
+  a.k_stride[2] = a.v_stride[2] = D;
+  a.num_tokens = N;
+  a.max_cache_length = -1;
+  a.dtype = KVQ_C_BF16;
+  a.batch = B;
+  a.heads = H;
+  a.head_dim = D;
+  CHECK(kvq_c_append(c, &a) == KVQ_C_ERROR_INVALID_ARGUMENT); /* host-only handle */
+  CHECK(kvq_c_quantize_append_host(c, cache, lengths, &a) == KVQ_C_SUCCESS);
+  CHECK(lengths[0] == N);
+  a.heads = H + 1;
+  CHECK(kvq_c_quantize_append_host(c, cache, lengths, &a) == KVQ_C_ERROR_INVALID_ARGUMENT);
+
+  /* Dequantized keys are within half a step of the input, per element. */
+  const size_t elems = (size_t)B * H * CAP * D;
+  float* keys = calloc(elems, sizeof(float));
+  float* values = calloc(elems, sizeof(float));
+  float* steps = calloc(elems, sizeof(float));
+  CHECK(kvq_c_dequantize_host(c, cache, lengths, keys, values, steps) == KVQ_C_SUCCESS);
+  int within = 1;
+  for (int h = 0; h < H; ++h)
+    for (int t = 0; t < N; ++t)
+      for (int d = 0; d < D; ++d) {
+        const size_t cidx = ((size_t)h * CAP + t) * D + d;
+        const float in = kf[((size_t)t * H + h) * D + d];
+        if (!(steps[cidx] > 0.0f) || fabsf(keys[cidx] - in) > 0.5f * steps[cidx] * 1.01f + 1e-3f) within = 0;
+      }
+  CHECK(within);
+
+  /* Attention over [cache ; chunk] through the reference: every output row is a convex
+   * combination of values (|o| <= max |v|), the masses sum to 1. */
+  kvq_c_attention_args q;
+  memset(&q, 0, sizeof q);
+  q.cache = cache;
+  q.cache_lengths = lengths;
+  q.q = k; /* the first NQ tokens of k as queries, the first NQ of k/v as the chunk */
+  q.k_chunk = k;
+  q.v_chunk = vv;
+  for (int i = 0; i < 3; ++i) q.q_stride[i] = q.k_stride[i] = q.v_stride[i] = a.k_stride[i];
+  q.num_q = NQ;
+  q.num_chunk = NQ;
+  q.max_cache_length = -1;
+  q.scale = 0.08838834764831845f;
+  q.correction = KVQ_C_CORRECTION_TAYLOR2;
+  q.mask = KVQ_C_MASK_CAUSAL_LAST_SEGMENT;
+  q.dtype = KVQ_C_BF16;
+  q.batch = B;
+  q.q_heads = H;
+  q.kv_heads = H;
+  q.head_dim = D;
+  double* out = calloc((size_t)B * NQ * H * D, sizeof(double));
+  double* lse = calloc((size_t)B * H * NQ, sizeof(double));
+  double* mass = calloc((size_t)B * H * NQ * 3, sizeof(double));
+  CHECK(kvq_c_attention(c, &q) == KVQ_C_ERROR_INVALID_ARGUMENT); /* host-only handle */
+  CHECK(kvq_c_attention_host(c, &q, out, lse, mass) == KVQ_C_SUCCESS);
+  int sane = 1;
+  for (int i = 0; i < B * NQ * H * D; ++i) sane &= fabs(out[i]) <= 1.0 + 1e-9;
+  for (int i = 0; i < B * H * NQ; ++i) {
+    sane &= fabs(mass[3 * i] + mass[3 * i + 1] + mass[3 * i + 2] - 1.0) < 1e-9 && mass[3 * i + 1] == 0.0;
+    sane &= isfinite(lse[i]);
+  }
+  CHECK(sane);
+  q.correction = 7;
+  CHECK(kvq_c_attention_host(c, &q, out, lse, mass) == KVQ_C_ERROR_INVALID_ARGUMENT);
+
+  double rows[2 * D];
+  for (int i = 0; i < 2 * D; ++i) rows[i] = i == 0 || i == D + 5 ? 1.0 : 0.0;
+  CHECK(kvq_c_rotate_rows_host(D, rows, 2) == KVQ_C_SUCCESS);
+  double n0 = 0.0;
+  for (int i = 0; i < D; ++i) n0 += rows[i] * rows[i];
+  CHECK(fabs(n0 - 1.0) < 1e-12 && fabs(fabs(rows[3]) - 1.0 / sqrt((double)D)) < 1e-12); /* orthogonal, spread */
+  CHECK(kvq_c_rotate_rows_host(96, rows, 1) == KVQ_C_ERROR_NOT_SUPPORTED);
+
+  kvq_c_cache_destroy(c);
+  kvq_c_cache_destroy(NULL);
+  free(cache), free(k), free(vv), free(kf), free(keys), free(values), free(steps), free(out), free(lse), free(mass);
+  if (failures == 0) printf("c_abi_host: all checks passed\n");
+  return failures == 0 ? 0 : 1;
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The Python package on the GPU machine: pytest of python/tests, the Self-Forcing-shaped
+# example (short: --layers 4 --chunks 3 --steps 2 unless EXAMPLE_ARGS says otherwise) and
+# the host/GPU time benchmark (compared with bench_attention where BENCH_ATTENTION names it).
+# Logs go to $OUT (default ./out).
+#   KVQ_LIBRARY=build/python/libkvq_c.so [BENCH_ATTENTION=build/benchmarks/bench_attention] \
+#     OUT=<dir> scripts/device_python.sh
+# Where python3 has no pytest, a folder of pure-Python packages named by KVQ_PYVENDOR (pytest
+# and its dependencies, e.g. copied from a venv) is appended to PYTHONPATH.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+out=${OUT:-$root/out}
+mkdir -p "$out"
+export KVQ_LIBRARY=${KVQ_LIBRARY:-$root/build/python/libkvq_c.so}
+export PYTHONUNBUFFERED=1
+if ! python3 -c "import pytest" 2>/dev/null && [ -n "${KVQ_PYVENDOR:-}" ]; then
+  export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$KVQ_PYVENDOR"
+fi
+python3 -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, torch.cuda.get_device_name())" \
+  2>&1 | tee "$out/python_env.txt"
+echo "== pytest"
+timeout 480 python3 "$root/python/tests/run_pytest.py" "$root/python/tests" --tb=short 2>&1 | tee "$out/pytest.log" | tail -40
+echo "pytest rc=${PIPESTATUS[0]}"
+echo "== example"
+timeout 300 python3 "$root/python/examples/self_forcing_like.py" ${EXAMPLE_ARGS:---layers 4 --chunks 3 --steps 2} 2>&1 \
+  | tee "$out/example.log" | tail -20
+echo "== benchmark"
+timeout 300 python3 "$root/python/benchmarks/bench_ops.py" ${BENCH_ATTENTION:+--cpp-bench "$BENCH_ATTENTION"} 2>&1 \
+  | tee "$out/bench_ops.log" | tail -25
