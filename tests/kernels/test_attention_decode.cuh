@@ -117,7 +117,8 @@ void run_decode_cases(const char* name, std::uint64_t seed0) {
   }
   if constexpr (Mode != Correction::kNone) {
     AttentionCase c;
-    c.batch = 1, c.q_heads = 8, c.kv_heads = 2, c.num_q = 2, c.num_chunk = 2, c.cache_lengths = {1025};
+    // The chunk kernels' visible-correction case (cache 257, q scale 3, fp16) at 16 queries.
+    c.batch = 1, c.q_heads = 4, c.kv_heads = 2, c.num_q = 16, c.num_chunk = 16, c.cache_lengths = {257};
     c.q_scale = 3.0f;
     c.mass = true;
     c.dtype = DType::kFloat16;

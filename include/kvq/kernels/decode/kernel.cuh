@@ -25,6 +25,7 @@
 #include "kvq/arch/sm80_mma.cuh"
 #include "kvq/detail/macros.hpp"
 #include "kvq/kernels/common/correction.cuh"
+#include "kvq/kernels/common/dequant.cuh"
 #include "kvq/kernels/common/masks.cuh"
 #include "kvq/kernels/common/params.cuh"
 #include "kvq/kernels/common/softmax.cuh"
@@ -39,6 +40,7 @@
 #include "kvq/kernels/sm80/smem.cuh"
 #include "kvq/kernels/sm80/traits.cuh"
 #include "kvq/math/correction.hpp"
+#include "kvq/math/scale_traits.hpp"
 #include "kvq/spec/types.hpp"
 
 namespace kvq::kernels::decode {
@@ -228,6 +230,109 @@ KVQ_DEVICE void stage_correction_exact(common::WarpState<Tr>& st, const common::
   }
 }
 
+/// sm80::dequant_token_part for 2-bit codes: the thread's words of one token row turned
+/// into 16-bit values by table lookups (common::make_lut2 / dequant_word_lut2: the
+/// reference's fma(step, c, zero) rounded once, as the Hopper kernel's producer does)
+/// instead of the float-exponent arithmetic, about half the instructions per code. The
+/// correction coefficients of PerToken keys are written as there.
+template <class Tr, class Spec, int kWords, bool kKeyCoefficients>
+KVQ_DEVICE void dequant_token_part_lut2(const sm80::CtaContext<Tr>& c, const std::uint32_t* codes,
+                                        const math::GroupMeta<Spec::kScaleType>* meta, unsigned char* tile, int tok,
+                                        int part, int buf) {
+  static_assert(Spec::kBits == 2, "the lookup tables hold the four values of a 2-bit group");
+  constexpr int kP = 16;
+  constexpr int kG = Spec::kGroupSize;
+  constexpr int kGroupsPerToken = Tr::kHeadDim / kG;
+  constexpr int kWordsPerToken = Tr::kHeadDim / kP;
+  const std::uint32_t* src = codes + tok * kWordsPerToken + part * kWords;
+  std::uint32_t w[kWords];
+  if constexpr (kWords % 4 == 0) {
+#pragma unroll
+    for (int i = 0; i < kWords; i += 4) {
+      const uint4 v = *reinterpret_cast<const uint4*>(src + i);
+      w[i] = v.x, w[i + 1] = v.y, w[i + 2] = v.z, w[i + 3] = v.w;
+    }
+  } else if constexpr (kWords % 2 == 0) {
+#pragma unroll
+    for (int i = 0; i < kWords; i += 2) {
+      const uint2 v = *reinterpret_cast<const uint2*>(src + i);
+      w[i] = v.x, w[i + 1] = v.y;
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < kWords; ++i) w[i] = src[i];
+  }
+  constexpr int kChannels = kWords * kP;
+  constexpr int kGroups = kChannels >= kG ? kChannels / kG : 1;
+  const math::GroupMeta<Spec::kScaleType>* mt = meta + tok * kGroupsPerToken + (part * kChannels) / kG;
+  float step[kGroups], zero[kGroups];
+#pragma unroll
+  for (int g = 0; g < kGroups; ++g) {
+    const math::GroupMeta<Spec::kScaleType> mm = mt[g];
+    step[g] = common::scale_to_float<Spec::kScaleType>(mm.step);
+    zero[g] = common::scale_to_float<Spec::kScaleType>(mm.zero);
+  }
+  if constexpr (kKeyCoefficients) {
+    if (kChannels >= kG || (part * kChannels) % kG == 0) {
+#pragma unroll
+      for (int g = 0; g < kGroups; ++g) {
+        const int gi = (part * kChannels) / kG + g;
+        const float d2 = step[g] * step[g];
+        if constexpr (Tr::kFold) {
+          unsigned char* row = c.smem + Tr::kOffFold + buf * Tr::kFoldTileBytes;
+          common::fold_token_columns<Tr::kTaylor4>(d2, gi * Tr::kFoldColsPerGroup, [&](int col, std::uint32_t v) {
+            *reinterpret_cast<std::uint16_t*>(row + common::fold_offset(tok, col)) = static_cast<std::uint16_t>(v);
+          });
+        } else {
+          auto* kc2 = reinterpret_cast<float*>(c.smem + Tr::kOffKc2 + buf * Tr::kKcBytes);
+          auto* kc4 = reinterpret_cast<float*>(c.smem + Tr::kOffKc4 + buf * Tr::kKcBytes);
+          kc2[gi * Tr::kTileN + tok] = -d2;
+          if constexpr (Tr::kTaylor4) kc4[gi * Tr::kTileN + tok] = d2 * d2;
+        }
+      }
+    }
+  }
+  common::Lut2 lut[kGroups];
+#pragma unroll
+  for (int g = 0; g < kGroups; ++g) lut[g] = common::make_lut2<Tr::kElement>(step[g], zero[g]);
+#pragma unroll
+  for (int i = 0; i < kWords; ++i) {
+    // Slots 0-7 of word i are thread channels 16 i .. 16 i + 7, slots 8-15 the next 8 (G >= 8).
+    const int g0 = kChannels >= kG ? (i * kP) / kG : 0;
+    const int g1 = kChannels >= kG ? (i * kP + 8) / kG : 0;
+    std::uint32_t out[8];
+    common::dequant_word_lut2(w[i], lut[g0], lut[g1], out);
+    sm80::store_word<Tr, kP>(tile, tok, part * kWords + i, out);
+  }
+}
+
+/// sm80::dequant_tile with 2-bit PerToken tensors dequantized by table lookups
+/// (dequant_token_part_lut2); PerChannel keys and wider codes as there.
+template <class Tr>
+KVQ_DEVICE void dequant_packed_tile(const sm80::CtaContext<Tr>& c, int m, int buf, int tid) {
+  constexpr int kTpt = Tr::kThreadsPerToken;
+  const unsigned char* slot = c.ring_slot(m);
+  if (tid < Tr::kHalfThreads) {
+    if constexpr (Tr::kKeyPerToken && Tr::KSpec::kBits == 2) {
+      dequant_token_part_lut2<Tr, typename Tr::KSpec, Tr::kKWords / kTpt, Tr::kCorrect>(
+          c, reinterpret_cast<const std::uint32_t*>(slot + Tr::kSlotKCodes),
+          reinterpret_cast<const typename Tr::KMeta*>(slot + Tr::kSlotKMeta), c.kv_buffer(buf), tid / kTpt, tid % kTpt, buf);
+    } else {
+      sm80::dequant_keys<Tr>(c, m, buf, tid);
+    }
+  } else {
+    const int vt = tid - Tr::kHalfThreads;
+    if constexpr (Tr::VSpec::kBits == 2) {
+      dequant_token_part_lut2<Tr, typename Tr::VSpec, Tr::kVWords / kTpt, false>(
+          c, reinterpret_cast<const std::uint32_t*>(slot + Tr::kSlotVCodes),
+          reinterpret_cast<const typename Tr::VMeta*>(slot + Tr::kSlotVMeta), c.kv_buffer(buf) + Tr::kTileBytes, vt / kTpt,
+          vt % kTpt, buf);
+    } else {
+      sm80::dequant_values<Tr>(c, m, buf, vt);
+    }
+  }
+}
+
 /// Compute step of quantized tile n (sm80::compute_quantized_tile).
 template <class Tr, bool kMasked>
 KVQ_DEVICE void compute_quantized_tile(const common::AttentionParams<typename Tr::Layout>& p, const Context<Tr>& c,
@@ -397,7 +502,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
     sm80::load_q_fragments<Tr>(st, c, warp, lane);
     sm80::row_coefficients<Tr>(st, p.scale, lane);
     if (nb < qe) {
-      sm80::dequant_tile<Tr>(c, nb, 0, tid);
+      dequant_packed_tile<Tr>(c, nb, 0, tid);
       sm80::build_stage_tables<Tr>(p, c, nb / Tr::kSubTiles, warp, lane);  // nb: a whole stage
     }
     arch::cp_async_wait<kS - 3>();  // packed tile nb + 1
@@ -418,7 +523,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
       if (next_plain) sm80::issue_plain<Tr>(p, c, n + 1, buf ^ 1, tid);
       arch::cp_async_commit();
       if (n + 1 < qe) {
-        sm80::dequant_tile<Tr>(c, n + 1, buf ^ 1, tid);
+        dequant_packed_tile<Tr>(c, n + 1, buf ^ 1, tid);
         if ((n + 1) % Tr::kSubTiles == 0) sm80::build_stage_tables<Tr>(p, c, (n + 1) / Tr::kSubTiles, warp, lane);
       }
       if (active) {
