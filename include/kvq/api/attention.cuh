@@ -12,13 +12,15 @@
 // unit was compiled for sm_90a, the mma.sync kernel (kernels/sm80, sm_80+) for
 // everything else, and for short queries (decode) the short-query kernel (kernels/decode,
 // sm_80+: the q heads of a kv head packed into one CTA, the key sequence split across
-// CTAs and the splits merged; kernels/decode/schedule.hpp states when AutoConfig takes it). Every entry point returns a Status and never throws, prints or exits;
-// the Status table is in README.md.
+// CTAs and the splits merged; kernels/decode/schedule.hpp states when AutoConfig takes
+// it). Every entry point returns a Status and never throws, prints or exits; the Status
+// table is in README.md.
 //
-// Build time: each AttentionPlan<Layout, Mode> compiles up to four kernels (two kernels x
-// bf16/fp16). Instantiate each variant once with KVQ_INSTANTIATE_ATTENTION(Layout, Mode)
-// and declare it elsewhere with KVQ_DECLARE_ATTENTION(Layout, Mode): a declaring
-// translation unit compiles no kernel of that variant.
+// Build time: each AttentionPlan<Layout, Mode> compiles up to eight kernels (the two chunk
+// kernels, the short-query kernel and its combine, x bf16/fp16). Instantiate each variant
+// once with KVQ_INSTANTIATE_ATTENTION(Layout, Mode) and declare it elsewhere with
+// KVQ_DECLARE_ATTENTION(Layout, Mode): a declaring translation unit compiles no kernel of
+// that variant.
 #pragma once
 
 #include <cuda_runtime.h>
