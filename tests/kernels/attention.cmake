@@ -73,4 +73,4 @@ _kvq_attention_test(test_attention_centered_sm90 SM90_CASES
 # packing, split-KV; forced through kvq::ShortQueryConfig, and the AutoConfig selection.
 _kvq_attention_test(test_attention_decode
   test_attention_decode_int2_pt128.cu test_attention_decode_int4.cu test_attention_decode_pc.cu
-  test_attention_decode_rot.cu)
+  test_attention_decode_rot.cu test_attention_decode_groups.cu)
