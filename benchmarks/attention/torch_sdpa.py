@@ -10,6 +10,7 @@ and prints JSON: one record per (shape, backend) with ms and TFLOP/s
     average >= 0.3 s of back-to-back launches after a warm-up);
   burst (ms_burst, tflops_burst): after 3 warm-up calls only (the clock may not have
     dropped yet).
+Usage: torch_sdpa.py [short]   (short: only the shapes of BM_attention/short/)
 """
 import json
 import sys
@@ -24,7 +25,9 @@ SHAPES = [  # (Nq, cache, Hq, Hkv[, batch])
     (4096, 16384, 24, 24),
     (8192, 65536, 48, 8),
     (4680, 18720, 12, 12),  # Wan 1.3B chunk (3 frames of 1560 tokens, 12 heads)
-    (1, 32768, 32, 8, 8),  # decode (BM_attention/short/...)
+]
+SHORT_SHAPES = [  # the shapes of BM_attention/short/...
+    (1, 32768, 32, 8, 8),  # decode
     (16, 32768, 32, 8, 8),  # 16 queries
     (1560, 31200, 12, 12),  # frame-level video: one 1560-token frame
 ]
@@ -55,7 +58,8 @@ def time_call(fn, reps=10, warmup=3, soak_s=0.0):
 
 def main():
     out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "results": []}
-    for shape in SHAPES:
+    shapes = SHORT_SHAPES if sys.argv[1:] == ["short"] else SHAPES + SHORT_SHAPES
+    for shape in shapes:
         nq, cache, hq, hkv = shape[:4]
         batch = shape[4] if len(shape) > 4 else 1
         nkv = cache + nq
