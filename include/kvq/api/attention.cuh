@@ -396,7 +396,12 @@ Status AttentionPlan<Layout, Mode, Config>::initialize(const Layout& layout, con
       sh.kv_heads = layout.shape.heads;
       sh.num_q = a.num_q;
       sh.sm_count = dev.sm_count;
-      if (kernels::decode::prefer_short_query(sh)) return initialize_short(layout, a, dev);
+      // The short-query kernel where its shared memory fits the device (else the chunk kernel).
+      constexpr int kShortSmem = kernels::decode::Traits<Layout, Mode, DType::kBFloat16>::kSmemBytes >
+                                         kernels::decode::Traits<Layout, Mode, DType::kFloat16>::kSmemBytes
+                                     ? kernels::decode::Traits<Layout, Mode, DType::kBFloat16>::kSmemBytes
+                                     : kernels::decode::Traits<Layout, Mode, DType::kFloat16>::kSmemBytes;
+      if (kernels::decode::prefer_short_query(sh) && dev.smem_optin >= kShortSmem) return initialize_short(layout, a, dev);
     }
     // cudaFuncSetAttribute resets the runtime's last error even when it succeeds: it is
     // called only when the kernel's limit is not yet high enough on this device (once per

@@ -3,7 +3,8 @@
 // it launches. Plain C++ (no device code), so that CPU tests check the rules.
 //
 // Selection (kvq::AttentionPlan<..., AutoConfig>): the short-query path when
-//   num_q <= kMaxShortQueries (16): decode, speculative or a few prefix tokens.
+//   num_q <= kMaxShortQueries (16): decode, speculative or a few prefix tokens
+// (and the kernel's shared memory fits the device, which the plan checks).
 // A chunk-kernel CTA holds 64 x k rows of one q head; with at most 16 queries at most a
 // quarter of them (64-row CTAs) or an eighth (128-row CTAs) hold a query, and every q head
 // of a GQA group re-reads its kv head's cache. The short-query kernel packs the group's
