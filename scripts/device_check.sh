@@ -47,7 +47,7 @@ for t in $tests; do
   timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 "$stage/$t" "[sanitize]" > "$logs/memcheck_$t.log" 2>&1
   say "memcheck $t: rc=$? $(grep -h 'ERROR SUMMARY' "$logs/memcheck_$t.log" | tail -1)"
 done
-for t in test_quantize_append test_attention_int2_pt128 test_attention_int2_pc32 test_attention_config; do
+for t in test_quantize_append test_attention_int2_pt128 test_attention_int2_pc32 test_attention_config test_attention_decode; do
   [ -x "$stage/$t" ] || continue
   for tool in racecheck initcheck; do
     timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 "$stage/$t" "[sanitize]" > "$logs/${tool}_$t.log" 2>&1

@@ -17,6 +17,14 @@
 //   launch of an empty kernel with the same parameter block.
 // Counters: TFLOP/s = 4 * B * Hq * Nq * Nkv * D / time, ms per call, cache_GB (size of the
 // packed cache, metadata included).
+//
+//   BM_attention/short/<variant>/<path>/b:<B>/nq:<Nq>/cache:<tokens>/h:<Hq>/hkv:<Hkv>
+//   decode and short queries (B batch entries, each with a full cache of <tokens> and a
+//   chunk of Nq tokens; bidirectional), and the frame-level shape; <path> = auto (what
+//   kvq::attention selects), short (kvq::ShortQueryConfig forced) or chunk (the Hopper
+//   kernel's default configuration forced; skipped off sm_90a). Extra counters: floor_GB
+//   (the bytes that must be read and written: packed codes and metadata of the valid cache,
+//   the chunk's K/V, Q and O), GB/s (floor_GB / time) and splits (of the short path).
 #include <benchmark/benchmark.h>
 
 #include <kvq/api/attention.cuh>
@@ -148,6 +156,107 @@ void bm_attention(benchmark::State& state, Shape sh) {
   state.counters["TFLOP/s"] = flops / sec / 1e12;
   state.counters["ms"] = sec * 1e3;
   state.counters["cache_GB"] = static_cast<double>(l.bytes()) / 1e9;
+}
+
+struct ShortShape {
+  int batch;
+  std::int64_t nq, cache;
+  int hq, hkv;
+};
+
+/// The short-query shapes: every batch entry holds `cache` tokens and a chunk of nq tokens.
+template <class L, Correction Mode, class Config>
+void bm_short(benchmark::State& state, ShortShape sh) {
+  constexpr int D = L::kHeadDim;
+  const std::int64_t nc = sh.nq;
+  L l;
+  if (L::make({sh.batch, sh.hkv, sh.cache, DType::kBFloat16}, &l) != Status::kSuccess) return state.SkipWithError("layout");
+  DeviceBuffer<unsigned char> cache(static_cast<std::size_t>(l.bytes()));
+  KVQ_TEST_CUDA(cudaMemset(cache.get(), 0, cache.size()));
+  auto* base = cache.get();
+  fill_codes<<<2048, 256>>>(reinterpret_cast<std::uint32_t*>(base + l.k_codes_offset()), l.k_codes_bytes() / 4, 1u);
+  fill_codes<<<2048, 256>>>(reinterpret_cast<std::uint32_t*>(base + l.v_codes_offset()), l.v_codes_bytes() / 4, 2u);
+  fill_meta<<<2048, 256>>>(reinterpret_cast<std::uint32_t*>(base + l.k_meta_offset()), l.k_meta_bytes() / 4, 3u);
+  fill_meta<<<2048, 256>>>(reinterpret_cast<std::uint32_t*>(base + l.v_meta_offset()), l.v_meta_bytes() / 4, 4u);
+  const std::int64_t nq_el = sh.batch * sh.nq * sh.hq * D, nc_el = sh.batch * nc * sh.hkv * D;
+  DeviceBuffer<std::uint16_t> q(static_cast<std::size_t>(nq_el)), o(static_cast<std::size_t>(nq_el)),
+      k(static_cast<std::size_t>(nc_el)), v(static_cast<std::size_t>(nc_el));
+  fill_bf16<<<2048, 256>>>(q.get(), nq_el, 5u);
+  fill_bf16<<<2048, 256>>>(k.get(), nc_el, 6u);
+  fill_bf16<<<2048, 256>>>(v.get(), nc_el, 7u);
+  KVQ_TEST_CUDA(cudaGetLastError());
+  DeviceBuffer<std::int32_t> lengths(std::vector<std::int32_t>(static_cast<std::size_t>(sh.batch),
+                                                               static_cast<std::int32_t>(sh.cache)));
+  kvq::AttentionArguments a;
+  a.batch = sh.batch;
+  a.q_heads = sh.hq;
+  a.num_q = sh.nq;
+  a.num_chunk = nc;
+  a.q = kvq::Tensor4::contiguous(q.get(), DType::kBFloat16, sh.nq, sh.hq, D);
+  a.o = kvq::Tensor4::contiguous(o.get(), DType::kBFloat16, sh.nq, sh.hq, D);
+  a.k_chunk = kvq::Tensor4::contiguous(k.get(), DType::kBFloat16, nc, sh.hkv, D);
+  a.v_chunk = kvq::Tensor4::contiguous(v.get(), DType::kBFloat16, nc, sh.hkv, D);
+  a.cache = cache.get();
+  a.cache_lengths = lengths.get();
+  a.max_cache_length = sh.cache;
+  a.scale = 0.08838834764831845f;
+
+  cudaEvent_t start, stop;
+  KVQ_TEST_CUDA(cudaEventCreate(&start));
+  KVQ_TEST_CUDA(cudaEventCreate(&stop));
+  kvq::AttentionPlan<L, Mode, Config> plan;
+  Status status = plan.initialize(l, a);
+  if (status != Status::kSuccess) return state.SkipWithError(kvq::to_string(status));
+  status = plan.run(a, nullptr);  // warm-up
+  KVQ_TEST_CUDA(cudaDeviceSynchronize());
+  if (status != Status::kSuccess) return state.SkipWithError(kvq::to_string(status));
+  double total = 0.0;
+  for (auto _ : state) {
+    spin<<<1, 1>>>(100000);
+    KVQ_TEST_CUDA(cudaEventRecord(start, nullptr));
+    status = plan.run(a, nullptr);
+    KVQ_TEST_CUDA(cudaEventRecord(stop, nullptr));
+    KVQ_TEST_CUDA(cudaEventSynchronize(stop));
+    float ms = 0.0f;
+    KVQ_TEST_CUDA(cudaEventElapsedTime(&ms, start, stop));
+    state.SetIterationTime(ms * 1e-3);
+    total += ms * 1e-3;
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  if (status != Status::kSuccess) return state.SkipWithError(kvq::to_string(status));
+  // The cache is full (capacity = cache tokens): its packed codes and metadata are read whole.
+  const double floor_bytes = static_cast<double>(l.k_codes_bytes() + l.v_codes_bytes() + l.k_meta_bytes() + l.v_meta_bytes()) +
+                             2.0 * 2.0 * static_cast<double>(nc_el) + 2.0 * 2.0 * static_cast<double>(nq_el);
+  const double flops = 4.0 * sh.batch * sh.hq * static_cast<double>(sh.nq) * static_cast<double>(sh.cache + nc) * D;
+  const double sec = total / static_cast<double>(state.iterations());
+  state.counters["TFLOP/s"] = flops / sec / 1e12;
+  state.counters["ms"] = sec * 1e3;
+  state.counters["floor_GB"] = floor_bytes / 1e9;
+  state.counters["GB/s"] = floor_bytes / sec / 1e9;
+  state.counters["splits"] = plan.splits();
+  state.counters["short"] = plan.path() == kvq::AttentionPath::kShort ? 1 : 0;
+}
+
+template <class L, Correction Mode>
+void add_short(const std::string& variant, const std::vector<ShortShape>& shapes) {
+  using Chunk = kvq::kernels::sm90::DefaultConfig<L, Mode>;
+  for (const ShortShape& s : shapes) {
+    const std::string tail = "/b:" + std::to_string(s.batch) + "/nq:" + std::to_string(s.nq) + "/cache:" +
+                             std::to_string(s.cache) + "/h:" + std::to_string(s.hq) + "/hkv:" + std::to_string(s.hkv);
+    const std::string head = "BM_attention/short/" + variant;
+    benchmark::RegisterBenchmark((head + "/auto" + tail).c_str(),
+                                 [s](benchmark::State& st) { bm_short<L, Mode, kvq::AutoConfig>(st, s); })
+        ->UseManualTime()
+        ->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark((head + "/short" + tail).c_str(),
+                                 [s](benchmark::State& st) { bm_short<L, Mode, kvq::ShortQueryConfig>(st, s); })
+        ->UseManualTime()
+        ->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark((head + "/chunk" + tail).c_str(), [s](benchmark::State& st) { bm_short<L, Mode, Chunk>(st, s); })
+        ->UseManualTime()
+        ->Unit(benchmark::kMillisecond);
+  }
 }
 
 /// Host time of AttentionPlan::run per call (the GPU busy with a spin kernel meanwhile).
@@ -296,6 +405,12 @@ int main(int argc, char** argv) {
   add<Int4Pt128D128, Correction::kTaylor2>("int4_pt128_taylor2_d128", all);
   add<Int4Pc32D128, Correction::kNone>("int4_pc32_none_d128", all);
   add<Int4Pc32D128, Correction::kTaylor2>("int4_pc32_taylor2_d128", all);
+  // Decode (1 query), 16 queries (B 8, 32 q / 8 kv heads, cache 32768) and frame-level video
+  // (one 1560-token frame, 12 heads, cache 31200): auto, the short-query kernel and the
+  // chunk kernel.
+  const std::vector<ShortShape> short_shapes = {{8, 1, 32768, 32, 8}, {8, 16, 32768, 32, 8}, {1, 1560, 31200, 12, 12}};
+  add_short<Int2Pt128D128, Correction::kTaylor2>("int2_pt128_taylor2_d128", short_shapes);
+  add_short<Int4Pt128D128, Correction::kTaylor2>("int4_pt128_taylor2_d128", {short_shapes[0], short_shapes[1]});
   // Host time of a prepared plan's run (the default configuration).
   benchmark::RegisterBenchmark("BM_attention_host_run/int2_pt128_taylor2_d128", bm_host_run<Int2Pt128D128, Correction::kTaylor2>)
       ->UseManualTime()

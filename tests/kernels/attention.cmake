@@ -68,3 +68,9 @@ _kvq_attention_test(test_attention_centered test_attention_centered_pt128.cu tes
 # facts and argument refusals).
 _kvq_attention_test(test_attention_centered_sm90 SM90_CASES
   test_attention_centered_sm90.cu test_attention_centered_sm90_config.cu)
+
+# The short-query kernel (include/kvq/kernels/decode/): decode and a few queries, GQA
+# packing, split-KV; forced through kvq::ShortQueryConfig, and the AutoConfig selection.
+_kvq_attention_test(test_attention_decode
+  test_attention_decode_int2_pt128.cu test_attention_decode_int4.cu test_attention_decode_pc.cu
+  test_attention_decode_rot.cu test_attention_decode_groups.cu)

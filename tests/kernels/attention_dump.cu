@@ -1,5 +1,6 @@
-// attention_dump OUTDIR: runs the fused attention on a few cases and writes, per case and
-// batch entry, the inputs as the kernel saw them and its outputs as .npy (float32), plus
+// attention_dump OUTDIR: runs the fused attention on a few cases (chunk and short-query
+// shapes) and writes, per case and batch entry, the inputs as the kernel saw them and its
+// outputs as .npy (float32), plus
 // OUTDIR/manifest.json. tests/kernels/torch_check.py recomputes the attention with
 // PyTorch's scaled_dot_product_attention from these files (the correction as an additive
 // float bias computed in the script from the stored steps) and compares.
@@ -246,6 +247,15 @@ int main(int argc, char** argv) {
       {"int2_pc32_taylor2_causal", 2, 4, 4, 130, 130, {300, 77}, kvq::Mask::kCausalLastSegment, Correction::kTaylor2}, dir, 12));
   cases.push_back(run_case<kvq::variants::Int4Pc32D128, Correction::kTaylor4>(
       {"int4_pc32_taylor4", 1, 4, 2, 96, 64, {515}, kvq::Mask::kNone, Correction::kTaylor4}, dir, 13));
+  // Short queries (kvq::attention runs the short-query kernel: num_q <= 16): decode with GQA 4
+  // and a split cache, 16 causal queries with GQA 4, INT4 decode.
+  cases.push_back(run_case<kvq::variants::Int2Pt128D128, Correction::kTaylor2>(
+      {"int2_pt128_taylor2_decode", 2, 32, 8, 1, 1, {4000, 33}, kvq::Mask::kNone, Correction::kTaylor2}, dir, 14));
+  cases.push_back(run_case<kvq::variants::Int2Pc32D128, Correction::kTaylor2>(
+      {"int2_pc32_taylor2_q16_causal", 2, 16, 4, 16, 16, {3000, 129}, kvq::Mask::kCausalLastSegment, Correction::kTaylor2},
+      dir, 15));
+  cases.push_back(run_case<kvq::variants::Int4Pc32D128, Correction::kTaylor4>(
+      {"int4_pc32_taylor4_decode", 1, 4, 2, 1, 1, {2000}, kvq::Mask::kNone, Correction::kTaylor4}, dir, 16));
   std::ofstream m(dir + "/manifest.json");
   m << "{\"cases\": [";
   for (std::size_t i = 0; i < cases.size(); ++i) m << (i ? ", " : "") << cases[i];

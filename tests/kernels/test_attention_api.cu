@@ -225,8 +225,15 @@ TEST_CASE("kernel selection: the Hopper kernel exactly where it implements the v
   ApiFixture f;
   const bool sm90 = device_is_sm90();
   INFO("device is compute 9.0: " << sm90);
-  // PerToken 2-bit keys: the Hopper kernel implements them.
+  // The fixture's 8 queries take the short-query kernel (up to 16 queries, any variant);
+  // these checks are about the chunk kernels, so they plan 17 query rows (initialize reads
+  // no buffer).
   kvq::Status s = kvq::Status::kErrorCudaRuntime;
+  CHECK(kvq::attention_path<kvq::Correction::kTaylor2>(f.layout, f.a, &s) == kvq::AttentionPath::kShort);
+  CHECK(s == kvq::Status::kSuccess);
+  f.a.num_q = 17;
+  // PerToken 2-bit keys: the Hopper kernel implements them.
+  s = kvq::Status::kErrorCudaRuntime;
   CHECK(kvq::attention_path<kvq::Correction::kTaylor2>(f.layout, f.a, &s) ==
         (sm90 ? kvq::AttentionPath::kSm90 : kvq::AttentionPath::kSm80));
   CHECK(s == kvq::Status::kSuccess);

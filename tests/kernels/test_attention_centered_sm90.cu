@@ -52,6 +52,8 @@ TEST_CASE("centered layouts: argument refusals; the Hopper kernel on compute 9.0
   KVQ_TEST_CUDA(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
   KVQ_TEST_CUDA(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
   kvq::Status s = kvq::Status::kSuccess;
+  if (major >= 8) CHECK(kvq::attention_path<kMode>(l, a, &s) == kvq::AttentionPath::kShort);  // up to 16 queries
+  a.num_q = 17;  // the chunk kernels (initialize reads no buffer)
   const kvq::AttentionPath path = kvq::attention_path<kMode>(l, a, &s);
   // Elsewhere the selection depends on the mma.sync kernel's support of centered keys.
   if (major == 9 && minor == 0) {

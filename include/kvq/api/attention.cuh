@@ -7,21 +7,26 @@
 //   s = plan.run(args, stream);                                     // per call: checks and launches
 //   s = kvq::attention<kvq::Correction::kTaylor2>(layout, args, stream);  // both in one call
 //
-// Two kernels implement it: the Hopper kernel (kernels/sm90: wgmma, warp-specialised) for
+// Three kernels implement it: the Hopper kernel (kernels/sm90: wgmma, warp-specialised) for
 // PerToken keys with 2- or 4-bit codes on compute capability 9.0 when its translation
-// unit was compiled for sm_90a, and the mma.sync kernel (kernels/sm80, sm_80+) for
-// everything else. Every entry point returns a Status and never throws, prints or exits;
-// the Status table is in README.md.
+// unit was compiled for sm_90a, the mma.sync kernel (kernels/sm80, sm_80+) for
+// everything else, and for short queries (decode) the short-query kernel (kernels/decode,
+// sm_80+: the q heads of a kv head packed into one CTA, the key sequence split across
+// CTAs and the splits merged; kernels/decode/schedule.hpp states when AutoConfig takes
+// it). Every entry point returns a Status and never throws, prints or exits; the Status
+// table is in README.md.
 //
-// Build time: each AttentionPlan<Layout, Mode> compiles up to four kernels (two kernels x
-// bf16/fp16). Instantiate each variant once with KVQ_INSTANTIATE_ATTENTION(Layout, Mode)
-// and declare it elsewhere with KVQ_DECLARE_ATTENTION(Layout, Mode): a declaring
-// translation unit compiles no kernel of that variant.
+// Build time: each AttentionPlan<Layout, Mode> compiles up to eight kernels (the two chunk
+// kernels, the short-query kernel and its combine, x bf16/fp16). Instantiate each variant
+// once with KVQ_INSTANTIATE_ATTENTION(Layout, Mode) and declare it elsewhere with
+// KVQ_DECLARE_ATTENTION(Layout, Mode): a declaring translation unit compiles no kernel of
+// that variant.
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <type_traits>
 
@@ -29,6 +34,8 @@
 #include "kvq/device/launch.cuh"
 #include "kvq/device/properties.cuh"
 #include "kvq/device/tensor_map.cuh"
+#include "kvq/kernels/decode/kernel.cuh"
+#include "kvq/kernels/decode/schedule.hpp"
 #include "kvq/kernels/sm80/attention.cuh"
 #include "kvq/kernels/sm90/attention.cuh"
 #include "kvq/layout/cache_layout.hpp"
@@ -76,10 +83,16 @@ struct AttentionVariant {
 /// (kernels::sm90::Config192, kernels::sm80::TileConfig<...>, ...) force one kernel.
 struct AutoConfig {};
 
-/// Which kernel a plan runs.
-enum class AttentionPath { kSm80, kSm90 };
+/// Forces the short-query kernel (kernels/decode) whatever the shape; AutoConfig takes it
+/// by the rule of kernels/decode/schedule.hpp.
+struct ShortQueryConfig {};
 
-constexpr const char* to_string(AttentionPath p) noexcept { return p == AttentionPath::kSm90 ? "sm90" : "sm80"; }
+/// Which kernel a plan runs.
+enum class AttentionPath { kSm80, kSm90, kShort };
+
+constexpr const char* to_string(AttentionPath p) noexcept {
+  return p == AttentionPath::kSm90 ? "sm90" : p == AttentionPath::kShort ? "short" : "sm80";
+}
 
 /// Whether the mma.sync kernel (every architecture) implements a (layout, correction)
 /// pair: head dim 64 or 128, groups of at least 8, code words of a multiple of 4 codes
@@ -206,6 +219,19 @@ struct KernelChoice {
   AttentionPath path = AttentionPath::kSm80;
 };
 
+/// The short-query kernel and its split plan (AttentionPath::kShort).
+template <class Layout>
+struct ShortChoice {
+  using Kernel = void (*)(kernels::decode::Params<Layout>);
+  using Combine = void (*)(kernels::decode::CombineParams);
+  Kernel kernel = nullptr;
+  Combine combine = nullptr;
+  int threads = 0;
+  int smem_bytes = 0;
+  int splits = 1;
+  std::int64_t num_q = 0;  ///< the num_q the workspace was sized for (run: at most this with splits > 1)
+};
+
 template <class Tr, class Layout>
 KernelChoice<Layout> sm80_kernel() {
   return {&kernels::sm80::attention_kernel<Tr>, Tr::kThreads, Tr::kRows, Tr::kSmemBytes, 0, AttentionPath::kSm80};
@@ -236,11 +262,29 @@ template <class Layout, Correction Mode, class Config = AutoConfig>
 class AttentionPlan {
  public:
   static constexpr bool kForcedSm90 = detail::attention::is_sm90_config<Config>();
+  static constexpr bool kForcedShort = std::is_same_v<Config, ShortQueryConfig>;
   static constexpr bool kAuto = std::is_same_v<Config, AutoConfig>;
   static constexpr bool kSm90Implemented = kernels::sm90::variant_supported<Layout, Mode>();
+  /// The mma.sync kernel and the short-query kernel implement the same variants.
   static constexpr bool kSm80Implemented = attention_variant_supported<Layout, Mode>();
   /// Whether some kernel of this Config implements the variant (compile time).
   static constexpr bool kImplemented = kForcedSm90 ? kSm90Implemented : kSm80Implemented || (kAuto && kSm90Implemented);
+
+  AttentionPlan() = default;
+  AttentionPlan(const AttentionPlan&) = delete;
+  AttentionPlan& operator=(const AttentionPlan&) = delete;
+  AttentionPlan(AttentionPlan&& o) noexcept { *this = static_cast<AttentionPlan&&>(o); }
+  AttentionPlan& operator=(AttentionPlan&& o) noexcept {
+    if (this != &o) {
+      release_workspace();
+      layout_ = o.layout_, dtype_ = o.dtype_, q_heads_ = o.q_heads_, mask_ = o.mask_, device_ = o.device_;
+      initialized_ = o.initialized_, choice_ = o.choice_, short_ = o.short_, maps_ = o.maps_;
+      workspace_ = o.workspace_, workspace_bytes_ = o.workspace_bytes_;
+      o.workspace_ = nullptr, o.workspace_bytes_ = 0, o.initialized_ = false;
+    }
+    return *this;
+  }
+  ~AttentionPlan() { release_workspace(); }
 
   /// The checks of initialize() that need no device: argument checks and whether a kernel
   /// of Config implements the variant.
@@ -254,20 +298,36 @@ class AttentionPlan {
   }
 
   /// Validates the arguments, queries the current device, selects the kernel and sets its
-  /// function attributes. On failure the plan stays uninitialized.
+  /// function attributes. On failure the plan stays uninitialized. The short-query path
+  /// with more than one split allocates its workspace here (cudaMalloc; freed by the
+  /// destructor or the next initialize): run() allocates nothing, so it may be captured
+  /// in a CUDA graph.
   [[nodiscard]] Status initialize(const Layout& layout, const AttentionArguments& a);
 
   /// Checks the per-call arguments against the plan and launches on `stream`. Arguments
   /// that initialize() fixed (batch, q heads, dtype, mask, layout) must not change:
-  /// kErrorInvalidArgument if they do.
+  /// kErrorInvalidArgument if they do; on the short-query path with more than one split,
+  /// num_q must not exceed initialize()'s (the workspace's size).
   [[nodiscard]] Status run(const AttentionArguments& a, cudaStream_t stream);
 
   bool initialized() const { return initialized_; }
   /// The kernel that run() launches (valid after a successful initialize()).
   AttentionPath path() const { return choice_.path; }
+  /// Short-query path: the splits of each key sequence (1 elsewhere).
+  int splits() const { return choice_.path == AttentionPath::kShort ? short_.splits : 1; }
+  /// Bytes of the workspace the plan holds (0 unless the short-query path splits).
+  std::size_t workspace_bytes() const { return workspace_bytes_; }
   const Layout& layout() const { return layout_; }
 
  private:
+  Status initialize_short(const Layout& layout, const AttentionArguments& a, const device::Properties& dev);
+  Status run_short(const AttentionArguments& a, cudaStream_t stream);
+  void release_workspace() {
+    if (workspace_ != nullptr) (void)cudaFree(workspace_);
+    workspace_ = nullptr;
+    workspace_bytes_ = 0;
+  }
+
   Layout layout_{};
   DType dtype_ = DType::kBFloat16;
   int q_heads_ = 0;
@@ -275,7 +335,10 @@ class AttentionPlan {
   int device_ = -1;
   bool initialized_ = false;
   detail::attention::KernelChoice<Layout> choice_{};
+  detail::attention::ShortChoice<Layout> short_{};
   device::ChunkMapCache maps_{};
+  void* workspace_ = nullptr;
+  std::size_t workspace_bytes_ = 0;
 };
 
 template <class Layout, Correction Mode, class Config>
@@ -288,6 +351,9 @@ Status AttentionPlan<Layout, Mode, Config>::initialize(const Layout& layout, con
     device::Properties dev;
     if ((s = device::Properties::query(&dev)) != Status::kSuccess) return s;
     if (dev.cc_major < 8) return Status::kErrorNotSupported;
+    if constexpr (kForcedShort) {
+      return initialize_short(layout, a, dev);
+    }
     const bool bf16 = a.q.dtype == DType::kBFloat16;
     at::KernelChoice<Layout> c{};
     bool chosen = false;
@@ -312,7 +378,7 @@ Status AttentionPlan<Layout, Mode, Config>::initialize(const Layout& layout, con
         return Status::kErrorNotSupported;
       }
     }
-    if constexpr (!kForcedSm90 && kSm80Implemented) {
+    if constexpr (!kForcedSm90 && !kForcedShort && kSm80Implemented) {
       if (!chosen) {
         using Tiles = std::conditional_t<kAuto, kernels::sm80::DefaultTileConfig<Layout::kHeadDim>, Config>;
         using TrB = kernels::sm80::Traits<Layout, Mode, DType::kBFloat16, Tiles>;
@@ -323,6 +389,20 @@ Status AttentionPlan<Layout, Mode, Config>::initialize(const Layout& layout, con
       }
     }
     if (!chosen) return Status::kErrorNotSupported;
+    if constexpr (kAuto && kSm80Implemented) {
+      kernels::decode::ShortQueryShape sh;
+      sh.batch = a.batch;
+      sh.q_heads = a.q_heads;
+      sh.kv_heads = layout.shape.heads;
+      sh.num_q = a.num_q;
+      sh.sm_count = dev.sm_count;
+      // The short-query kernel where its shared memory fits the device (else the chunk kernel).
+      constexpr int kShortSmem = kernels::decode::Traits<Layout, Mode, DType::kBFloat16>::kSmemBytes >
+                                         kernels::decode::Traits<Layout, Mode, DType::kFloat16>::kSmemBytes
+                                     ? kernels::decode::Traits<Layout, Mode, DType::kBFloat16>::kSmemBytes
+                                     : kernels::decode::Traits<Layout, Mode, DType::kFloat16>::kSmemBytes;
+      if (kernels::decode::prefer_short_query(sh) && dev.smem_optin >= kShortSmem) return initialize_short(layout, a, dev);
+    }
     // cudaFuncSetAttribute resets the runtime's last error even when it succeeds: it is
     // called only when the kernel's limit is not yet high enough on this device (once per
     // kernel and device), so that an error the caller has pending survives.
@@ -332,6 +412,7 @@ Status AttentionPlan<Layout, Mode, Config>::initialize(const Layout& layout, con
         (s = device::check(cudaFuncSetAttribute(c.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, c.smem_bytes))) !=
             Status::kSuccess)
       return s;
+    release_workspace();
     layout_ = layout;
     dtype_ = a.q.dtype;
     q_heads_ = a.q_heads;
@@ -347,12 +428,141 @@ Status AttentionPlan<Layout, Mode, Config>::initialize(const Layout& layout, con
 }
 
 template <class Layout, Correction Mode, class Config>
+Status AttentionPlan<Layout, Mode, Config>::initialize_short(const Layout& layout, const AttentionArguments& a,
+                                                              const device::Properties& dev) {
+  namespace dk = kernels::decode;
+  if constexpr (kSm80Implemented) {
+    using TrB = dk::Traits<Layout, Mode, DType::kBFloat16>;
+    using TrH = dk::Traits<Layout, Mode, DType::kFloat16>;
+    constexpr int kD = Layout::kHeadDim;
+    const bool bf16 = a.q.dtype == DType::kBFloat16;
+    detail::attention::ShortChoice<Layout> sc;
+    sc.kernel = bf16 ? &dk::attention_kernel<TrB> : &dk::attention_kernel<TrH>;
+    sc.combine = bf16 ? &dk::combine_kernel<kD, DType::kBFloat16> : &dk::combine_kernel<kD, DType::kFloat16>;
+    sc.threads = TrB::kThreads;
+    sc.smem_bytes = bf16 ? TrB::kSmemBytes : TrH::kSmemBytes;
+    if (dev.smem_optin < sc.smem_bytes) return Status::kErrorNotSupported;
+    Status s;
+    cudaFuncAttributes attr{};
+    if ((s = device::check(cudaFuncGetAttributes(&attr, sc.kernel))) != Status::kSuccess) return s;
+    if (attr.maxDynamicSharedSizeBytes < sc.smem_bytes &&
+        (s = device::check(cudaFuncSetAttribute(sc.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, sc.smem_bytes))) !=
+            Status::kSuccess)
+      return s;
+    // Resident CTAs per SM from the kernel's registers and shared memory (no occupancy
+    // call: kvq calls leave the caller's pending CUDA error alone).
+    int smem_per_sm = 0;
+    if ((s = device::check(cudaDeviceGetAttribute(&smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev.device))) !=
+        Status::kSuccess)
+      return s;
+    const int regs = attr.numRegs > 0 ? (attr.numRegs + 7) / 8 * 8 : 255;
+    const int by_regs = 65536 / (regs * sc.threads);
+    const int by_smem = smem_per_sm / (sc.smem_bytes + static_cast<int>(attr.sharedSizeBytes) + 1024);
+    int per_sm = by_regs < by_smem ? by_regs : by_smem;
+    per_sm = per_sm < 1 ? 1 : per_sm;
+    dk::ShortQueryShape sh;
+    sh.batch = a.batch;
+    sh.q_heads = a.q_heads;
+    sh.kv_heads = layout.shape.heads;
+    sh.num_q = a.num_q;
+    const std::int64_t bound = a.cache == nullptr ? 0 : a.max_cache_length < 0 ? layout.shape.capacity : a.max_cache_length;
+    sh.max_keys = bound + a.num_chunk;
+    sh.sm_count = dev.sm_count;
+    sh.ctas_per_sm = per_sm > 0 ? per_sm : 1;
+    sc.splits = dk::short_query_splits(sh);
+    sc.num_q = a.num_q;
+    release_workspace();
+    if (sc.splits > 1) {
+      // Per split and row (batch x q heads x num_q): O (D floats), LSE and 3 masses.
+      const std::size_t rows = static_cast<std::size_t>(a.batch) * static_cast<std::size_t>(a.q_heads) *
+                               static_cast<std::size_t>(a.num_q);
+      const std::size_t bytes = static_cast<std::size_t>(sc.splits) * rows * (kD + 4) * sizeof(float);
+      if (bytes > 0) {
+        if ((s = device::check(cudaMalloc(&workspace_, bytes))) != Status::kSuccess) {
+          workspace_ = nullptr;
+          return s;
+        }
+        workspace_bytes_ = bytes;
+      }
+    }
+    layout_ = layout;
+    dtype_ = a.q.dtype;
+    q_heads_ = a.q_heads;
+    mask_ = a.mask;
+    device_ = dev.device;
+    choice_ = detail::attention::KernelChoice<Layout>{};
+    choice_.path = AttentionPath::kShort;
+    short_ = sc;
+    maps_ = device::ChunkMapCache{};
+    initialized_ = true;
+    return Status::kSuccess;
+  } else {
+    (void)layout, (void)a, (void)dev;
+    return Status::kErrorNotSupported;
+  }
+}
+
+template <class Layout, Correction Mode, class Config>
+Status AttentionPlan<Layout, Mode, Config>::run_short(const AttentionArguments& a, cudaStream_t stream) {
+  namespace dk = kernels::decode;
+  if constexpr (kSm80Implemented) {
+    const int splits = short_.splits;
+    if (splits > 1 && a.num_q > short_.num_q) return Status::kErrorInvalidArgument;
+    dk::Params<Layout> pp{};
+    pp.a = detail::attention::make_params(layout_, a);
+    const std::int64_t packed = a.num_q * pp.a.q_per_kv;
+    const std::int64_t row_blocks = (packed + dk::kRowsPerCta - 1) / dk::kRowsPerCta;
+    if (row_blocks * splits > 0x7fffffff) return Status::kErrorNotSupported;
+    pp.splits = splits;
+    pp.row_blocks = static_cast<int>(row_blocks);
+    const std::int64_t rows = static_cast<std::int64_t>(a.batch) * a.q_heads * a.num_q;
+    auto* ws = static_cast<float*>(workspace_);
+    pp.ws_o = ws;
+    pp.ws_lse = ws == nullptr ? nullptr : ws + splits * rows * Layout::kHeadDim;
+    pp.ws_mass = ws == nullptr ? nullptr : pp.ws_lse + splits * rows;
+    if (splits > 1 && ws == nullptr) return Status::kErrorInvalidArgument;
+    device::LaunchShape shape;
+    shape.grid = dim3(static_cast<unsigned>(row_blocks * splits), static_cast<unsigned>(layout_.shape.heads),
+                      static_cast<unsigned>(a.batch));
+    shape.block = dim3(static_cast<unsigned>(short_.threads));
+    shape.smem_bytes = short_.smem_bytes;
+    Status s = device::launch(short_.kernel, shape, stream, pp);
+    if (s != Status::kSuccess || splits == 1) return s;
+    dk::CombineParams cp{};
+    cp.ws_o = pp.ws_o;
+    cp.ws_lse = pp.ws_lse;
+    cp.ws_mass = a.mass != nullptr ? pp.ws_mass : nullptr;
+    cp.splits = splits;
+    cp.batch = a.batch;
+    cp.q_heads = a.q_heads;
+    cp.num_q = a.num_q;
+    cp.q_lengths = a.q_lengths;
+    cp.o = a.o.data;
+    cp.o_stride[0] = a.o.batch_stride;
+    cp.o_stride[1] = a.o.token_stride;
+    cp.o_stride[2] = a.o.head_stride;
+    cp.lse = a.lse;
+    cp.mass = a.mass;
+    const std::int64_t blocks = (rows + dk::kCombineWarps - 1) / dk::kCombineWarps;
+    if (blocks > 0x7fffffff) return Status::kErrorNotSupported;
+    device::LaunchShape cs;
+    cs.grid = dim3(static_cast<unsigned>(blocks));
+    cs.block = dim3(32 * dk::kCombineWarps);
+    return device::launch(short_.combine, cs, stream, cp);
+  } else {
+    (void)a, (void)stream;
+    return Status::kErrorNotSupported;
+  }
+}
+
+template <class Layout, Correction Mode, class Config>
 Status AttentionPlan<Layout, Mode, Config>::run(const AttentionArguments& a, cudaStream_t stream) {
   if (!initialized_) return Status::kErrorInvalidArgument;
   if (a.q.dtype != dtype_ || a.q_heads != q_heads_ || a.mask != mask_) return Status::kErrorInvalidArgument;
   const Status s = detail::attention::check_arguments(layout_, a);
   if (s != Status::kSuccess) return s;
   if (a.batch == 0 || a.num_q == 0) return Status::kSuccess;
+  if (choice_.path == AttentionPath::kShort) return run_short(a, stream);
   kernels::common::AttentionParams<Layout> p = detail::attention::make_params(layout_, a);
   if (choice_.chunk_map_tokens > 0) {
     if (!maps_.matches(a.k_chunk, a.v_chunk, a.num_chunk))
