@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# A device call that fits the per-call limit (10 min), in two modes, after
+# scripts/device_build.sh (and, for the Python package, the kvq_c target):
+#   check  every staged GPU test binary (in parallel), memcheck/racecheck of the [sanitize]
+#          cases of the newest binaries, the torch cross-check, the demo (default, rolling
+#          window with sinks, frame selection) and the Python package's pytest suite
+#   bench  the costs of rotation and centring (alternating rounds), paged against contiguous
+#          (attention and append), the short-query shapes with their chunk-kernel
+#          counterparts, the append variants, the torch anchor and the Python op's timing
+# $OUT receives summary.txt and <mode>.tar.gz (every log and JSON).
+#   OUT=<dir> scripts/device_session.sh check|bench
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+stage=$root/build-stage
+mode=${1:-check}
+if [ -f "$root/build-carry/stage.tar.xz" ]; then
+  rm -rf "$stage" && mkdir -p "$stage" && tar -C "$stage" -xJf "$root/build-carry/stage.tar.xz"
+elif [ -f "$root/build-carry/stage.tar.gz" ]; then
+  rm -rf "$stage" && mkdir -p "$stage" && tar -C "$stage" -xzf "$root/build-carry/stage.tar.gz"
+fi
+export LD_LIBRARY_PATH="$stage${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export PYTHONUNBUFFERED=1
+out=${OUT:-$root/out}
+mkdir -p "$out"
+r=$(mktemp -d)/$mode && mkdir -p "$r"
+S=$out/summary.txt
+say() { echo "$*" >> "$S"; }
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > "$S"
+say "programs built from: $(cat "$stage/BUILT_FROM" 2>/dev/null || echo unknown)"
+python_env() {
+  export KVQ_LIBRARY=$stage/libkvq_c.so
+  if ! python3 -c "import pytest" 2>/dev/null && [ -d "$root/build-carry/pyvendor" ]; then
+    export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$root/build-carry/pyvendor"
+  fi
+}
+
+if [ "$mode" = check ]; then
+  t0=$SECONDS
+  for t in $(cd "$stage" && ls test_*); do
+    (timeout 240 "$stage/$t" > "$r/$t.log" 2>&1
+     echo "$t rc=$? $(grep -hE '^(All tests passed|test cases:)' "$r/$t.log" | tail -1)" >> "$r/rc.txt") &
+  done
+  (python_env
+   timeout 300 python3 "$root/python/tests/run_pytest.py" "$root/python/tests" --tb=short -q > "$r/pytest.log" 2>&1
+   echo "pytest rc=$? $(tail -1 "$r/pytest.log")" >> "$r/py.txt") &
+  wait
+  say "== tests ($((SECONDS - t0)) s)"
+  sort "$r/rc.txt" >> "$S"
+  cat "$r/py.txt" >> "$S"
+  t0=$SECONDS
+  for t in test_paged test_attention_decode test_quantize_append; do
+    [ -x "$stage/$t" ] || continue
+    (timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 "$stage/$t" "[sanitize]" > "$r/memcheck_$t.log" 2>&1
+     echo "memcheck $t rc=$? $(grep -h 'ERROR SUMMARY' "$r/memcheck_$t.log" | tail -1)" >> "$r/mc.txt") &
+  done
+  (timeout 240 compute-sanitizer --tool racecheck --error-exitcode 9 "$stage/test_attention_decode" "[sanitize]" > "$r/racecheck_decode.log" 2>&1
+   echo "racecheck test_attention_decode rc=$? $(grep -hE 'RACECHECK SUMMARY|ERROR SUMMARY' "$r/racecheck_decode.log" | tail -1)" >> "$r/mc.txt") &
+  (mkdir -p "$r/dump" && timeout 120 "$stage/attention_dump" "$r/dump" > "$r/dump.log" 2>&1
+   timeout 120 python3 "$root/tests/kernels/torch_check.py" "$r/dump" > "$r/torch_check.log" 2>&1
+   echo "torch_check rc=$? $(grep -E 'PASS|FAIL' "$r/torch_check.log" | tail -2 | tr '\n' ' ')" >> "$r/tc.txt"; rm -rf "$r/dump") &
+  (timeout 120 "$stage/chunked_video_demo" --json > "$r/demo.json" 2> "$r/demo.log"; echo "demo rc=$?" >> "$r/demo.txt"
+   timeout 120 "$stage/chunked_video_demo" --window 6 --sinks 2 --chunks 40 --json > "$r/demo_rolling.json" 2> "$r/demo_rolling.log"
+   echo "demo rolling rc=$?" >> "$r/demo.txt"
+   timeout 120 "$stage/chunked_video_demo" --select --json > "$r/demo_select.json" 2> "$r/demo_select.log"
+   echo "demo select rc=$?" >> "$r/demo.txt") &
+  wait
+  say "== sanitizers, torch check, demo ($((SECONDS - t0)) s)"
+  cat "$r/mc.txt" "$r/tc.txt" "$r/demo.txt" >> "$S"
+else
+  bench() {  # name filter min_time
+    timeout 120 "$stage/bench_attention" --benchmark_filter="$2" --benchmark_min_time="${3:-0.3}" \
+      --benchmark_format=json --benchmark_out="$r/$1.json" > /dev/null 2>&1 || say "bench $1 rc=$?"
+  }
+  t0=$SECONDS
+  for pass in 1 2 3; do
+    for v in int2_pt128_taylor2 int2_pt128rot_taylor2 int2_pt128rotcen_taylor2; do
+      bench "attn_${v}_$pass" "rot_pair/${v}_d128"
+    done
+  done
+  bench paged_pair 'paged_pair/'
+  bench short 'short/'
+  say "attention benches: $((SECONDS - t0)) s"
+  timeout 150 "$stage/bench_quantize_append" \
+    --benchmark_filter='BM_quantize_append/int2_pt128_d128(_rot|_rotcen)?(_pf1|_pf2|_regs64)?/n:8192/h:24/|paged_append_pair/|BM_quantize_append/int2_pc32_d128(_rot)?/n:8192/h:24/|int4_pt128' \
+    --benchmark_min_time=0.3 --benchmark_format=json --benchmark_out="$r/quantize_append.json" > /dev/null 2>&1
+  say "quantize bench rc=$? ($((SECONDS - t0)) s)"
+  timeout 150 python3 "$root/benchmarks/attention/torch_sdpa.py" > "$r/torch_sdpa.json" 2> "$r/torch_sdpa.log"
+  say "torch rc=$? ($((SECONDS - t0)) s)"
+  (python_env
+   timeout 120 python3 "$root/python/benchmarks/bench_ops.py" --cpp-bench "$stage/bench_attention" > "$r/bench_ops.log" 2>&1
+   echo "python bench_ops rc=$?" >> "$S"
+   timeout 90 python3 "$root/python/examples/self_forcing_like.py" --layers 4 --chunks 3 --steps 2 > "$r/example.log" 2>&1
+   echo "python example rc=$?" >> "$S")
+  say "total: $((SECONDS - t0)) s"
+fi
+tar -C "$(dirname "$r")" -czf "$out/$mode.tar.gz" "$mode"
