@@ -179,7 +179,7 @@ void require_unlisted_untouched(const PagedCache<P>& pc, const std::vector<unsig
 struct Shape {
   int batch = 3, q_heads = 8, kv_heads = 2, num_q = 150, num_chunk = 70;
   std::vector<int> q_lengths{150, 77, 1};
-  std::vector<int> chunk_lengths{70, 3, 0};
+  std::vector<int> chunk_lengths{70, 3, 5};
   Mask mask = Mask::kNone;
 };
 
