@@ -27,7 +27,7 @@
 //                      [--outliers mild|strong|extreme|spread] [--json] [--cpu]
 //                      [--window W [--sinks S] [--select]]
 //
-// Paged modes (--window W; INT2 PerToken G128 keys and values in a paged cache,
+// Paged modes (--window W; INT2 PerToken G128 keys (rotated) and values in a paged cache,
 // layout/paged_layout.hpp, one page per chunk): each chunk is quantized into a page of a pool
 // and each step's queries attend through a block table listing the pages of chosen earlier
 // chunks, with and without Taylor2; the bf16 baseline attends to the same chunks unquantized.
@@ -266,7 +266,10 @@ void run_layout(const Options& o, Sequence& s, bool gpu, DeviceSequencePtr dseq,
 
 // ---- paged modes --------------------------------------------------------------------------
 
-using PagedInt2 = kvq::layout::PagedCacheLayout<PerTokenInt2::KSpec, PerTokenInt2::VSpec, kHeadDim>;
+// Rotated keys (R·k): no per-entry state, so pages quantized by different appends mix freely
+// (centered layouts keep one key mean μ per entry, set by its first append: not for pages
+// appended as entries of their own).
+using PagedInt2 = kvq::layout::PagedCacheLayout<PerTokenInt2::KSpec, PerTokenInt2::VSpec, kHeadDim, kvq::Rotation::kHadamard>;
 
 /// The chunks step c attends to (besides itself), oldest first, given the chunks resident in
 /// the pool.
@@ -364,7 +367,7 @@ std::vector<PagedRow> run_paged(const Options& o, Sequence& s, bool gpu, DeviceS
           r = cpu_attend(o, s, View::bind(pl, table.data(), pl.shape.max_pages_per_entry), pool.data(), &len, c * o.chunk_tokens,
                          o.chunk_tokens, c * o.chunk_tokens, m);
         }
-        rows.push_back({{c, 2, "per_token", kvq::Rotation::kNone, m, r.mass_current, base.mass_current, rel_err(r.out, base.out),
+        rows.push_back({{c, 2, "per_token", PagedInt2::kKeyRotation, m, r.mass_current, base.mass_current, rel_err(r.out, base.out),
                          static_cast<long long>(pl.bytes()), PagedInt2::kBytesPerToken, gpu ? "gpu" : "cpu_reference"},
                         att});
       }
@@ -419,6 +422,7 @@ void print_paged(const Options& o, const std::vector<PagedRow>& rows, long long 
               "%d sink%s, window %d; pool %lld bytes\n",
               mode, gpu ? "GPU kernels" : "CPU reference", kHeadDim, o.heads, o.chunks, o.chunk_tokens, o.sinks,
               o.sinks == 1 ? "" : "s", o.window, pool_bytes);
+  std::printf("INT2 PerToken G128 keys rotated by the randomized Hadamard matrix, values INT2 PerToken G128\n");
   std::printf("%-5s %-6s %-9s %14s %14s %12s %12s  %s\n", "chunk", "cache", "corr", "mass_current", "mass_bf16", "out_rel_err",
               "cache_bytes", "attended chunks");
   for (const PagedRow& pr : rows) {
