@@ -79,7 +79,7 @@ TEMPLATE_TEST_CASE("one page per entry of a batch-1 paged cache is the contiguou
   CHECK(count_diff(inner, contiguous.download(), &at) == 0);
 }
 
-TEMPLATE_TEST_CASE("paged quantize_append skips an entry whose table lists a page outside the pool and reports it", "[paged]",
+TEMPLATE_TEST_CASE("paged quantize_append skips an entry whose table lists a page outside the pool and reports it", "[paged][sanitize]",
                    variants::Int2Pt128D128, variants::Int2Pc32D128RotCen) {
   using C = TestType;
   using P = PagedOf<C>;

@@ -21,7 +21,11 @@ TEST_CASE("paged attention, mma.sync kernel: INT2 PerToken, every PerToken corre
     run_paged_vs_contiguous<variants::Int2Pt128D128, Correction::kTaylor4, Sm80>(pt, kSm80, 0xa772 + pt);
   }
   run_shared_pages<variants::Int2Pt128D128, Correction::kTaylor2, Sm80>(64, kSm80, 0xa773);
+}
+
+TEST_CASE("paged attention, mma.sync kernel: a table column outside the pool skips the entry", "[paged][sanitize]") {
   run_poisoned_attention<variants::Int2Pt128D128, Correction::kTaylor2, Sm80>(64, kSm80, 0xa774);
+  run_poisoned_attention<variants::Int2Pc32D128, Correction::kExact, Sm80>(128, kSm80, 0xa775);
 }
 
 TEST_CASE("paged attention, mma.sync kernel: INT2 PerChannel keys with tails, Exact and Taylor2", "[paged]") {
