@@ -228,6 +228,22 @@ struct PagedView {
     if (reinterpret_cast<std::uintptr_t>(tables) % 4 != 0) return Status::kErrorMisaligned;
     return Status::kSuccess;
   }
+  /// Host checks of host tables (an engine's mirror of its device tables) before a GPU call:
+  /// for every entry b, lengths[b] + extra tokens (the append's num_tokens; 0 for attention)
+  /// must fit the entry's capacity (else kErrorCapacityExceeded) and every column those
+  /// tokens occupy must hold a page of the pool (else kErrorInvalidArgument); negative
+  /// lengths are kErrorInvalidArgument. The GPU entry points cannot read device tables: this
+  /// is where the host refuses what it knows.
+  [[nodiscard]] Status check_tables(const std::int32_t* lengths, std::int64_t extra) const {
+    if (tables == nullptr || lengths == nullptr || extra < 0) return Status::kErrorInvalidArgument;
+    for (int b = 0; b < shape.batch; ++b) {
+      if (lengths[b] < 0) return Status::kErrorInvalidArgument;
+      const std::int64_t end = std::int64_t{lengths[b]} + extra;
+      if (end > shape.capacity) return Status::kErrorCapacityExceeded;
+      if (!pages_valid(b, end)) return Status::kErrorInvalidArgument;
+    }
+    return Status::kSuccess;
+  }
   /// Byte offset of the key mean region (the kernels find μ from the base).
   KVQ_HOST_DEVICE std::int64_t k_mean_offset() const { return layout.k_mean_offset(); }
   KVQ_HOST_DEVICE int page_tokens() const { return layout.shape.page_tokens; }
