@@ -18,7 +18,7 @@ cmake --build "$build" -j "$(nproc)"
 ctest --test-dir "$build" -R 'consumer_cuda_build' --output-on-failure >/dev/null
 rm -rf "$stage" && mkdir -p "$stage"
 find "$build/tests" "$build/benchmarks" "$build/examples" -type f -perm -u+x \
-  \( -name 'test_quantize_append' -o -name 'test_rotation' -o -name 'test_merge' -o -name 'test_attention_*' -o -name 'attention_dump' -o -name 'bench_*' \
+  \( -name 'test_quantize_append' -o -name 'test_paged' -o -name 'test_rotation' -o -name 'test_merge' -o -name 'test_attention_*' -o -name 'attention_dump' -o -name 'bench_*' \
      -o -name 'chunked_video_demo' \) -exec cp {} "$stage"/ \;
 for way in subdirectory package; do
   cp "$build/tests/consumer/cuda_$way/build/cuda_consumer" "$stage/test_consumer_cuda_$way"

@@ -17,7 +17,7 @@ for t in $(cd "$stage" && ls test_*); do
 done
 wait
 sort "$r/rc.txt" >> "$S"
-for t in test_merge test_attention_centered test_attention_centered_sm90 test_quantize_append; do
+for t in test_merge test_attention_centered test_attention_centered_sm90 test_quantize_append test_paged; do
   (timeout 60 compute-sanitizer --tool memcheck --error-exitcode 9 "$stage/$t" "[sanitize]" > "$r/memcheck_$t.log" 2>&1
    echo "memcheck $t rc=$? $(grep -h 'ERROR SUMMARY' "$r/memcheck_$t.log" | tail -1)" >> "$r/mc.txt") &
 done

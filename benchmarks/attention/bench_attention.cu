@@ -15,6 +15,10 @@
 //   parameters, launch) per call, measured on the host over 256 calls enqueued behind a
 //   long spin kernel, so that the launch queue never blocks; .../launch_floor: the same
 //   launch of an empty kernel with the same parameter block.
+//   paged_pair/<variant>/<contiguous|paged64|paged128>/nq:<Nq>/cache:<tokens>/h:<Hq>: the same
+//   kernel configuration over the contiguous cache and over a paged cache (layout::PagedView)
+//   of 64- or 128-token pages listed in a random order (one entry; the pool holds exactly its
+//   pages); --benchmark_filter=paged_pair/ runs the set.
 // Counters: TFLOP/s = 4 * B * Hq * Nq * Nkv * D / time, ms per call, cache_GB (size of the
 // packed cache, metadata included).
 //
@@ -30,8 +34,11 @@
 #include <kvq/api/attention.cuh>
 #include <kvq/api/default_variants.cuh>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <numeric>
+#include <random>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -86,24 +93,65 @@ __global__ void fill_meta(std::uint32_t* x, std::int64_t n, std::uint32_t seed) 
   }
 }
 
+/// A paged pool: code words where a page holds codes, (step, zero) pairs where it holds metadata.
+__global__ void fill_pool(std::uint32_t* x, std::int64_t n, std::int64_t page_bytes, std::int64_t k_meta, std::int64_t v_codes,
+                          std::int64_t v_meta, std::uint32_t seed) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t off = (i * 4) % page_bytes;
+    const std::uint32_t h = hash(i, seed);
+    if ((off >= k_meta && off < v_codes) || off >= v_meta) {
+      const float step = 0.25f + static_cast<float>(h & 0xffffu) * (0.75f / 65536.0f);
+      const float zero = -1.5f + static_cast<float>(h >> 16) * (1.0f / 65536.0f);
+      x[i] = kvq::math::float_to_half_bits_rn(step) | (static_cast<std::uint32_t>(kvq::math::float_to_half_bits_rn(zero)) << 16);
+    } else {
+      x[i] = h;
+    }
+  }
+}
+
 struct Shape {
   std::int64_t nq, cache;
   int hq, hkv;
 };
 
 template <class L, Correction Mode, class Config>
-void bm_attention(benchmark::State& state, Shape sh) {
-  constexpr int D = L::kHeadDim;
+bool time_plan(benchmark::State& state, const L& l, const kvq::AttentionArguments& a, double* total_seconds);
+
+/// page_tokens == 0: the contiguous cache of layout C; else a paged cache of C's variant with
+/// pages of that many tokens in a random order (layout::PagedView).
+template <class C, Correction Mode, class Config>
+void bm_attention(benchmark::State& state, Shape sh, int page_tokens = 0) {
+  constexpr int D = C::kHeadDim;
   const std::int64_t nc = sh.nq;  // the chunk's queries attend to the cache and the chunk
-  L l;
-  if (L::make({1, sh.hkv, sh.cache, DType::kBFloat16}, &l) != Status::kSuccess) return state.SkipWithError("layout");
-  DeviceBuffer<unsigned char> cache(static_cast<std::size_t>(l.bytes()));
+  using P = kvq::layout::PagedCacheLayout<typename C::KSpec, typename C::VSpec, D, C::kKeyRotation>;
+  C l;
+  if (C::make({1, sh.hkv, sh.cache, DType::kBFloat16}, &l) != Status::kSuccess) return state.SkipWithError("layout");
+  P pl;
+  DeviceBuffer<std::int32_t> tables;
+  if (page_tokens > 0) {
+    const std::int64_t pages = (sh.cache + page_tokens - 1) / page_tokens;
+    if (P::make({1, sh.hkv, page_tokens, pages, static_cast<int>(pages), DType::kBFloat16}, &pl) != Status::kSuccess)
+      return state.SkipWithError("paged layout");
+    std::vector<std::int32_t> ids(static_cast<std::size_t>(pages));
+    std::iota(ids.begin(), ids.end(), 0);
+    std::mt19937_64 rng(0x9a6ed);
+    std::shuffle(ids.begin(), ids.end(), rng);
+    tables = DeviceBuffer<std::int32_t>(ids);
+  }
+  const std::int64_t bytes = page_tokens > 0 ? pl.bytes() : l.bytes();
+  DeviceBuffer<unsigned char> cache(static_cast<std::size_t>(bytes));
   KVQ_TEST_CUDA(cudaMemset(cache.get(), 0, cache.size()));
   auto* base = cache.get();
-  fill_codes<<<2048, 256>>>(reinterpret_cast<std::uint32_t*>(base + l.k_codes_offset()), l.k_codes_bytes() / 4, 1u);
-  fill_codes<<<2048, 256>>>(reinterpret_cast<std::uint32_t*>(base + l.v_codes_offset()), l.v_codes_bytes() / 4, 2u);
-  fill_meta<<<2048, 256>>>(reinterpret_cast<std::uint32_t*>(base + l.k_meta_offset()), l.k_meta_bytes() / 4, 3u);
-  fill_meta<<<2048, 256>>>(reinterpret_cast<std::uint32_t*>(base + l.v_meta_offset()), l.v_meta_bytes() / 4, 4u);
+  if (page_tokens > 0) {
+    fill_pool<<<2048, 256>>>(reinterpret_cast<std::uint32_t*>(base), pl.pool_bytes() / 4, pl.page_bytes(), pl.page_k_meta_offset(),
+                             pl.page_v_codes_offset(), pl.page_v_meta_offset(), 1u);
+  } else {
+    fill_codes<<<2048, 256>>>(reinterpret_cast<std::uint32_t*>(base + l.k_codes_offset()), l.k_codes_bytes() / 4, 1u);
+    fill_codes<<<2048, 256>>>(reinterpret_cast<std::uint32_t*>(base + l.v_codes_offset()), l.v_codes_bytes() / 4, 2u);
+    fill_meta<<<2048, 256>>>(reinterpret_cast<std::uint32_t*>(base + l.k_meta_offset()), l.k_meta_bytes() / 4, 3u);
+    fill_meta<<<2048, 256>>>(reinterpret_cast<std::uint32_t*>(base + l.v_meta_offset()), l.v_meta_bytes() / 4, 4u);
+  }
   const std::int64_t nq_el = sh.nq * sh.hq * D, nc_el = nc * sh.hkv * D;
   DeviceBuffer<std::uint16_t> q(static_cast<std::size_t>(nq_el)), o(static_cast<std::size_t>(nq_el)),
       k(static_cast<std::size_t>(nc_el)), v(static_cast<std::size_t>(nc_el));
@@ -127,15 +175,37 @@ void bm_attention(benchmark::State& state, Shape sh) {
   a.max_cache_length = sh.cache;
   a.scale = 0.08838834764831845f;
 
+  double total = 0.0;
+  const bool ok = page_tokens > 0
+                      ? time_plan<kvq::layout::PagedView<P>, Mode, Config>(
+                            state, kvq::layout::PagedView<P>::bind(pl, tables.get(), pl.shape.max_pages_per_entry), a, &total)
+                      : time_plan<C, Mode, Config>(state, l, a, &total);
+  if (!ok) return;
+  const double flops = 4.0 * sh.hq * static_cast<double>(sh.nq) * static_cast<double>(sh.cache + nc) * D;
+  const double sec = total / static_cast<double>(state.iterations());
+  state.counters["TFLOP/s"] = flops / sec / 1e12;
+  state.counters["ms"] = sec * 1e3;
+  state.counters["cache_GB"] = static_cast<double>(bytes) / 1e9;
+}
+
+/// Times one launch per iteration of a plan prepared once (false: skipped with the error).
+template <class L, Correction Mode, class Config>
+bool time_plan(benchmark::State& state, const L& l, const kvq::AttentionArguments& a, double* total_seconds) {
   cudaEvent_t start, stop;
   KVQ_TEST_CUDA(cudaEventCreate(&start));
   KVQ_TEST_CUDA(cudaEventCreate(&stop));
   kvq::AttentionPlan<L, Mode, Config> plan;
   Status status = plan.initialize(l, a);
-  if (status != Status::kSuccess) return state.SkipWithError(kvq::to_string(status));
+  if (status != Status::kSuccess) {
+    state.SkipWithError(kvq::to_string(status));
+    return false;
+  }
   status = plan.run(a, nullptr);  // warm-up
   KVQ_TEST_CUDA(cudaDeviceSynchronize());
-  if (status != Status::kSuccess) return state.SkipWithError(kvq::to_string(status));
+  if (status != Status::kSuccess) {
+    state.SkipWithError(kvq::to_string(status));
+    return false;
+  }
   double total = 0.0;
   for (auto _ : state) {
     spin<<<1, 1>>>(100000);
@@ -150,12 +220,12 @@ void bm_attention(benchmark::State& state, Shape sh) {
   }
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
-  if (status != Status::kSuccess) return state.SkipWithError(kvq::to_string(status));
-  const double flops = 4.0 * sh.hq * static_cast<double>(sh.nq) * static_cast<double>(sh.cache + nc) * D;
-  const double sec = total / static_cast<double>(state.iterations());
-  state.counters["TFLOP/s"] = flops / sec / 1e12;
-  state.counters["ms"] = sec * 1e3;
-  state.counters["cache_GB"] = static_cast<double>(l.bytes()) / 1e9;
+  if (status != Status::kSuccess) {
+    state.SkipWithError(kvq::to_string(status));
+    return false;
+  }
+  *total_seconds = total;
+  return true;
 }
 
 struct ShortShape {
@@ -347,6 +417,19 @@ void add(const std::string& variant, const std::vector<Shape>& shapes) {
   }
 }
 
+/// The paged pair of one variant and configuration: contiguous, 64- and 128-token pages.
+template <class L, Correction Mode, class Config>
+void add_paged_pair(const std::string& variant, const std::vector<Shape>& shapes) {
+  for (const Shape& s : shapes)
+    for (int pt : {0, 64, 128}) {
+      const std::string name = "paged_pair/" + variant + "/" + (pt == 0 ? std::string("contiguous") : "paged" + std::to_string(pt)) +
+                               "/nq:" + std::to_string(s.nq) + "/cache:" + std::to_string(s.cache) + "/h:" + std::to_string(s.hq);
+      benchmark::RegisterBenchmark(name.c_str(), [s, pt](benchmark::State& st) { bm_attention<L, Mode, Config>(st, s, pt); })
+          ->UseManualTime()
+          ->Unit(benchmark::kMillisecond);
+    }
+}
+
 }  // namespace
 
 // The benchmarked pairs (the rest of the default set is instantiated by the tests).
@@ -396,6 +479,11 @@ int main(int argc, char** argv) {
   add<Int2Pt128D128, Correction::kTaylor2, COV>("rot_pair/int2_pt128_taylor2_d128_sm90ov", rotation_shapes);
   add<Int2Pt128D128Rot, Correction::kTaylor2, COV>("rot_pair/int2_pt128rot_taylor2_d128_sm90ov", rotation_shapes);
   add<Int2Pt128D128RotCen, Correction::kTaylor2, COV>("rot_pair/int2_pt128rotcen_taylor2_d128_sm90ov", rotation_shapes);
+  // Paged caches (64- and 128-token pages in a random order) against the contiguous cache, on the
+  // Hopper kernel's default configuration for INT2 and on the mma.sync kernel.
+  add_paged_pair<Int2Pt128D128, Correction::kTaylor2, COV>("int2_pt128_taylor2_d128_sm90ov", rotation_shapes);
+  add_paged_pair<Int2Pt128D128, Correction::kTaylor2, kvq::kernels::sm80::DefaultTileConfig<128>>("int2_pt128_taylor2_d128",
+                                                                                                 rotation_shapes);
   add<Int2Pt128D128, Correction::kTaylor2, kvq::kernels::sm90::Config128NoFold>("int2_pt128_taylor2_d128_sm90fma", main_shape);
   // mma.sync kernel (every architecture; PerChannel keys run on it on Hopper too).
   add<Int2Pt128D128, Correction::kNone>("int2_pt128_none_d128", all);

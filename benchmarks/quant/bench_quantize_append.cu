@@ -19,6 +19,9 @@
 //   keys first; the bytes counted are still those of the quantize kernel)
 //   `_pf1`, `_pf2`: each block first asks L2 for the rows of the block one (two) waves
 //   ahead (LaunchOptions::l2_prefetch_waves); `_rot_regs64`: rotated keys in 64 registers
+//   paged_append_pair/<variant>/<contiguous|paged64|paged128>/n:<tokens>/h:<kv heads>: the
+//   public entry point into the contiguous cache and into a paged cache (layout::PagedView) of
+//   64- or 128-token pages listed in a random order; --benchmark_filter=paged_append_pair/
 //   BM_copy/bytes:<read + written>                         cudaMemcpyAsync D2D of half that
 // Counters: GB/s (read + written), copy_GB/s (the copy of the same bytes, same binary),
 // ratio_to_copy, us_per_append, blocks_per_sm (occupancy of the quantize kernel). The
@@ -29,6 +32,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <numeric>
+#include <random>
 #include <cstdio>
 #include <map>
 #include <set>
@@ -160,15 +165,36 @@ std::pair<std::int64_t, std::int64_t> append_bytes(std::int64_t n, int heads) {
   return {read, written};
 }
 
+/// Times kReps appends per iteration through a plan of layout (or paged view) L; false: skipped.
 template <class L, int kMinBlocks>
-void bm_append(benchmark::State& state, DType dtype, kvq::detail::append::LaunchOptions opt, Start where) {
+bool time_appends(benchmark::State& state, const L& l, const std::vector<kvq::AppendArguments>& args,
+                  kvq::detail::append::LaunchOptions opt, DeviceBuffer<std::int32_t>& lengths, const std::vector<std::int32_t>& start,
+                  double* total_seconds, int* blocks_per_sm);
+
+/// page_tokens == 0: the contiguous cache of L; else a paged cache of L's variant with pages of
+/// that many tokens in a random order.
+template <class L, int kMinBlocks>
+void bm_append(benchmark::State& state, DType dtype, kvq::detail::append::LaunchOptions opt, Start where, int page_tokens = 0) {
   const std::int64_t n = state.range(0);
   const int heads = static_cast<int>(state.range(1));
   const std::int64_t first = where == Start::kNonEmpty ? 128 : 0;
   kvq::layout::CacheShape shape{1, heads, first + n * kReps, dtype};
   L l;
   if (L::make(shape, &l) != Status::kSuccess) return state.SkipWithError("layout refused the shape");
-  DeviceBuffer<unsigned char> cache(static_cast<std::size_t>(l.bytes()));
+  using P = kvq::layout::PagedCacheLayout<typename L::KSpec, typename L::VSpec, L::kHeadDim, L::kKeyRotation>;
+  P pl;
+  DeviceBuffer<std::int32_t> tables;
+  if (page_tokens > 0) {
+    const std::int64_t pages = (shape.capacity + page_tokens - 1) / page_tokens;
+    if (P::make({1, heads, page_tokens, pages, static_cast<int>(pages), dtype}, &pl) != Status::kSuccess)
+      return state.SkipWithError("paged layout refused the shape");
+    std::vector<std::int32_t> ids(static_cast<std::size_t>(pages));
+    std::iota(ids.begin(), ids.end(), 0);
+    std::mt19937_64 rng(0x9a6e5);
+    std::shuffle(ids.begin(), ids.end(), rng);
+    tables = DeviceBuffer<std::int32_t>(ids);
+  }
+  DeviceBuffer<unsigned char> cache(static_cast<std::size_t>(page_tokens > 0 ? pl.bytes() : l.bytes()));
   KVQ_TEST_CUDA(cudaMemset(cache.get(), 0, cache.size()));
   const std::int64_t elems = n * heads * L::kHeadDim;
   DeviceBuffer<std::uint16_t> k(static_cast<std::size_t>(elems)), v(static_cast<std::size_t>(elems));
@@ -190,12 +216,42 @@ void bm_append(benchmark::State& state, DType dtype, kvq::detail::append::Launch
     a.cache = cache.get();
     a.max_cache_length = start[static_cast<std::size_t>(r)];
   }
+  double total = 0.0;  // seconds per append, summed over iterations
+  int blocks_per_sm = 0;
+  const bool ok = page_tokens > 0
+                      ? time_appends<kvq::layout::PagedView<P>, kMinBlocks>(
+                            state, kvq::layout::PagedView<P>::bind(pl, tables.get(), pl.shape.max_pages_per_entry), args, opt,
+                            lengths, start, &total, &blocks_per_sm)
+                      : time_appends<L, kMinBlocks>(state, l, args, opt, lengths, start, &total, &blocks_per_sm);
+  if (!ok) return;
+  const auto [read, written] = append_bytes<L>(n, heads);
+  const double bytes = static_cast<double>(read + written);
+  const double gbps = bytes * static_cast<double>(state.iterations()) / total / 1e9;
+  state.counters["blocks_per_sm"] = blocks_per_sm;
+  const double copy = copy_gbps(read + written);
+  state.counters["GB/s"] = gbps;
+  state.counters["copy_GB/s"] = copy;
+  state.counters["ratio_to_copy"] = gbps / copy;
+  state.counters["us_per_append"] = total / static_cast<double>(state.iterations()) * 1e6;
+  state.counters["bytes_read"] = static_cast<double>(read);
+  state.counters["bytes_written"] = static_cast<double>(written);
+}
+
+template <class L, int kMinBlocks>
+bool time_appends(benchmark::State& state, const L& l, const std::vector<kvq::AppendArguments>& args,
+                  kvq::detail::append::LaunchOptions opt, DeviceBuffer<std::int32_t>& lengths, const std::vector<std::int32_t>& start,
+                  double* total_seconds, int* blocks_per_sm) {
   Timer t;
   Status status = Status::kSuccess;
-  int blocks_per_sm = 0;
   kvq::AppendPlan<L, kMinBlocks> plan;
-  if (plan.initialize(l, args[0]) != Status::kSuccess) return state.SkipWithError("initialize");
-  if (plan.occupancy(&blocks_per_sm) != Status::kSuccess) return state.SkipWithError("occupancy");
+  if (plan.initialize(l, args[0]) != Status::kSuccess) {
+    state.SkipWithError("initialize");
+    return false;
+  }
+  if (plan.occupancy(blocks_per_sm) != Status::kSuccess) {
+    state.SkipWithError("occupancy");
+    return false;
+  }
   auto enqueue = [&] {
     for (int r = 0; r < kReps && status == Status::kSuccess; ++r)
       status = plan.run(args[static_cast<std::size_t>(r)], nullptr, opt);
@@ -210,18 +266,12 @@ void bm_append(benchmark::State& state, DType dtype, kvq::detail::append::Launch
     state.SetIterationTime(s);  // an iteration is kReps appends
     total += s / kReps;
   }
-  if (status != Status::kSuccess) return state.SkipWithError(kvq::to_string(status));
-  const auto [read, written] = append_bytes<L>(n, heads);
-  const double bytes = static_cast<double>(read + written);
-  const double gbps = bytes * static_cast<double>(state.iterations()) / total / 1e9;
-  state.counters["blocks_per_sm"] = blocks_per_sm;
-  const double copy = copy_gbps(read + written);
-  state.counters["GB/s"] = gbps;
-  state.counters["copy_GB/s"] = copy;
-  state.counters["ratio_to_copy"] = gbps / copy;
-  state.counters["us_per_append"] = total / static_cast<double>(state.iterations()) * 1e6;
-  state.counters["bytes_read"] = static_cast<double>(read);
-  state.counters["bytes_written"] = static_cast<double>(written);
+  if (status != Status::kSuccess) {
+    state.SkipWithError(kvq::to_string(status));
+    return false;
+  }
+  *total_seconds = total;
+  return true;
 }
 
 void bm_copy(benchmark::State& state) {
@@ -250,7 +300,7 @@ template <class L, int kMinBlocks = kvq::kernels::quantize::Traits<L>::kMinBlock
 void add(const std::string& name, DType dtype, std::vector<std::pair<std::int64_t, std::int64_t>> shapes,
          kvq::detail::append::LaunchOptions opt = {}, Start where = Start::kPacked) {
   const std::string prefix = opt.update_lengths ? "BM_quantize_append/" : "BM_quantize_append_kernel/";
-  auto* b = benchmark::RegisterBenchmark((prefix + name).c_str(), bm_append<L, kMinBlocks>, dtype, opt, where);
+  auto* b = benchmark::RegisterBenchmark((prefix + name).c_str(), bm_append<L, kMinBlocks>, dtype, opt, where, 0);
   for (const auto& [n, h] : shapes) b->Args({n, h});
   b->ArgNames({"n", "h"})->UseManualTime()->Unit(benchmark::kMicrosecond);
   static std::set<std::int64_t> copies;  // one BM_copy per byte count
@@ -258,6 +308,20 @@ void add(const std::string& name, DType dtype, std::vector<std::pair<std::int64_
     const auto [read, written] = append_bytes<L>(n, static_cast<int>(h));
     if (copies.insert(read + written).second)
       benchmark::RegisterBenchmark("BM_copy", bm_copy)->Arg(read + written)->ArgName("bytes")->UseManualTime()->Unit(benchmark::kMicrosecond);
+  }
+}
+
+/// The paged pair of one variant: contiguous, 64- and 128-token pages (public entry point).
+template <class L>
+void add_paged_pair(const std::string& name, std::vector<std::pair<std::int64_t, std::int64_t>> shapes) {
+  for (int pt : {0, 64, 128}) {
+    const std::string full =
+        "paged_append_pair/" + name + "/" + (pt == 0 ? std::string("contiguous") : "paged" + std::to_string(pt));
+    auto* b = benchmark::RegisterBenchmark(full.c_str(), [pt](benchmark::State& st) {
+      bm_append<L, kvq::kernels::quantize::Traits<L>::kMinBlocks>(st, DType::kBFloat16, {}, Start::kPacked, pt);
+    });
+    for (const auto& [n, h] : shapes) b->Args({n, h});
+    b->ArgNames({"n", "h"})->UseManualTime()->Unit(benchmark::kMicrosecond);
   }
 }
 
@@ -300,6 +364,7 @@ int main(int argc, char** argv) {
   add<Int4Pt128>("int4_pt128_d128", DType::kBFloat16, target);
   add<Int4Pt128Rot>("int4_pt128_d128_rot", DType::kBFloat16, target);
   add<Int8Pt128>("int8_pt128_d128", DType::kBFloat16, target);
+  add_paged_pair<Int2Pt128>("int2_pt128_d128", target);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   int devices = 0;

@@ -25,8 +25,23 @@
 //
 //   chunked_video_demo [--chunks N] [--chunk-tokens N] [--heads N] [--seed S]
 //                      [--outliers mild|strong|extreme|spread] [--json] [--cpu]
+//                      [--window W [--sinks S] [--select]]
+//
+// Paged modes (--window W; INT2 PerToken G128 keys (rotated) and values in a paged cache,
+// layout/paged_layout.hpp, one page per chunk): each chunk is quantized into a page of a pool
+// and each step's queries attend through a block table listing the pages of chosen earlier
+// chunks, with and without Taylor2; the bf16 baseline attends to the same chunks unquantized.
+//   rolling (default)  the S first chunks stay as sinks and the W newest others as the window;
+//                      the oldest window page is recycled for the next chunk by editing the
+//                      table (no copy): a pool of S + W + 1 pages, whatever --chunks says.
+//   --select           frame selection: every chunk stays in the pool; each step lists the S
+//                      sinks and up to W earlier chunks at odd distances (c-1, c-3, ...), a
+//                      non-contiguous set in no particular order.
+// Every row then lists the step's attended chunks (JSON "attended").
 #include <kvq/kvq.hpp>
+#include <kvq/layout/paged_layout.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -34,6 +49,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "synthetic_kv.hpp"
@@ -55,6 +71,9 @@ struct Options {
   kvq_demo::Outliers outliers = kvq_demo::Outliers::kStrong;
   bool json = false;
   bool force_cpu = false;
+  int window = 0;  ///< > 0: paged mode, the W newest chunks (or W selected ones)
+  int sinks = 0;
+  bool select = false;
 };
 
 bool parse(int argc, char** argv, Options* o) {
@@ -70,6 +89,9 @@ bool parse(int argc, char** argv, Options* o) {
     else if (a == "--chunks") { if (!next(&o->chunks)) return false; }
     else if (a == "--chunk-tokens") { if (!next(&o->chunk_tokens)) return false; }
     else if (a == "--heads") { if (!next(&o->heads)) return false; }
+    else if (a == "--window") { if (!next(&o->window)) return false; }
+    else if (a == "--sinks") { if (i + 1 >= argc) return false; o->sinks = std::atoi(argv[++i]); if (o->sinks < 0) return false; }
+    else if (a == "--select") o->select = true;
     else if (a == "--seed") { int s; if (!next(&s)) return false; o->seed = static_cast<unsigned>(s); }
     else if (a == "--outliers") { if (i + 1 >= argc || !kvq_demo::parse_outliers(argv[++i], &o->outliers)) return false; }
     else return false;
@@ -82,6 +104,9 @@ struct Sequence {
   int tokens, heads;
   std::vector<std::uint16_t> k, v, q;
 
+  /// A gathered sequence (paged modes' baselines).
+  Sequence(int tokens_, int heads_, std::vector<std::uint16_t> k_, std::vector<std::uint16_t> v_, std::vector<std::uint16_t> q_)
+      : tokens(tokens_), heads(heads_), k(std::move(k_)), v(std::move(v_)), q(std::move(q_)) {}
   Sequence(const Options& o) : tokens(o.chunks * o.chunk_tokens), heads(o.heads) {
     const kvq_demo::SyntheticKV x(tokens, heads, kHeadDim, o.outliers, kQueryStd, o.seed);
     auto bf16 = [](const std::vector<float>& f) {
@@ -239,6 +264,176 @@ void run_layout(const Options& o, Sequence& s, bool gpu, DeviceSequencePtr dseq,
   }
 }
 
+// ---- paged modes --------------------------------------------------------------------------
+
+// Rotated keys (R·k): no per-entry state, so pages quantized by different appends mix freely
+// (centered layouts keep one key mean μ per entry, set by its first append: not for pages
+// appended as entries of their own).
+using PagedInt2 = kvq::layout::PagedCacheLayout<PerTokenInt2::KSpec, PerTokenInt2::VSpec, kHeadDim, kvq::Rotation::kHadamard>;
+
+/// The chunks step c attends to (besides itself), oldest first, given the chunks resident in
+/// the pool.
+std::vector<int> attended_chunks(const Options& o, int c, const std::vector<int>& resident) {
+  if (!o.select) return resident;  // rolling: sinks and window, all resident
+  std::vector<int> a;
+  for (int x = 0; x < std::min(o.sinks, c); ++x) a.push_back(x);
+  std::vector<int> picked;
+  for (int x = c - 1; x >= o.sinks && static_cast<int>(picked.size()) < o.window; x -= 2) picked.push_back(x);
+  a.insert(a.end(), picked.rbegin(), picked.rend());
+  return a;
+}
+
+/// bf16 baseline of step c over the given chunks and the current one: the chunks gathered into
+/// one sequence [attended ; current], the current chunk's queries attending to all of it.
+StepResult gathered_baseline(const Options& o, Sequence& s, const std::vector<int>& chunks, int c, bool gpu) {
+  const std::size_t per = static_cast<std::size_t>(o.chunk_tokens) * o.heads * kHeadDim;
+  std::vector<std::uint16_t> k, v, q;
+  std::vector<int> all = chunks;
+  all.push_back(c);
+  for (int x : all) {
+    const std::size_t from = static_cast<std::size_t>(x) * per;
+    k.insert(k.end(), s.k.begin() + static_cast<std::ptrdiff_t>(from), s.k.begin() + static_cast<std::ptrdiff_t>(from + per));
+    v.insert(v.end(), s.v.begin() + static_cast<std::ptrdiff_t>(from), s.v.begin() + static_cast<std::ptrdiff_t>(from + per));
+    q.insert(q.end(), s.q.begin() + static_cast<std::ptrdiff_t>(from), s.q.begin() + static_cast<std::ptrdiff_t>(from + per));
+  }
+  const int n = static_cast<int>(all.size()) * o.chunk_tokens, first = n - o.chunk_tokens;
+  Sequence g(n, o.heads, std::move(k), std::move(v), std::move(q));
+  StepResult r;
+#if KVQ_DEMO_WITH_CUDA
+  if (gpu) {
+    kvq_demo::DeviceSequence dg(g.k, g.v, g.q, g.tokens, o.heads, kHeadDim);
+    kvq_demo::dense_attend(dg, first, o.chunk_tokens, &r.out, &r.mass_current);
+    return r;
+  }
+#else
+  (void)gpu;
+#endif
+  PerTokenInt2 unused;
+  (void)PerTokenInt2::make({1, o.heads, 0, kvq::DType::kBFloat16}, &unused);
+  r = cpu_attend(o, g, unused, nullptr, nullptr, 0, n, first, kvq::Correction::kNone);
+  const StepResult own = cpu_attend(o, g, unused, nullptr, nullptr, first, o.chunk_tokens, first, kvq::Correction::kNone);
+  r.mass_current = mean_mass_from_lse(own.lse, r.lse);
+  return r;
+}
+
+/// Rows of a paged mode, with the chunks each step attended to.
+struct PagedRow {
+  Row row;
+  std::vector<int> attended;
+};
+
+/// Runs the paged mode: per chunk, attention through a table of the attended chunks' pages
+/// (None and Taylor2) against the bf16 baseline over the same chunks, then the chunk quantized
+/// into a free page; rolling mode recycles the oldest window page once the window is full.
+std::vector<PagedRow> run_paged(const Options& o, Sequence& s, bool gpu, DeviceSequencePtr dseq, long long* pool_bytes) {
+  const int pool_pages = o.select ? o.chunks : o.sinks + o.window + 1;
+  const int max_pages = o.select ? o.sinks + o.window : o.sinks + o.window;
+  PagedInt2 pl;
+  if (PagedInt2::make({1, o.heads, o.chunk_tokens, pool_pages, std::max(max_pages, 1), kvq::DType::kBFloat16}, &pl) !=
+      kvq::Status::kSuccess) {
+    std::fprintf(stderr, "paged layout refused (chunk tokens %d)\n", o.chunk_tokens);
+    std::exit(2);
+  }
+  *pool_bytes = pl.bytes();
+  using View = kvq::layout::PagedView<PagedInt2>;
+  std::vector<unsigned char> pool;
+  if (!gpu) pool.assign(static_cast<std::size_t>(pl.bytes()), 0);
+#if KVQ_DEMO_WITH_CUDA
+  std::unique_ptr<kvq_demo::GpuPagedCache<PagedInt2>> dev;
+  if (gpu) dev = std::make_unique<kvq_demo::GpuPagedCache<PagedInt2>>(pl, *dseq);
+#else
+  (void)dseq;
+#endif
+  std::vector<std::int32_t> free_pages;
+  for (int p = pool_pages - 1; p >= 0; --p) free_pages.push_back(p);
+  std::vector<std::int32_t> page_of(static_cast<std::size_t>(o.chunks), -1);
+  std::vector<int> resident;  // chunks in the pool, oldest first
+  std::vector<PagedRow> rows;
+  const kvq::Correction modes[] = {kvq::Correction::kNone, kvq::Correction::kTaylor2};
+  for (int c = 0; c < o.chunks; ++c) {
+    const std::vector<int> att = attended_chunks(o, c, resident);
+    if (!att.empty()) {
+      std::vector<std::int32_t> table;
+      for (int x : att) table.push_back(page_of[static_cast<std::size_t>(x)]);
+      const StepResult base = gathered_baseline(o, s, att, c, gpu);
+      for (kvq::Correction m : modes) {
+        StepResult r;
+#if KVQ_DEMO_WITH_CUDA
+        if (gpu) dev->attend(table, c * o.chunk_tokens, o.chunk_tokens, m, &r.mass_current, &r.out);
+#endif
+        if (!gpu) {
+          table.resize(static_cast<std::size_t>(pl.shape.max_pages_per_entry), 0);
+          const std::int32_t len = static_cast<std::int32_t>(att.size()) * o.chunk_tokens;
+          r = cpu_attend(o, s, View::bind(pl, table.data(), pl.shape.max_pages_per_entry), pool.data(), &len, c * o.chunk_tokens,
+                         o.chunk_tokens, c * o.chunk_tokens, m);
+        }
+        rows.push_back({{c, 2, "per_token", PagedInt2::kKeyRotation, m, r.mass_current, base.mass_current, rel_err(r.out, base.out),
+                         static_cast<long long>(pl.bytes()), PagedInt2::kBytesPerToken, gpu ? "gpu" : "cpu_reference"},
+                        att});
+      }
+    }
+    // The chunk into a free page: a one-column table, an entry of length 0.
+    const std::int32_t page = free_pages.back();
+    free_pages.pop_back();
+    page_of[static_cast<std::size_t>(c)] = page;
+#if KVQ_DEMO_WITH_CUDA
+    if (gpu) dev->append(c * o.chunk_tokens, o.chunk_tokens, page);
+#endif
+    if (!gpu) {
+      std::vector<std::int32_t> one(static_cast<std::size_t>(pl.shape.max_pages_per_entry), page);
+      std::int32_t len = 0;
+      if (kvq::reference::quantize_append(View::bind(pl, one.data(), pl.shape.max_pages_per_entry), pool.data(), &len,
+                                          s.view(s.k, c * o.chunk_tokens), s.view(s.v, c * o.chunk_tokens),
+                                          o.chunk_tokens) != kvq::Status::kSuccess)
+        std::exit(1);
+    }
+    resident.push_back(c);
+    // Rolling: beyond S sinks and W window chunks, the oldest window chunk's page is recycled.
+    if (!o.select && static_cast<int>(resident.size()) > o.sinks + o.window) {
+      const auto oldest = resident.begin() + o.sinks;
+      free_pages.push_back(page_of[static_cast<std::size_t>(*oldest)]);
+      page_of[static_cast<std::size_t>(*oldest)] = -1;
+      resident.erase(oldest);
+    }
+  }
+  return rows;
+}
+
+void print_paged(const Options& o, const std::vector<PagedRow>& rows, long long pool_bytes, bool gpu) {
+  const char* mode = o.select ? "select" : "rolling";
+  if (o.json) {
+    std::printf("{\"backend\": \"%s\", \"mode\": \"%s\", \"window\": %d, \"sinks\": %d, \"head_dim\": %d, \"heads\": %d, "
+                "\"chunks\": %d, \"chunk_tokens\": %d, \"pool_bytes\": %lld, \"rows\": [\n",
+                gpu ? "gpu" : "cpu", mode, o.window, o.sinks, kHeadDim, o.heads, o.chunks, o.chunk_tokens, pool_bytes);
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+      const Row& r = rows[i].row;
+      std::printf("  {\"chunk\": %d, \"bits\": %d, \"key_granularity\": \"%s\", \"rotation\": \"%s\", \"correction\": \"%s\", "
+                  "\"mass_current\": %.8f, \"mass_current_ref\": %.8f, \"output_rel_err\": %.8f, \"cache_bytes\": %lld, "
+                  "\"bytes_per_token\": %.2f, \"backend\": \"%s\", \"attended\": [",
+                  r.chunk, r.bits, r.key_granularity, kvq::to_string(r.rotation), kvq::to_string(r.correction), r.mass_current,
+                  r.mass_current_ref, r.output_rel_err, r.cache_bytes, r.bytes_per_token, r.backend);
+      for (std::size_t j = 0; j < rows[i].attended.size(); ++j) std::printf("%s%d", j ? ", " : "", rows[i].attended[j]);
+      std::printf("]}%s\n", i + 1 < rows.size() ? "," : "");
+    }
+    std::printf("]}\n");
+    return;
+  }
+  std::printf("kvq chunked video demo, paged %s mode (%s): D=%d, %d heads, %d chunks of %d tokens (one page each), "
+              "%d sink%s, window %d; pool %lld bytes\n",
+              mode, gpu ? "GPU kernels" : "CPU reference", kHeadDim, o.heads, o.chunks, o.chunk_tokens, o.sinks,
+              o.sinks == 1 ? "" : "s", o.window, pool_bytes);
+  std::printf("INT2 PerToken G128 keys rotated by the randomized Hadamard matrix, values INT2 PerToken G128\n");
+  std::printf("%-5s %-6s %-9s %14s %14s %12s %12s  %s\n", "chunk", "cache", "corr", "mass_current", "mass_bf16", "out_rel_err",
+              "cache_bytes", "attended chunks");
+  for (const PagedRow& pr : rows) {
+    const Row& r = pr.row;
+    std::string att;
+    for (std::size_t j = 0; j < pr.attended.size(); ++j) att += (j ? "," : "") + std::to_string(pr.attended[j]);
+    std::printf("%-5d %-6s %-9s %14.6f %14.6f %12.5f %12lld  %s\n", r.chunk, "int2", kvq::to_string(r.correction), r.mass_current,
+                r.mass_current_ref, r.output_rel_err, r.cache_bytes, att.c_str());
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -246,7 +441,7 @@ int main(int argc, char** argv) {
   if (!parse(argc, argv, &o)) {
     std::fprintf(stderr,
                  "usage: %s [--chunks N] [--chunk-tokens N] [--heads N] [--seed S] [--outliers mild|strong|extreme|spread] "
-                 "[--json] [--cpu]\n",
+                 "[--json] [--cpu] [--window W [--sinks S] [--select]]\n",
                  argv[0]);
     return 2;
   }
@@ -261,6 +456,13 @@ int main(int argc, char** argv) {
     dseq = device_sequence.get();
   }
 #endif
+
+  if (o.window > 0) {
+    long long pool_bytes = 0;
+    const std::vector<PagedRow> rows = run_paged(o, s, gpu, dseq, &pool_bytes);
+    print_paged(o, rows, pool_bytes, gpu);
+    return 0;
+  }
 
   // The bf16 cache: every earlier token, unquantized, attended as part of one segment.
   std::vector<StepResult> baseline(o.chunks);

@@ -148,6 +148,57 @@ class GpuCache {
   Device<std::int32_t> lengths_;
 };
 
+/// A paged cache on the device (rolling and selection modes): the pool, a one-column table
+/// through which each chunk is appended into its own page, and the table attention reads.
+template <class Paged>
+class GpuPagedCache {
+ public:
+  using View = kvq::layout::PagedView<Paged>;
+  GpuPagedCache(const Paged& pl, DeviceSequence& s)
+      : pl_(pl), s_(s), pool_(static_cast<std::size_t>(pl.bytes())), append_table_(static_cast<std::size_t>(pl.shape.max_pages_per_entry)),
+        table_(static_cast<std::size_t>(pl.shape.max_pages_per_entry)), length_(1) {}
+  /// Quantizes tokens [first, first + n) (n <= page_tokens) into page `page` (an entry of length 0
+  /// whose table lists that page).
+  void append(int first, int n, std::int32_t page) {
+    upload(append_table_.p, &page, 1);
+    const std::int32_t zero = 0;
+    upload(length_.p, &zero, 1);
+    kvq::AppendArguments a;
+    a.cache = pool_.p;
+    a.k = s_.view(s_.k, first);
+    a.v = s_.view(s_.v, first);
+    a.num_tokens = n;
+    a.lengths = length_.p;
+    a.max_cache_length = 0;
+    check(kvq::quantize_append(View::bind(pl_, append_table_.p, pl_.shape.max_pages_per_entry), a, s_.stream),
+          "kvq::quantize_append (paged)");
+  }
+  /// Queries of tokens [first, first + n) attend to the listed pages (full pages) and to themselves.
+  void attend(const std::vector<std::int32_t>& pages, int first, int n, kvq::Correction mode, double* mass_current,
+              std::vector<double>* out) {
+    upload(table_.p, pages.data(), pages.size());
+    const std::int32_t len = static_cast<std::int32_t>(pages.size()) * pl_.shape.page_tokens;
+    upload(length_.p, &len, 1);
+    const View v = View::bind(pl_, table_.p, pl_.shape.max_pages_per_entry);
+    std::vector<double> lse;
+    if (mode == kvq::Correction::kTaylor2)
+      kvq_demo::attend<View, kvq::Correction::kTaylor2>(s_, v, pool_.p, length_.p, first, n, first, n, out, &lse, mass_current);
+    else
+      kvq_demo::attend<View, kvq::Correction::kNone>(s_, v, pool_.p, length_.p, first, n, first, n, out, &lse, mass_current);
+  }
+
+ private:
+  void upload(std::int32_t* dst, const std::int32_t* src, std::size_t n) {
+    if (n == 0) return;
+    check(cudaMemcpyAsync(dst, src, n * sizeof(std::int32_t), cudaMemcpyHostToDevice, s_.stream), "table upload");
+    check(cudaStreamSynchronize(s_.stream), "table upload");
+  }
+  Paged pl_;
+  DeviceSequence& s_;
+  Device<unsigned char> pool_;
+  Device<std::int32_t> append_table_, table_, length_;
+};
+
 /// The bf16 baseline: queries of [first, first + n) attend to all tokens [0, first + n)
 /// unquantized. The mass on the current chunk is exp(LSE over the chunk − LSE over all).
 inline void dense_attend(DeviceSequence& s, int first, int n, std::vector<double>* out, double* mass_current) {

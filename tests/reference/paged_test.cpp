@@ -231,3 +231,26 @@ TEST_CASE("paged operations refuse pages outside the pool, unlisted pages and le
   tables[2] = 9;
   CHECK(kvq::reference::attention(view, pool.data(), a) == Status::kErrorInvalidArgument);
 }
+
+TEST_CASE("PagedView::check_tables refuses what host tables show", "[paged][cpu]") {
+  using P = PagedCacheLayout<QS<2, 32, kPT>, QS<2, 32, kPT>, D>;
+  P pl;
+  REQUIRE(P::make({2, 1, 32, 6, 3, DType::kFloat32}, &pl) == Status::kSuccess);
+  std::vector<std::int32_t> tables = {0, 1, 2, 3, 4, 5};
+  const auto view = PagedView<P>::bind(pl, tables.data(), 3);
+  std::vector<std::int32_t> lens = {40, 96};
+  CHECK(view.check() == Status::kSuccess);
+  CHECK(view.check_tables(lens.data(), 0) == Status::kSuccess);
+  CHECK(view.check_tables(lens.data(), 1) == Status::kErrorCapacityExceeded);  // entry 1 at 96 of 96
+  lens[1] = 10;
+  CHECK(view.check_tables(lens.data(), 50) == Status::kSuccess);
+  tables[1] = 6;  // outside a pool of 6, column 1 of entry 0 (tokens 32..63)
+  CHECK(view.check_tables(lens.data(), 0) == Status::kErrorInvalidArgument);
+  tables[1] = 1;
+  tables[5] = -1;  // entry 1's column 2 (tokens 64..95): used only once entry 1 holds 65 tokens
+  CHECK(view.check_tables(lens.data(), 50) == Status::kSuccess);
+  CHECK(view.check_tables(lens.data(), 55) == Status::kErrorInvalidArgument);
+  lens[0] = -1;
+  CHECK(view.check_tables(lens.data(), 0) == Status::kErrorInvalidArgument);
+  CHECK(PagedView<P>::bind(pl, tables.data(), 2).check() == Status::kErrorInvalidArgument);  // stride below the columns
+}

@@ -16,6 +16,17 @@
 // it). Every entry point returns a Status and never throws, prints or exits; the Status
 // table is in README.md.
 //
+// Paged caches: Layout = layout::PagedView<PagedCacheLayout<...>> (layout/paged_layout.hpp),
+// the view bound to device block tables (one table serves every head of the layer). The
+// same kernels read each tile through the table: the Hopper kernel where page_tokens is a
+// multiple of its tile or divides it (one bulk copy per page of a tile) and page_tokens ×
+// metadata bytes per token is a multiple of 16, else the mma.sync kernel where page_tokens is
+// a multiple of its tile; other page sizes give kErrorNotSupported. The plan keeps the view
+// (its tables pointer) from initialize(): tables are edited in place between calls. The host
+// checks the view (PagedView::check); the kernels check the columns of each entry's quantized
+// tokens: an entry with a column outside [0, num_pages) is skipped (its output, LSE and mass
+// rows are not written, no page is read) and reported in AttentionArguments::error.
+//
 // Build time: each AttentionPlan<Layout, Mode> compiles up to eight kernels (the two chunk
 // kernels, the short-query kernel and its combine, x bf16/fp16). Instantiate each variant
 // once with KVQ_INSTANTIATE_ATTENTION(Layout, Mode) and declare it elsewhere with
@@ -39,12 +50,19 @@
 #include "kvq/kernels/sm80/attention.cuh"
 #include "kvq/kernels/sm90/attention.cuh"
 #include "kvq/layout/cache_layout.hpp"
+#include "kvq/layout/paged_layout.hpp"
 #include "kvq/spec/tensor.hpp"
 #include "kvq/spec/types.hpp"
 #include "kvq/spec/variant.hpp"
 #include "kvq/status.hpp"
 
 namespace kvq {
+
+/// Bits of AttentionArguments::error, set (OR-ed) on the device for batch entries the kernel
+/// skipped.
+enum AttentionError : std::uint32_t {
+  kAttentionErrorPage = 4u,  ///< paged: a table column of the entry's cached tokens holds no page of the pool
+};
 
 /// Arguments of one attention call. All pointers are device pointers.
 struct AttentionArguments {
@@ -68,6 +86,9 @@ struct AttentionArguments {
   /// clamped into [0, bound] (and q/chunk lengths into [0, num_q] / [0, num_chunk]): the
   /// kernel never reads outside the cache whatever the device holds.
   std::int64_t max_cache_length = -1;
+  /// Optional device word: AttentionError bits OR-ed in for skipped entries (paged views; the
+  /// caller zeroes it and reads it when it wants to know).
+  std::uint32_t* error = nullptr;
 };
 
 /// A (layout, correction) pair for the runtime dispatch.
@@ -122,6 +143,10 @@ inline bool strides_nonnegative(const Tensor4& t) {
 /// The checks of one call's arguments that need no device (see README's Status table).
 template <class Layout>
 Status check_arguments(const Layout& layout, const AttentionArguments& a) {
+  if constexpr (layout::is_paged_view_v<Layout>) {
+    const Status s = layout.check();
+    if (s != Status::kSuccess) return s;
+  }
   // Shapes and lengths.
   if (a.batch < 0 || a.q_heads <= 0 || a.num_q < 0 || a.num_chunk < 0) return Status::kErrorInvalidArgument;
   if (a.batch != layout.shape.batch || layout.shape.heads <= 0 || a.q_heads % layout.shape.heads != 0)
@@ -156,7 +181,9 @@ Status check_arguments(const Layout& layout, const AttentionArguments& a) {
   if ((a.cache_lengths != nullptr && !aligned4(a.cache_lengths)) || (a.q_lengths != nullptr && !aligned4(a.q_lengths)) ||
       (a.chunk_lengths != nullptr && !aligned4(a.chunk_lengths)))
     return Status::kErrorMisaligned;
-  if ((a.lse != nullptr && !aligned4(a.lse)) || (a.mass != nullptr && !aligned4(a.mass))) return Status::kErrorMisaligned;
+  if ((a.lse != nullptr && !aligned4(a.lse)) || (a.mass != nullptr && !aligned4(a.mass)) ||
+      (a.error != nullptr && !aligned4(a.error)))
+    return Status::kErrorMisaligned;
   return Status::kSuccess;
 }
 
@@ -199,7 +226,26 @@ kernels::common::AttentionParams<Layout> make_params(const Layout& layout, const
   p.causal = a.mask == Mask::kCausalLastSegment ? 1 : 0;
   p.lse = a.lse;
   p.mass = a.mass;
+  p.error = a.error;
   return p;
+}
+
+/// Whether a kernel of traits Tr reads the tiles of a paged view (any contiguous layout: true):
+/// the mma.sync kernel needs tiles inside pages (page_tokens a multiple of kTileN); the Hopper
+/// kernel also takes tiles of whole pages (kTileN a multiple of page_tokens), with metadata
+/// pieces that start 16-byte aligned.
+template <class Tr, class Layout>
+bool paged_tiles_fit(const Layout& l, bool hopper) {
+  if constexpr (layout::is_paged_view_v<Layout>) {
+    const int pt = l.page_tokens();
+    if (pt <= 0) return false;
+    const bool aligned = (pt * Tr::kKMetaBytesPerToken) % 16 == 0 && (pt * Tr::kVMetaBytesPerToken) % 16 == 0;
+    if (pt % Tr::kTileN == 0) return !hopper || aligned;
+    return hopper && Tr::kTileN % pt == 0 && aligned;
+  } else {
+    (void)l, (void)hopper;
+    return true;
+  }
 }
 
 template <class Config>
@@ -352,7 +398,9 @@ Status AttentionPlan<Layout, Mode, Config>::initialize(const Layout& layout, con
     if ((s = device::Properties::query(&dev)) != Status::kSuccess) return s;
     if (dev.cc_major < 8) return Status::kErrorNotSupported;
     if constexpr (kForcedShort) {
-      return initialize_short(layout, a, dev);
+      // The short-query kernel reads contiguous caches only.
+      if constexpr (layout::is_paged_view_v<Layout>) return Status::kErrorNotSupported;
+      else return initialize_short(layout, a, dev);
     }
     const bool bf16 = a.q.dtype == DType::kBFloat16;
     at::KernelChoice<Layout> c{};
@@ -362,7 +410,7 @@ Status AttentionPlan<Layout, Mode, Config>::initialize(const Layout& layout, con
       using TrB = kernels::sm90::Traits<Layout, Mode, DType::kBFloat16, Sm90Config>;
       using TrH = kernels::sm90::Traits<Layout, Mode, DType::kFloat16, Sm90Config>;
       const at::KernelChoice<Layout> k = bf16 ? at::sm90_kernel<TrB, Layout>() : at::sm90_kernel<TrH, Layout>();
-      bool runnable = dev.is_sm90() && dev.smem_optin >= k.smem_bytes;
+      bool runnable = dev.is_sm90() && dev.smem_optin >= k.smem_bytes && at::paged_tiles_fit<TrB>(layout, true);
       if (runnable) {
         // The kernel's own build says whether it has the wgmma code: built for any target
         // but sm_90a it is a stub that declares kernels::sm90::kStubSharedBytes of static
@@ -383,13 +431,14 @@ Status AttentionPlan<Layout, Mode, Config>::initialize(const Layout& layout, con
         using Tiles = std::conditional_t<kAuto, kernels::sm80::DefaultTileConfig<Layout::kHeadDim>, Config>;
         using TrB = kernels::sm80::Traits<Layout, Mode, DType::kBFloat16, Tiles>;
         using TrH = kernels::sm80::Traits<Layout, Mode, DType::kFloat16, Tiles>;
+        if (!at::paged_tiles_fit<TrB>(layout, false)) return Status::kErrorNotSupported;
         c = bf16 ? at::sm80_kernel<TrB, Layout>() : at::sm80_kernel<TrH, Layout>();
         if (dev.smem_optin < c.smem_bytes) return Status::kErrorNotSupported;
         chosen = true;
       }
     }
     if (!chosen) return Status::kErrorNotSupported;
-    if constexpr (kAuto && kSm80Implemented) {
+    if constexpr (kAuto && kSm80Implemented && !layout::is_paged_view_v<Layout>) {  // contiguous caches only
       kernels::decode::ShortQueryShape sh;
       sh.batch = a.batch;
       sh.q_heads = a.q_heads;
@@ -562,7 +611,9 @@ Status AttentionPlan<Layout, Mode, Config>::run(const AttentionArguments& a, cud
   const Status s = detail::attention::check_arguments(layout_, a);
   if (s != Status::kSuccess) return s;
   if (a.batch == 0 || a.num_q == 0) return Status::kSuccess;
-  if (choice_.path == AttentionPath::kShort) return run_short(a, stream);
+  if constexpr (!layout::is_paged_view_v<Layout>) {
+    if (choice_.path == AttentionPath::kShort) return run_short(a, stream);
+  }
   kernels::common::AttentionParams<Layout> p = detail::attention::make_params(layout_, a);
   if (choice_.chunk_map_tokens > 0) {
     if (!maps_.matches(a.k_chunk, a.v_chunk, a.num_chunk))

@@ -29,6 +29,15 @@
 // wrong bound never makes the kernel write outside the cache and never drops a chunk
 // silently.
 //
+// Paged caches: Layout = layout::PagedView<PagedCacheLayout<...>> (layout/paged_layout.hpp),
+// the view bound to device block tables. The append writes each entry's tokens at its length
+// through its table (filling the last listed page, then the next column's page), bit-identical
+// to the reference's paged overload. The host checks the view (tables given, a stride of at
+// least max_pages_per_entry columns, a valid paged shape); it cannot read device tables, so the
+// kernels check the columns each entry's append writes: an entry with a column outside
+// [0, num_pages) is left untouched (no byte written, length unchanged) and reported as
+// kAppendErrorPage.
+//
 // K and V must not overlap the cache; the stream orders this call with the caller's work.
 #pragma once
 
@@ -42,6 +51,7 @@
 #include "kvq/device/properties.cuh"
 #include "kvq/kernels/quantize/quantize_append.cuh"
 #include "kvq/layout/cache_layout.hpp"
+#include "kvq/layout/paged_layout.hpp"
 #include "kvq/spec/tensor.hpp"
 #include "kvq/spec/types.hpp"
 #include "kvq/spec/variant.hpp"
@@ -54,6 +64,7 @@ namespace kvq {
 enum AppendError : std::uint32_t {
   kAppendErrorCapacity = 1u,        ///< length + num_tokens exceeded the capacity
   kAppendErrorNegativeLength = 2u,  ///< the device length was negative
+  kAppendErrorPage = 4u,            ///< paged: a table column the append writes holds no page of the pool
 };
 
 /// The chunk to append, the cache it goes to and the per-batch lengths it is appended at.
@@ -80,6 +91,18 @@ inline bool vector_loads_ok(const Tensor4& t) {
 }
 
 inline bool is_16bit_activation(DType d) { return d == DType::kBFloat16 || d == DType::kFloat16; }
+
+/// Whether a layout (or a paged view: its paged shape, tables and stride) is valid.
+template <class Layout>
+Status check_layout(const Layout& l) {
+  if constexpr (layout::is_paged_view_v<Layout>) {
+    return l.check();
+  } else {
+    Layout checked;
+    if (Layout::make(l.shape, &checked) != Status::kSuccess) return Status::kErrorInvalidArgument;
+  }
+  return Status::kSuccess;
+}
 
 /// The checks of one call's arguments that need no device.
 template <class Layout>
@@ -125,8 +148,8 @@ class AppendPlan {
   /// The checks of initialize() that need no device.
   [[nodiscard]] static Status can_implement(const Layout& l, const AppendArguments& a) {
     if (!Traits::kSupported) return Status::kErrorNotSupported;
-    Layout checked;
-    if (Layout::make(l.shape, &checked) != Status::kSuccess) return Status::kErrorInvalidArgument;
+    const Status s = detail::append::check_layout(l);
+    if (s != Status::kSuccess) return s;
     return detail::append::check_arguments(l, a);
   }
 
@@ -233,7 +256,11 @@ Status AppendPlan<Layout, MinBlocks>::run(const AppendArguments& a, cudaStream_t
     upd.grid = dim3(static_cast<unsigned>((l.shape.batch + 255) / 256));
     upd.block = dim3(256);
     upd.programmatic = programmatic_;
-    return device::launch(&kernels::quantize::update_lengths_kernel<std::int32_t>, upd, stream, a.lengths, l.shape.batch,
+    if constexpr (layout::is_paged_view_v<Layout>)
+      return device::launch(&kernels::quantize::update_lengths_paged_kernel<Layout>, upd, stream, l, a.lengths,
+                            l.shape.batch, a.num_tokens, a.error);
+    else
+      return device::launch(&kernels::quantize::update_lengths_kernel<std::int32_t>, upd, stream, a.lengths, l.shape.batch,
                           a.num_tokens, l.shape.capacity, a.error);
   } else {
     return Status::kErrorNotSupported;

@@ -29,6 +29,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "kvq/detail/macros.hpp"
 #include "kvq/layout/cache_layout.hpp"
@@ -175,9 +176,13 @@ struct PagedView {
   static KVQ_HOST_DEVICE std::int64_t quantized_length(std::int64_t length) { return Paged::quantized_length(length); }
   static KVQ_HOST_DEVICE std::int64_t tail_length(std::int64_t length) { return Paged::tail_length(length); }
 
-  /// Byte offset of the page that holds token t of entry b.
+  /// Byte offset of the page that holds token t of entry b. The column is clamped into the
+  /// table's max_pages_per_entry columns, so that an index formed for a token past the
+  /// capacity (a kernel's masked-off row, never dereferenced) still reads inside the table.
   KVQ_HOST_DEVICE std::int64_t page_base(int b, std::int64_t t) const {
-    return static_cast<std::int64_t>(tables[b * table_stride + t / layout.shape.page_tokens]) * layout.page_bytes();
+    std::int64_t col = t / layout.shape.page_tokens;
+    col = col < layout.shape.max_pages_per_entry ? col : layout.shape.max_pages_per_entry - 1;
+    return static_cast<std::int64_t>(tables[b * table_stride + col]) * layout.page_bytes();
   }
   KVQ_HOST_DEVICE std::int64_t slot(std::int64_t t) const { return t % layout.shape.page_tokens; }
 
@@ -209,6 +214,52 @@ struct PagedView {
   }
   std::int64_t bytes() const { return layout.bytes(); }
 
+  /// Host checks of a view for the GPU entry points: a valid paged shape with at least one
+  /// column, tables given (4-byte aligned) with a stride of at least max_pages_per_entry, and
+  /// the view's shape that of its layout (kErrorInvalidArgument, kErrorMisaligned).
+  [[nodiscard]] Status check() const {
+    Paged checked;
+    if (Paged::make(layout.shape, &checked) != Status::kSuccess || layout.shape.max_pages_per_entry <= 0)
+      return Status::kErrorInvalidArgument;
+    if (tables == nullptr || table_stride < layout.shape.max_pages_per_entry) return Status::kErrorInvalidArgument;
+    if (shape.batch != layout.shape.batch || shape.heads != layout.shape.heads || shape.capacity != layout.entry_capacity() ||
+        shape.tail_dtype != layout.shape.tail_dtype)
+      return Status::kErrorInvalidArgument;
+    if (reinterpret_cast<std::uintptr_t>(tables) % 4 != 0) return Status::kErrorMisaligned;
+    return Status::kSuccess;
+  }
+  /// Host checks of host tables (an engine's mirror of its device tables) before a GPU call:
+  /// for every entry b, lengths[b] + extra tokens (the append's num_tokens; 0 for attention)
+  /// must fit the entry's capacity (else kErrorCapacityExceeded) and every column those
+  /// tokens occupy must hold a page of the pool (else kErrorInvalidArgument); negative
+  /// lengths are kErrorInvalidArgument. The GPU entry points cannot read device tables: this
+  /// is where the host refuses what it knows.
+  [[nodiscard]] Status check_tables(const std::int32_t* lengths, std::int64_t extra) const {
+    if (tables == nullptr || lengths == nullptr || extra < 0) return Status::kErrorInvalidArgument;
+    for (int b = 0; b < shape.batch; ++b) {
+      if (lengths[b] < 0) return Status::kErrorInvalidArgument;
+      const std::int64_t end = std::int64_t{lengths[b]} + extra;
+      if (end > shape.capacity) return Status::kErrorCapacityExceeded;
+      if (!pages_valid(b, end)) return Status::kErrorInvalidArgument;
+    }
+    return Status::kSuccess;
+  }
+  /// Byte offset of the key mean region (the kernels find μ from the base).
+  KVQ_HOST_DEVICE std::int64_t k_mean_offset() const { return layout.k_mean_offset(); }
+  KVQ_HOST_DEVICE int page_tokens() const { return layout.shape.page_tokens; }
+
+  /// Whether column i of entry b's table holds a page of the pool (host or device tables:
+  /// the kernels check the columns they use with it).
+  KVQ_HOST_DEVICE bool page_ok(int b, std::int64_t i) const {
+    const std::int32_t id = tables[b * table_stride + i];
+    return id >= 0 && id < layout.shape.num_pages;
+  }
+  /// The table entries that tokens [begin, end) of an entry occupy: [first_page, end_page).
+  KVQ_HOST_DEVICE std::int64_t first_page(std::int64_t begin) const { return begin / layout.shape.page_tokens; }
+  KVQ_HOST_DEVICE std::int64_t end_page(std::int64_t end) const {
+    return (end + layout.shape.page_tokens - 1) / layout.shape.page_tokens;
+  }
+
   /// Whether every page that tokens [0, end) of entry b occupy is listed in its table and
   /// lies in the pool (host tables only).
   bool pages_valid(int b, std::int64_t end) const {
@@ -221,6 +272,14 @@ struct PagedView {
     return true;
   }
 };
+
+/// Whether a layout type is a paged view (PagedView<...>).
+template <class Layout>
+struct is_paged_view : std::false_type {};
+template <class Paged>
+struct is_paged_view<PagedView<Paged>> : std::true_type {};
+template <class Layout>
+inline constexpr bool is_paged_view_v = is_paged_view<Layout>::value;
 
 /// The code and metadata pointers of a paged view are the allocation's base (the view's
 /// indices count pages from it); the per-entry tails and mean point at their regions.

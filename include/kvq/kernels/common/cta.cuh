@@ -7,6 +7,7 @@
 
 #include "kvq/detail/macros.hpp"
 #include "kvq/kernels/common/params.cuh"
+#include "kvq/layout/paged_layout.hpp"
 
 namespace kvq::kernels::common {
 
@@ -29,7 +30,10 @@ struct CtaContext {
   int n_tiles;             ///< all tiles (quantized, then [tail ; chunk])
 
   /// Reads the lengths of this batch entry (clamped into range) and returns false when
-  /// the CTA has no valid query row.
+  /// the CTA has no valid query row. Every thread of the CTA calls it. Paged views: the CTA
+  /// checks the table columns of the quantized tokens together (one barrier); when one holds
+  /// no page of the pool it reports kvq::kAttentionErrorPage (4) and returns false: the CTA
+  /// reads no page and writes no output, LSE or mass.
   KVQ_DEVICE bool init(const AttentionParams<typename Tr::Layout>& p, unsigned char* smem_base) {
     using Layout = typename Tr::Layout;
     smem = smem_base;
@@ -54,6 +58,15 @@ struct CtaContext {
       visible_chunk = visible_chunk < 0 ? 0 : visible_chunk > nc ? nc : visible_chunk;
     }
     u_needed = tlen + visible_chunk;
+    if constexpr (layout::is_paged_view_v<Layout>) {
+      bool bad = false;
+      const std::int64_t e = p.layout.end_page(qlen);
+      for (std::int64_t i = threadIdx.x; i < e; i += blockDim.x) bad = bad || !p.layout.page_ok(b, i);
+      if (__syncthreads_or(bad) != 0) {
+        if (threadIdx.x == 0 && p.error != nullptr) atomicOr(p.error, 4u);
+        return false;
+      }
+    }
     n_qtiles = static_cast<int>((qlen + Tr::kTileN - 1) / Tr::kTileN);
     n_tiles = n_qtiles + static_cast<int>((u_needed + Tr::kTileN - 1) / Tr::kTileN);
     return true;

@@ -43,6 +43,7 @@ struct AttentionParams {
   int causal;
   float* lse;   ///< optional [batch, q_heads, num_q]
   float* mass;  ///< optional [batch, q_heads, num_q, 3]
+  std::uint32_t* error;  ///< optional device word: kvq::AttentionError bits (paged views)
   /// Hopper kernel: TMA descriptors (CUtensorMap) of the chunk's keys and values, as
   /// dims (D, num_chunk, kv heads, batch) with the caller's strides, boxes of 64 channels x
   /// kTileN tokens, 128-byte swizzle; used when chunk_maps is 1 (set by the host when

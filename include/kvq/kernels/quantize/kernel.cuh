@@ -194,6 +194,26 @@ __global__ void update_lengths_kernel(Int* lengths, int batch, std::int64_t num_
   }
 }
 
+/// update_lengths_kernel for a paged view: an entry is also left at its length, with
+/// kvq::kAppendErrorPage (4) reported, when a table column the append writes holds no page of
+/// the pool (quantize_append_kernel skipped it).
+template <class View>
+__global__ void update_lengths_paged_kernel(const __grid_constant__ View view, std::int32_t* lengths, int batch,
+                                            std::int64_t num_tokens, std::uint32_t* error) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+  for (int b = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x); b < batch; b += static_cast<int>(gridDim.x * blockDim.x)) {
+    const std::int64_t len = lengths[b];
+    std::uint32_t bits = 0;
+    if (len < 0) bits = 2u;
+    else if (len + num_tokens > view.shape.capacity) bits = 1u;
+    else if (!append_pages_ok(view, b, len, num_tokens)) bits = 4u;
+    if (bits == 0) lengths[b] = static_cast<std::int32_t>(len + num_tokens);
+    else if (error != nullptr) atomicOr(error, bits);
+  }
+}
+
 }  // namespace kvq::kernels::quantize
 
 #endif  // __CUDACC__

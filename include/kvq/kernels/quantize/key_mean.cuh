@@ -19,6 +19,7 @@
 #include <cstdint>
 
 #include "kvq/detail/macros.hpp"
+#include "kvq/kernels/quantize/loads.cuh"
 #include "kvq/kernels/quantize/statistics.cuh"
 #include "kvq/kernels/quantize/traits.cuh"
 #include "kvq/spec/types.hpp"
@@ -60,7 +61,7 @@ __global__ void __launch_bounds__(KeyMeanPlan::kThreads) key_mean_kernel(const _
     const int slice = static_cast<int>(item - bh * kSlices);
     const int b = static_cast<int>(bh / p.layout.shape.heads);
     const int h = static_cast<int>(bh - static_cast<std::int64_t>(b) * p.layout.shape.heads);
-    if (p.lengths[b] != 0 || n > p.layout.shape.capacity) continue;  // block-uniform
+    if (p.lengths[b] != 0 || n > p.layout.shape.capacity || !append_pages_ok(p.layout, b, 0, n)) continue;  // block-uniform
     const int c = 32 * slice + lane;
     const auto* src = static_cast<const std::uint16_t*>(p.k.data) + p.k.offset(b, 0, h, c);
     std::uint32_t x[KP::kTokensPerThread];

@@ -79,6 +79,22 @@ struct Head {
   bool ok;             ///< the append fits (else nothing is written for this batch entry)
 };
 
+/// Paged views: whether every table column that the append of n tokens at length len writes
+/// (tokens [quantized_length(len), len + n)) holds a page of the pool; contiguous layouts: true.
+/// One thread, a loop over the columns (the lengths kernels).
+template <class Layout>
+KVQ_DEVICE bool append_pages_ok(const Layout& l, int b, std::int64_t len, std::int64_t n) {
+  if constexpr (layout::is_paged_view_v<Layout>) {
+    for (std::int64_t i = l.first_page(Layout::quantized_length(len)), e = l.end_page(len + n); i < e; ++i)
+      if (!l.page_ok(b, i)) return false;
+  } else {
+    (void)l, (void)b, (void)len, (void)n;
+  }
+  return true;
+}
+
+/// The Head of (b, h). Every thread of the block calls it (paged views: the block checks the
+/// table columns of the append together, one barrier).
 template <class Layout>
 KVQ_DEVICE Head make_head(const Params<Layout>& p, int b, int h) {
   Head hd{};
@@ -86,6 +102,17 @@ KVQ_DEVICE Head make_head(const Params<Layout>& p, int b, int h) {
   hd.h = h;
   const std::int64_t len = p.lengths[b];
   hd.ok = len >= 0 && len + p.num_tokens <= p.layout.shape.capacity;
+  if constexpr (layout::is_paged_view_v<Layout>) {
+    // A column outside the pool leaves the whole entry untouched (update_lengths_paged_kernel
+    // reports it and keeps the length).
+    bool bad = false;
+    if (hd.ok) {
+      const std::int64_t e = p.layout.end_page(len + p.num_tokens);
+      for (std::int64_t i = p.layout.first_page(Layout::quantized_length(len)) + threadIdx.x; i < e; i += blockDim.x)
+        bad = bad || !p.layout.page_ok(b, i);
+    }
+    hd.ok = __syncthreads_or(bad) == 0 && hd.ok;
+  }
   if (!hd.ok) return hd;
   hd.tail = Layout::tail_length(len);
   hd.qlen = len - hd.tail;

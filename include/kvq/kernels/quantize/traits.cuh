@@ -6,6 +6,7 @@
 
 #include "kvq/detail/macros.hpp"
 #include "kvq/layout/cache_layout.hpp"
+#include "kvq/layout/paged_layout.hpp"
 #include "kvq/spec/tensor.hpp"
 #include "kvq/spec/types.hpp"
 

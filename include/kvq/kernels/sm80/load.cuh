@@ -11,6 +11,7 @@
 #include "kvq/detail/macros.hpp"
 #include "kvq/kernels/common/params.cuh"
 #include "kvq/kernels/sm80/smem.cuh"
+#include "kvq/layout/paged_layout.hpp"
 
 namespace kvq::kernels::sm80 {
 
@@ -82,7 +83,16 @@ KVQ_DEVICE void issue_packed(const common::AttentionParams<typename Tr::Layout>&
 #pragma unroll 1
       for (int i = tid; i < Tr::kStageGroups * kPer; i += Tr::kThreads) {
         const bool ok = i / kPer < valid_groups;
-        arch::cp_async<16>(dst + i * 16, ok ? static_cast<const void*>(src + i * 16) : p.k_meta, ok ? 16 : 0);
+        const unsigned char* from;
+        if constexpr (layout::is_paged_view_v<typename Tr::Layout>) {
+          // A stage may span pages; a group never does: each group from its own page.
+          const std::int64_t g = g0 + i / kPer;
+          from = reinterpret_cast<const unsigned char*>(p.k_meta + l.k_meta_index(c.b, c.h, g * Tr::kKeyGroup, 0)) +
+                 (i % kPer) * 16;
+        } else {
+          from = src + i * 16;
+        }
+        arch::cp_async<16>(dst + i * 16, ok ? static_cast<const void*>(from) : p.k_meta, ok ? 16 : 0);
       }
     }
   }

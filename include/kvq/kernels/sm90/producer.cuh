@@ -20,6 +20,7 @@
 #include "kvq/kernels/common/dequant.cuh"
 #include "kvq/kernels/common/params.cuh"
 #include "kvq/kernels/sm90/smem.cuh"
+#include "kvq/layout/paged_layout.hpp"
 #include "kvq/math/scale_traits.hpp"
 
 namespace kvq::kernels::sm90 {
@@ -80,8 +81,26 @@ KVQ_DEVICE void issue_packed(const common::AttentionParams<typename Tr::Layout>&
   const std::uint32_t code_bytes = static_cast<std::uint32_t>(valid * H::kWords * 4);
   const std::uint32_t meta_bytes = static_cast<std::uint32_t>((skew + valid * H::kMetaBytes + 15) & ~15);
   arch::mbarrier_arrive_expect_tx(bar, code_bytes + meta_bytes);
-  arch::bulk_load(slot + H::kSlotCodes, packed_codes<Tr, kKey>(p, c, t0), code_bytes, bar);
-  arch::bulk_load(slot + H::kSlotMeta, packed_meta<Tr, kKey>(p, c, t0) - skew, meta_bytes, bar);
+  if constexpr (layout::is_paged_view_v<typename Tr::Layout>) {
+    // Paged: the tile lies in one page (page_tokens a multiple of kTileN) or spans whole
+    // pages (kTileN a multiple of page_tokens): one pair of copies per page. The host admits
+    // this kernel only where page_tokens × metadata bytes per token is a multiple of 16, so
+    // that skew is 0 and every piece starts 16-byte aligned on both sides; the pieces' byte
+    // counts add up to code_bytes and meta_bytes (only the last one is rounded up).
+    const int pt = p.layout.page_tokens();
+    const int piece = pt < Tr::kTileN ? pt : Tr::kTileN;
+#pragma unroll 1
+    for (int i = 0; i < valid; i += piece) {
+      const int n = valid - i < piece ? valid - i : piece;
+      arch::bulk_load(slot + H::kSlotCodes + static_cast<std::uint32_t>(i * H::kWords * 4), packed_codes<Tr, kKey>(p, c, t0 + i),
+                      static_cast<std::uint32_t>(n * H::kWords * 4), bar);
+      arch::bulk_load(slot + H::kSlotMeta + static_cast<std::uint32_t>(i * H::kMetaBytes), packed_meta<Tr, kKey>(p, c, t0 + i),
+                      static_cast<std::uint32_t>((n * H::kMetaBytes + 15) & ~15), bar);
+    }
+  } else {
+    arch::bulk_load(slot + H::kSlotCodes, packed_codes<Tr, kKey>(p, c, t0), code_bytes, bar);
+    arch::bulk_load(slot + H::kSlotMeta, packed_meta<Tr, kKey>(p, c, t0) - skew, meta_bytes, bar);
+  }
 }
 
 /// The half's rows of unquantized tile m ([tail ; chunk] tokens [i TileN, (i+1) TileN),
@@ -260,7 +279,10 @@ KVQ_DEVICE void produce(const common::AttentionParams<typename Tr::Layout>& p, c
   constexpr int kS = Tr::kStages;
   constexpr bool kCoefficients = kKey && Tr::kCorrect;
   // The 16-byte phase of the head's metadata rows (every tile's rows share it).
-  const int skew = c.n_qtiles > 0 ? static_cast<int>(reinterpret_cast<std::uintptr_t>(packed_meta<Tr, kKey>(p, c, 0)) & 15u) : 0;
+  // Paged views: 0 (every piece starts 16-byte aligned, see issue_packed).
+  const int skew = layout::is_paged_view_v<typename Tr::Layout> || c.n_qtiles == 0
+                       ? 0
+                       : static_cast<int>(reinterpret_cast<std::uintptr_t>(packed_meta<Tr, kKey>(p, c, 0)) & 15u);
   static_assert(H::kThreads % 8 == 0, "rows past the first token keep its swizzle phase");
   const RowOffsets<Tr> ro(lt);
   if (lt == 0) {

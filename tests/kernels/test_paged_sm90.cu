@@ -1,0 +1,37 @@
+// GPU tests of attention through block tables on the Hopper kernel (kvq::AutoConfig on a
+// compute capability 9.0 device): 128-token tiles read from one 128-token page or from two
+// 64-token pages, bit-identical to the contiguous cache for identity and shuffled tables, shared
+// pages and poisoned tables (test_paged_common.cuh); centered rotated keys.
+#include "kernels/test_paged_common.cuh"
+
+namespace {
+
+using namespace kvq::test::paged;
+using kvq::Correction;
+using Auto = kvq::AutoConfig;
+constexpr auto kSm90 = kvq::AttentionPath::kSm90;
+namespace variants = kvq::variants;
+
+}  // namespace
+
+TEST_CASE("paged attention, Hopper kernel: INT2 PerToken, every PerToken correction", "[paged][sm90]") {
+  for (int pt : {64, 128, 256}) {
+    run_paged_vs_contiguous<variants::Int2Pt128D128, Correction::kTaylor2, Auto>(pt, kSm90, 0xb770 + pt);
+    run_paged_vs_contiguous<variants::Int2Pt128D128, Correction::kNone, Auto>(pt, kSm90, 0xb771 + pt);
+    run_paged_vs_contiguous<variants::Int2Pt128D128, Correction::kTaylor4, Auto>(pt, kSm90, 0xb772 + pt);
+  }
+  run_shared_pages<variants::Int2Pt128D128, Correction::kTaylor2, Auto>(64, kSm90, 0xb773);
+  run_poisoned_attention<variants::Int2Pt128D128, Correction::kTaylor2, Auto>(64, kSm90, 0xb774);
+}
+
+TEST_CASE("paged attention, Hopper kernel: centered rotated keys", "[paged][sm90]") {
+  run_paged_vs_contiguous<variants::Int2Pt128D128RotCen, Correction::kTaylor2, Auto>(64, kSm90, 0xb790);
+  run_shared_pages<variants::Int2Pt128D128RotCen, Correction::kTaylor2, Auto>(128, kSm90, 0xb791);
+  run_poisoned_attention<variants::Int2Pt128D128RotCen, Correction::kTaylor2, Auto>(128, kSm90, 0xb792);
+}
+
+TEST_CASE("paged attention, Hopper kernel: 32-token pages, four bulk copies per tile", "[paged][sm90]") {
+  // Too small for the mma.sync kernel's 64-token tiles; the Hopper kernel copies each 128-token
+  // tile from four pages (32 tokens x 4 bytes of metadata: 16-byte-aligned pieces).
+  run_paged_vs_contiguous<variants::Int2Pt128D128, Correction::kTaylor2, Auto>(32, kSm90, 0xb7a0);
+}
