@@ -2,7 +2,7 @@
 # Builds everything for the GPU machine (sm_90a) into build-device/, stages the programs a
 # GPU run needs into build-stage/ (GPU test binaries, benchmarks, the dump program of the
 # PyTorch cross-check, the demo, the CUDA consumer projects, and the Google Benchmark shared library) and packs them into
-# one archive, build-carry/stage.tar.gz, to copy to the GPU machine.
+# one archive, build-carry/stage.tar.xz, to copy to the GPU machine.
 #
 #   scripts/device_build.sh     # then, on the GPU machine, in a copy of the tree that holds
 #                               # build-carry/: OUT=<dir> scripts/device_check.sh [full|quick]
@@ -24,10 +24,13 @@ for way in subdirectory package; do
   cp "$build/tests/consumer/cuda_$way/build/cuda_consumer" "$stage/test_consumer_cuda_$way"
 done
 cp -L /lib/x86_64-linux-gnu/libbenchmark.so.1debian "$stage"/
-strip --strip-debug "$stage"/test_* "$stage"/bench_* "$stage"/attention_dump "$stage"/chunked_video_demo 2>/dev/null || true
+[ -f "$build/python/libkvq_c.so" ] && cp "$build/python/libkvq_c.so" "$stage"/
+strip --strip-debug "$stage"/test_* "$stage"/bench_* "$stage"/attention_dump "$stage"/chunked_video_demo "$stage"/libkvq_c.so 2>/dev/null || true
 # One archive of the staged programs: a single artifact to copy to the GPU machine.
 mkdir -p "$root/build-carry"
 # The commit the programs were built from (the GPU machine's copy of the tree may not carry git state).
 echo "$(git -C "$root" rev-parse --short HEAD)$(git -C "$root" diff --quiet HEAD -- . ':!benchmarks/results' || echo '+dirty')" > "$stage/BUILT_FROM"
-tar -C "$stage" -czf "$root/build-carry/stage.tar.gz" .
-du -sh "$stage" "$root/build-carry/stage.tar.gz"
+# xz: the archive must stay within the device call's carry limit (64 MiB).
+rm -f "$root/build-carry/stage.tar.gz"
+tar -C "$stage" -cf - . | xz -T0 -6 > "$root/build-carry/stage.tar.xz"
+du -sh "$stage" "$root/build-carry/stage.tar.xz"

@@ -4,7 +4,7 @@
 # results go under $OUT (default ./out); a short summary is printed last.
 #
 # Build first (same nvcc 13.0 on both machines) and copy the archive of staged programs:
-#   scripts/device_build.sh                       # -> build-carry/stage.tar.gz
+#   scripts/device_build.sh                       # -> build-carry/stage.tar.xz
 #   on the GPU machine, in a copy of the tree that holds build-carry/:
 #     OUT=<dir> scripts/device_check.sh [full|quick]
 # `quick` skips the benchmarks and the torch speed anchor. $OUT receives logs.tar.gz (every
@@ -12,8 +12,8 @@
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 stage=${KVQ_STAGE_DIR:-$root/build-stage}
-if [ -f "$root/build-carry/stage.tar.gz" ]; then  # the archive of scripts/device_build.sh
-  rm -rf "$stage" && mkdir -p "$stage" && tar -C "$stage" -xzf "$root/build-carry/stage.tar.gz"
+if [ -f "$root/build-carry/stage.tar.xz" ]; then  # the archive of scripts/device_build.sh
+  rm -rf "$stage" && mkdir -p "$stage" && tar -C "$stage" -xJf "$root/build-carry/stage.tar.xz"
 fi
 final=${OUT:-$root/out}
 mode=${1:-full}

@@ -8,8 +8,8 @@ set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 stage=${KVQ_STAGE_DIR:-$root/build-stage}
 carried=${KVQ_CARRY_DIR:-$root/build-carry}
-if [ -f "$carried/stage.tar.gz" ]; then
-  rm -rf "$stage" && mkdir -p "$stage" && tar -C "$stage" -xzf "$carried/stage.tar.gz"
+if [ -f "$carried/stage.tar.xz" ]; then
+  rm -rf "$stage" && mkdir -p "$stage" && tar -C "$stage" -xJf "$carried/stage.tar.xz"
 fi
 out=${OUT:-$root/out}
 mkdir -p "$out"

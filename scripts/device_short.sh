@@ -5,7 +5,7 @@
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 stage=$root/build-stage
-[ -f "$root/build-carry/stage.tar.gz" ] && rm -rf "$stage" && mkdir -p "$stage" && tar -C "$stage" -xzf "$root/build-carry/stage.tar.gz"
+[ -f "$root/build-carry/stage.tar.xz" ] && rm -rf "$stage" && mkdir -p "$stage" && tar -C "$stage" -xJf "$root/build-carry/stage.tar.xz"
 export LD_LIBRARY_PATH="$stage${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 out=${OUT:-$root/out}
 r=$(mktemp -d)/short && mkdir -p "$r"
