@@ -7,8 +7,9 @@
 #   bench  the costs of rotation and centring (alternating rounds), paged against contiguous
 #          (attention and append), the short-query shapes with their chunk-kernel
 #          counterparts, the append variants, the torch anchor and the Python op's timing
-# $OUT receives summary.txt and <mode>.tar.gz (every log and JSON).
-#   OUT=<dir> scripts/device_session.sh check|bench
+#   all    check, then bench (one call, about 6 minutes)
+# $OUT receives summary.txt and <mode>/ (every log and JSON).
+#   OUT=<dir> scripts/device_session.sh check|bench|all
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 stage=$root/build-stage
@@ -22,7 +23,7 @@ export LD_LIBRARY_PATH="$stage${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export PYTHONUNBUFFERED=1
 out=${OUT:-$root/out}
 mkdir -p "$out"
-r=$(mktemp -d)/$mode && mkdir -p "$r"
+r=$out/$mode && mkdir -p "$r"  # written as they come: a call stopped by its limit still returns them
 S=$out/summary.txt
 say() { echo "$*" >> "$S"; }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > "$S"
@@ -34,14 +35,14 @@ python_env() {
   fi
 }
 
-if [ "$mode" = check ]; then
+if [ "$mode" = check ] || [ "$mode" = all ]; then
   t0=$SECONDS
   for t in $(cd "$stage" && ls test_*); do
-    (timeout 240 "$stage/$t" > "$r/$t.log" 2>&1
+    (timeout 170 "$stage/$t" > "$r/$t.log" 2>&1
      echo "$t rc=$? $(grep -hE '^(All tests passed|test cases:)' "$r/$t.log" | tail -1)" >> "$r/rc.txt") &
   done
   (python_env
-   timeout 300 python3 "$root/python/tests/run_pytest.py" "$root/python/tests" --tb=short -q > "$r/pytest.log" 2>&1
+   timeout 170 python3 "$root/python/tests/run_pytest.py" "$root/python/tests" --tb=short -q > "$r/pytest.log" 2>&1
    echo "pytest rc=$? $(tail -1 "$r/pytest.log")" >> "$r/py.txt") &
   wait
   say "== tests ($((SECONDS - t0)) s)"
@@ -50,10 +51,10 @@ if [ "$mode" = check ]; then
   t0=$SECONDS
   for t in test_paged test_attention_decode test_quantize_append; do
     [ -x "$stage/$t" ] || continue
-    (timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 "$stage/$t" "[sanitize]" > "$r/memcheck_$t.log" 2>&1
+    (timeout 170 compute-sanitizer --tool memcheck --error-exitcode 9 "$stage/$t" "[sanitize]" > "$r/memcheck_$t.log" 2>&1
      echo "memcheck $t rc=$? $(grep -h 'ERROR SUMMARY' "$r/memcheck_$t.log" | tail -1)" >> "$r/mc.txt") &
   done
-  (timeout 240 compute-sanitizer --tool racecheck --error-exitcode 9 "$stage/test_attention_decode" "[sanitize]" > "$r/racecheck_decode.log" 2>&1
+  (timeout 170 compute-sanitizer --tool racecheck --error-exitcode 9 "$stage/test_attention_decode" "[sanitize]" > "$r/racecheck_decode.log" 2>&1
    echo "racecheck test_attention_decode rc=$? $(grep -hE 'RACECHECK SUMMARY|ERROR SUMMARY' "$r/racecheck_decode.log" | tail -1)" >> "$r/mc.txt") &
   (mkdir -p "$r/dump" && timeout 120 "$stage/attention_dump" "$r/dump" > "$r/dump.log" 2>&1
    timeout 120 python3 "$root/tests/kernels/torch_check.py" "$r/dump" > "$r/torch_check.log" 2>&1
@@ -66,13 +67,14 @@ if [ "$mode" = check ]; then
   wait
   say "== sanitizers, torch check, demo ($((SECONDS - t0)) s)"
   cat "$r/mc.txt" "$r/tc.txt" "$r/demo.txt" >> "$S"
-else
+fi
+if [ "$mode" = bench ] || [ "$mode" = all ]; then
   bench() {  # name filter min_time
     timeout 120 "$stage/bench_attention" --benchmark_filter="$2" --benchmark_min_time="${3:-0.3}" \
       --benchmark_format=json --benchmark_out="$r/$1.json" > /dev/null 2>&1 || say "bench $1 rc=$?"
   }
   t0=$SECONDS
-  for pass in 1 2 3; do
+  for pass in 1 2; do
     for v in int2_pt128_taylor2 int2_pt128rot_taylor2 int2_pt128rotcen_taylor2; do
       bench "attn_${v}_$pass" "rot_pair/${v}_d128"
     done
@@ -87,10 +89,9 @@ else
   timeout 150 python3 "$root/benchmarks/attention/torch_sdpa.py" > "$r/torch_sdpa.json" 2> "$r/torch_sdpa.log"
   say "torch rc=$? ($((SECONDS - t0)) s)"
   (python_env
-   timeout 120 python3 "$root/python/benchmarks/bench_ops.py" --cpp-bench "$stage/bench_attention" > "$r/bench_ops.log" 2>&1
+   timeout 120 python3 "$root/python/benchmarks/bench_ops.py" --cpp-bench "$stage/bench_attention" --cpp-reps 2 > "$r/bench_ops.log" 2>&1
    echo "python bench_ops rc=$?" >> "$S"
    timeout 90 python3 "$root/python/examples/self_forcing_like.py" --layers 4 --chunks 3 --steps 2 > "$r/example.log" 2>&1
    echo "python example rc=$?" >> "$S")
   say "total: $((SECONDS - t0)) s"
 fi
-tar -C "$(dirname "$r")" -czf "$out/$mode.tar.gz" "$mode"
