@@ -30,8 +30,11 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > "$S"
 say "programs built from: $(cat "$stage/BUILT_FROM" 2>/dev/null || echo unknown)"
 python_env() {
   export KVQ_LIBRARY=$stage/libkvq_c.so
-  if ! python3 -c "import pytest" 2>/dev/null && [ -d "$root/build-carry/pyvendor" ]; then
-    export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$root/build-carry/pyvendor"
+  # Where python3 has no pytest: pure-Python pytest and its dependencies carried as
+  # build-carry/pyvendor.tar.xz (a folder pyvendor/ of packages).
+  if ! python3 -c "import pytest" 2>/dev/null && [ -f "$root/build-carry/pyvendor.tar.xz" ]; then
+    [ -d "$stage/pyvendor" ] || tar -C "$stage" -xJf "$root/build-carry/pyvendor.tar.xz"
+    export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$stage/pyvendor"
   fi
 }
 
