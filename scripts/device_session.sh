@@ -41,23 +41,25 @@ python_env() {
 if [ "$mode" = check ] || [ "$mode" = all ]; then
   t0=$SECONDS
   for t in $(cd "$stage" && ls test_*); do
-    (timeout 170 "$stage/$t" > "$r/$t.log" 2>&1
+    (timeout 150 "$stage/$t" > "$r/$t.log" 2>&1
      echo "$t rc=$? $(grep -hE '^(All tests passed|test cases:)' "$r/$t.log" | tail -1)" >> "$r/rc.txt") &
   done
   (python_env
-   timeout 170 python3 "$root/python/tests/run_pytest.py" "$root/python/tests" --tb=short -q > "$r/pytest.log" 2>&1
+   timeout 150 python3 "$root/python/tests/run_pytest.py" "$root/python/tests" --tb=short -q > "$r/pytest.log" 2>&1
    echo "pytest rc=$? $(tail -1 "$r/pytest.log")" >> "$r/py.txt") &
-  wait
-  say "== tests ($((SECONDS - t0)) s)"
-  sort "$r/rc.txt" >> "$S"
-  cat "$r/py.txt" >> "$S"
-  t0=$SECONDS
+  if [ "$mode" = check ]; then  # 'all': the sanitizers, torch check and demo run alongside
+    wait
+    say "== tests ($((SECONDS - t0)) s)"
+    sort "$r/rc.txt" >> "$S"
+    cat "$r/py.txt" >> "$S"
+    t0=$SECONDS
+  fi
   for t in test_paged test_attention_decode test_quantize_append; do
     [ -x "$stage/$t" ] || continue
-    (timeout 170 compute-sanitizer --tool memcheck --error-exitcode 9 "$stage/$t" "[sanitize]" > "$r/memcheck_$t.log" 2>&1
+    (timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 "$stage/$t" "[sanitize]" > "$r/memcheck_$t.log" 2>&1
      echo "memcheck $t rc=$? $(grep -h 'ERROR SUMMARY' "$r/memcheck_$t.log" | tail -1)" >> "$r/mc.txt") &
   done
-  (timeout 170 compute-sanitizer --tool racecheck --error-exitcode 9 "$stage/test_attention_decode" "[sanitize]" > "$r/racecheck_decode.log" 2>&1
+  (timeout 150 compute-sanitizer --tool racecheck --error-exitcode 9 "$stage/test_attention_decode" "[sanitize]" > "$r/racecheck_decode.log" 2>&1
    echo "racecheck test_attention_decode rc=$? $(grep -hE 'RACECHECK SUMMARY|ERROR SUMMARY' "$r/racecheck_decode.log" | tail -1)" >> "$r/mc.txt") &
   (mkdir -p "$r/dump" && timeout 120 "$stage/attention_dump" "$r/dump" > "$r/dump.log" 2>&1
    timeout 120 python3 "$root/tests/kernels/torch_check.py" "$r/dump" > "$r/torch_check.log" 2>&1
@@ -68,7 +70,13 @@ if [ "$mode" = check ] || [ "$mode" = all ]; then
    timeout 120 "$stage/chunked_video_demo" --select --json > "$r/demo_select.json" 2> "$r/demo_select.log"
    echo "demo select rc=$?" >> "$r/demo.txt") &
   wait
-  say "== sanitizers, torch check, demo ($((SECONDS - t0)) s)"
+  if [ "$mode" = all ]; then
+    say "== tests, sanitizers, torch check, demo ($((SECONDS - t0)) s)"
+    sort "$r/rc.txt" >> "$S"
+    cat "$r/py.txt" >> "$S"
+  else
+    say "== sanitizers, torch check, demo ($((SECONDS - t0)) s)"
+  fi
   cat "$r/mc.txt" "$r/tc.txt" "$r/demo.txt" >> "$S"
 fi
 if [ "$mode" = bench ] || [ "$mode" = all ]; then
@@ -77,20 +85,22 @@ if [ "$mode" = bench ] || [ "$mode" = all ]; then
       --benchmark_format=json --benchmark_out="$r/$1.json" > /dev/null 2>&1 || say "bench $1 rc=$?"
   }
   t0=$SECONDS
-  for pass in 1 2; do
+  passes="1 2"
+  [ "$mode" = all ] && passes=1
+  for pass in $passes; do
     for v in int2_pt128_taylor2 int2_pt128rot_taylor2 int2_pt128rotcen_taylor2; do
       bench "attn_${v}_$pass" "rot_pair/${v}_d128"
     done
   done
-  bench paged_pair 'paged_pair/'
   bench short 'short/'
+  bench paged_pair 'paged_pair/'
   say "attention benches: $((SECONDS - t0)) s"
-  timeout 150 "$stage/bench_quantize_append" \
-    --benchmark_filter='BM_quantize_append/int2_pt128_d128(_rot|_rotcen)?(_pf1|_pf2|_regs64)?/n:8192/h:24/|paged_append_pair/|BM_quantize_append/int2_pc32_d128(_rot)?/n:8192/h:24/|int4_pt128' \
-    --benchmark_min_time=0.3 --benchmark_format=json --benchmark_out="$r/quantize_append.json" > /dev/null 2>&1
-  say "quantize bench rc=$? ($((SECONDS - t0)) s)"
-  timeout 150 python3 "$root/benchmarks/attention/torch_sdpa.py" > "$r/torch_sdpa.json" 2> "$r/torch_sdpa.log"
+  timeout 100 python3 "$root/benchmarks/attention/torch_sdpa.py" > "$r/torch_sdpa.json" 2> "$r/torch_sdpa.log"
   say "torch rc=$? ($((SECONDS - t0)) s)"
+  timeout 100 "$stage/bench_quantize_append" \
+    --benchmark_filter='BM_quantize_append/int2_pt128_d128(_rot|_rotcen)?(_pf1|_pf2|_regs64)?/n:8192/h:24/|paged_append_pair/' \
+    --benchmark_min_time=0.2 --benchmark_format=json --benchmark_out="$r/quantize_append.json" > /dev/null 2>&1
+  say "quantize bench rc=$? ($((SECONDS - t0)) s)"
   (python_env
    timeout 120 python3 "$root/python/benchmarks/bench_ops.py" --cpp-bench "$stage/bench_attention" --cpp-reps 2 > "$r/bench_ops.log" 2>&1
    echo "python bench_ops rc=$?" >> "$S"
