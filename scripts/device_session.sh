@@ -8,7 +8,7 @@
 #          (attention and append), the short-query shapes with their chunk-kernel
 #          counterparts, the append variants, the torch anchor and the Python op's timing
 #   all    check, then bench (one call, about 6 minutes)
-# $OUT receives summary.txt and <mode>/ (every log and JSON).
+# $OUT receives summary.txt and <mode>.tar.gz (every log and JSON).
 #   OUT=<dir> scripts/device_session.sh check|bench|all
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,7 +23,10 @@ export LD_LIBRARY_PATH="$stage${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export PYTHONUNBUFFERED=1
 out=${OUT:-$root/out}
 mkdir -p "$out"
-r=$out/$mode && mkdir -p "$r"  # written as they come: a call stopped by its limit still returns them
+r=$(mktemp -d)/$mode && mkdir -p "$r"
+# $OUT/<mode>.tar.gz is rewritten after each step: a call stopped by its limit still returns
+# what was done (and the device tool returns at most 8 files).
+snap() { tar -C "$(dirname "$r")" -czf "$out/$mode.tar.gz.part" "$mode" && mv "$out/$mode.tar.gz.part" "$out/$mode.tar.gz"; }
 S=$out/summary.txt
 say() { echo "$*" >> "$S"; }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > "$S"
@@ -78,11 +81,13 @@ if [ "$mode" = check ] || [ "$mode" = all ]; then
     say "== sanitizers, torch check, demo ($((SECONDS - t0)) s)"
   fi
   cat "$r/mc.txt" "$r/tc.txt" "$r/demo.txt" >> "$S"
+  snap
 fi
 if [ "$mode" = bench ] || [ "$mode" = all ]; then
   bench() {  # name filter min_time
     timeout 120 "$stage/bench_attention" --benchmark_filter="$2" --benchmark_min_time="${3:-0.3}" \
       --benchmark_format=json --benchmark_out="$r/$1.json" > /dev/null 2>&1 || say "bench $1 rc=$?"
+    snap
   }
   t0=$SECONDS
   passes="1 2"
@@ -95,16 +100,23 @@ if [ "$mode" = bench ] || [ "$mode" = all ]; then
   bench short 'short/'
   bench paged_pair 'paged_pair/'
   say "attention benches: $((SECONDS - t0)) s"
-  timeout 100 python3 "$root/benchmarks/attention/torch_sdpa.py" > "$r/torch_sdpa.json" 2> "$r/torch_sdpa.log"
+  tsh=""
+  [ "$mode" = all ] && tsh=short  # 'all': only the short-query shapes
+  timeout 100 python3 "$root/benchmarks/attention/torch_sdpa.py" $tsh > "$r/torch_sdpa.json" 2> "$r/torch_sdpa.log"
   say "torch rc=$? ($((SECONDS - t0)) s)"
+  snap
+  (python_env
+   timeout 90 python3 "$root/python/benchmarks/bench_ops.py" --cpp-bench "$stage/bench_attention" --cpp-reps 2 > "$r/bench_ops.log" 2>&1
+   echo "python bench_ops rc=$? ($((SECONDS - t0)) s)" >> "$S")
+  snap
   timeout 100 "$stage/bench_quantize_append" \
     --benchmark_filter='BM_quantize_append/int2_pt128_d128(_rot|_rotcen)?(_pf1|_pf2|_regs64)?/n:8192/h:24/|paged_append_pair/' \
     --benchmark_min_time=0.2 --benchmark_format=json --benchmark_out="$r/quantize_append.json" > /dev/null 2>&1
   say "quantize bench rc=$? ($((SECONDS - t0)) s)"
+  snap
   (python_env
-   timeout 120 python3 "$root/python/benchmarks/bench_ops.py" --cpp-bench "$stage/bench_attention" --cpp-reps 2 > "$r/bench_ops.log" 2>&1
-   echo "python bench_ops rc=$?" >> "$S"
    timeout 90 python3 "$root/python/examples/self_forcing_like.py" --layers 4 --chunks 3 --steps 2 > "$r/example.log" 2>&1
    echo "python example rc=$?" >> "$S")
   say "total: $((SECONDS - t0)) s"
+  snap
 fi
