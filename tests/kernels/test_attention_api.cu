@@ -225,11 +225,13 @@ TEST_CASE("kernel selection: the Hopper kernel exactly where it implements the v
   ApiFixture f;
   const bool sm90 = device_is_sm90();
   INFO("device is compute 9.0: " << sm90);
-  // The fixture's 8 queries take the short-query kernel (up to 16 queries, any variant);
-  // these checks are about the chunk kernels, so they plan 17 query rows (initialize reads
-  // no buffer).
+  // The fixture's 8 queries take the short-query kernel where AutoConfig selects it
+  // (kernels::decode::kAutoSelect); these checks are about the chunk kernels, so they plan
+  // 17 query rows (initialize reads no buffer).
+  const kvq::AttentionPath chunk_path = sm90 ? kvq::AttentionPath::kSm90 : kvq::AttentionPath::kSm80;
   kvq::Status s = kvq::Status::kErrorCudaRuntime;
-  CHECK(kvq::attention_path<kvq::Correction::kTaylor2>(f.layout, f.a, &s) == kvq::AttentionPath::kShort);
+  CHECK(kvq::attention_path<kvq::Correction::kTaylor2>(f.layout, f.a, &s) ==
+        (kvq::kernels::decode::kAutoSelect ? kvq::AttentionPath::kShort : chunk_path));
   CHECK(s == kvq::Status::kSuccess);
   f.a.num_q = 17;
   // PerToken 2-bit keys: the Hopper kernel implements them.

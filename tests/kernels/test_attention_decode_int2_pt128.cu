@@ -79,11 +79,13 @@ TEST_CASE("short-query selection rule (host)", "[attention][gpu][decode][api]") 
 
 TEST_CASE("short-query selection on both sides of the rule, against the reference", "[attention][gpu][decode][api]") {
   const kvq::AttentionPath chunk = device_is_sm90() ? kvq::AttentionPath::kSm90 : kvq::AttentionPath::kSm80;
+  // The short side of the rule runs the short-query kernel where AutoConfig applies it.
+  const kvq::AttentionPath short_side = kvq::kernels::decode::kAutoSelect ? kvq::AttentionPath::kShort : chunk;
   for (const auto& c : kvq::test::decode_cases(kvq::DType::kBFloat16, 913001)) {
     if (c.num_q > kvq::kernels::decode::kMaxShortQueries) continue;
     DYNAMIC_SECTION("auto, short side: " << c.describe()) {
       kvq::test::run_attention_case<L, kvq::Correction::kTaylor2, kvq::AutoConfig>(c, "int2_pt128 t2 auto", false,
-                                                                                 kvq::AttentionPath::kShort);
+                                                                                 short_side);
     }
   }
   kvq::test::AttentionCase c;
@@ -105,9 +107,11 @@ TEST_CASE("short-query plan: splits, workspace and attention_path", "[attention]
   {  // decode, 2 CTAs of work, a long cache: split, with a workspace
     SelectionFixture f(1, 8, 2, 1, 8192);
     kvq::Status s = kvq::Status::kErrorCudaRuntime;
-    CHECK(kvq::attention_path<kvq::Correction::kTaylor2>(f.layout, f.a, &s) == kvq::AttentionPath::kShort);
+    const kvq::AttentionPath chunk = device_is_sm90() ? kvq::AttentionPath::kSm90 : kvq::AttentionPath::kSm80;
+    CHECK(kvq::attention_path<kvq::Correction::kTaylor2>(f.layout, f.a, &s) ==
+          (kvq::kernels::decode::kAutoSelect ? kvq::AttentionPath::kShort : chunk));
     CHECK(s == kvq::Status::kSuccess);
-    kvq::AttentionPlan<L, kvq::Correction::kTaylor2> plan;
+    kvq::AttentionPlan<L, kvq::Correction::kTaylor2, kvq::ShortQueryConfig> plan;
     REQUIRE(plan.initialize(f.layout, f.a) == kvq::Status::kSuccess);
     CHECK(plan.path() == kvq::AttentionPath::kShort);
     CHECK(plan.splits() > 1);
@@ -119,14 +123,14 @@ TEST_CASE("short-query plan: splits, workspace and attention_path", "[attention]
     more.num_q = 2;
     CHECK(plan.run(more, kvq::test::test_stream()) == kvq::Status::kErrorInvalidArgument);
     // A moved plan keeps its workspace and runs.
-    kvq::AttentionPlan<L, kvq::Correction::kTaylor2> moved(std::move(plan));
+    kvq::AttentionPlan<L, kvq::Correction::kTaylor2, kvq::ShortQueryConfig> moved(std::move(plan));
     CHECK(moved.workspace_bytes() > 0);
     CHECK(moved.run(f.a, kvq::test::test_stream()) == kvq::Status::kSuccess);
     KVQ_TEST_CUDA(cudaStreamSynchronize(kvq::test::test_stream()));
   }
   {  // more CTAs than the GPU holds at once: one split, no workspace
     SelectionFixture f(32, 32, 32, 1, 256);
-    kvq::AttentionPlan<L, kvq::Correction::kTaylor2> plan;
+    kvq::AttentionPlan<L, kvq::Correction::kTaylor2, kvq::ShortQueryConfig> plan;
     REQUIRE(plan.initialize(f.layout, f.a) == kvq::Status::kSuccess);
     CHECK(plan.path() == kvq::AttentionPath::kShort);
     CHECK(plan.splits() == 1);

@@ -41,7 +41,10 @@ TEST_CASE("rotated layouts run on the Hopper kernel on compute 9.0, on the mma.s
   KVQ_TEST_CUDA(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
   KVQ_TEST_CUDA(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
   kvq::Status s = kvq::Status::kSuccess;
-  if (major >= 8) CHECK(kvq::attention_path<kMode>(l, a, &s) == kvq::AttentionPath::kShort);  // up to 16 queries
+  // Up to 16 queries: the short-query kernel where AutoConfig selects it (kernels::decode::kAutoSelect).
+  if (major >= 8 && kvq::kernels::decode::kAutoSelect) CHECK(kvq::attention_path<kMode>(l, a, &s) == kvq::AttentionPath::kShort);
+  if (major == 9 && minor == 0 && !kvq::kernels::decode::kAutoSelect)
+    CHECK(kvq::attention_path<kMode>(l, a, &s) == kvq::AttentionPath::kSm90);
   a.num_q = 17;  // the chunk kernels (initialize reads no buffer)
   const kvq::AttentionPath path = kvq::attention_path<kMode>(l, a, &s);
   if (major == 9 && minor == 0) {

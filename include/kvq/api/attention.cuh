@@ -12,8 +12,9 @@
 // unit was compiled for sm_90a, the mma.sync kernel (kernels/sm80, sm_80+) for
 // everything else, and for short queries (decode) the short-query kernel (kernels/decode,
 // sm_80+: the q heads of a kv head packed into one CTA, the key sequence split across
-// CTAs and the splits merged; kernels/decode/schedule.hpp states when AutoConfig takes
-// it). Every entry point returns a Status and never throws, prints or exits; the Status
+// CTAs and the splits merged; forced with ShortQueryConfig; kernels/decode/schedule.hpp
+// states when AutoConfig takes it: not in this version, kAutoSelect is off until the kernel
+// has run on a GPU). Every entry point returns a Status and never throws, prints or exits; the Status
 // table is in README.md.
 //
 // Paged caches: Layout = layout::PagedView<PagedCacheLayout<...>> (layout/paged_layout.hpp),
@@ -104,8 +105,8 @@ struct AttentionVariant {
 /// (kernels::sm90::Config192, kernels::sm80::TileConfig<...>, ...) force one kernel.
 struct AutoConfig {};
 
-/// Forces the short-query kernel (kernels/decode) whatever the shape; AutoConfig takes it
-/// by the rule of kernels/decode/schedule.hpp.
+/// Forces the short-query kernel (kernels/decode) whatever the shape (contiguous caches);
+/// AutoConfig takes it by the rule of kernels/decode/schedule.hpp where kAutoSelect is on.
 struct ShortQueryConfig {};
 
 /// Which kernel a plan runs.
@@ -438,7 +439,8 @@ Status AttentionPlan<Layout, Mode, Config>::initialize(const Layout& layout, con
       }
     }
     if (!chosen) return Status::kErrorNotSupported;
-    if constexpr (kAuto && kSm80Implemented && !layout::is_paged_view_v<Layout>) {  // contiguous caches only
+    if constexpr (kAuto && kernels::decode::kAutoSelect && kSm80Implemented &&
+                  !layout::is_paged_view_v<Layout>) {  // contiguous caches only
       kernels::decode::ShortQueryShape sh;
       sh.batch = a.batch;
       sh.q_heads = a.q_heads;

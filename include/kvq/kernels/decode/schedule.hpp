@@ -2,9 +2,12 @@
 // attention takes it instead of the chunk kernels, and how many splits of the key sequence
 // it launches. Plain C++ (no device code), so that CPU tests check the rules.
 //
-// Selection (kvq::AttentionPlan<..., AutoConfig>): the short-query path when
+// Selection (kvq::AttentionPlan<..., AutoConfig>), where kAutoSelect is on: the short-query
+// path when
 //   num_q <= kMaxShortQueries (16): decode, speculative or a few prefix tokens
-// (and the kernel's shared memory fits the device, which the plan checks).
+// (and the kernel's shared memory fits the device, which the plan checks). kAutoSelect is
+// off in this version: the kernel has not yet run on a GPU, so AutoConfig keeps every shape
+// on the chunk kernels and kvq::ShortQueryConfig forces the short-query kernel.
 // A chunk-kernel CTA holds 64 x k rows of one q head; with at most 16 queries at most a
 // quarter of them (64-row CTAs) or an eighth (128-row CTAs) hold a query, and every q head
 // of a GQA group re-reads its kv head's cache. The short-query kernel packs the group's
@@ -30,6 +33,9 @@ inline constexpr int kTileN = 64;             ///< key tokens per tile
 inline constexpr int kMaxSplits = 64;         ///< most splits of one key sequence
 inline constexpr int kMinTilesPerSplit = 4;   ///< fewest tiles (256 tokens) a split gets
 inline constexpr int kMaxShortQueries = 16;    ///< AutoConfig takes the short-query path up to this num_q
+/// Whether AutoConfig applies prefer_short_query. Off: the kernel has not yet run on a GPU
+/// (tests expect the path from this constant, so turning it on needs no test edit).
+inline constexpr bool kAutoSelect = false;
 
 /// What the schedule reads of a call.
 struct ShortQueryShape {
