@@ -17,8 +17,6 @@
 //   entries (the steady state: key_mean_kernel only reads the lengths); compare with `_rot`.
 //   `_rotcen_first`: every append is the first into an empty entry (μ computed from its
 //   keys first; the bytes counted are still those of the quantize kernel)
-//   `_pf1`, `_pf2`: each block first asks L2 for the rows of the block one (two) waves
-//   ahead (LaunchOptions::l2_prefetch_waves); `_rot_regs64`: rotated keys in 64 registers
 //   paged_append_pair/<variant>/<contiguous|paged64|paged128>/n:<tokens>/h:<kv heads>: the
 //   public entry point into the contiguous cache and into a paged cache (layout::PagedView) of
 //   64- or 128-token pages listed in a random order; --benchmark_filter=paged_append_pair/
@@ -349,17 +347,6 @@ int main(int argc, char** argv) {
   const std::vector<std::pair<std::int64_t, std::int64_t>> small = {{1, 8}, {32, 8}};
   add<Int2Pt128Rot>("int2_pt128_d128_rot", DType::kBFloat16, small);
   add<Int2Pt128RotCen>("int2_pt128_d128_rotcen", DType::kBFloat16, small, {}, Start::kNonEmpty);
-  // L2 prefetch of the rows of the block one or two waves ahead (LaunchOptions::l2_prefetch_waves).
-  for (int waves : {1, 2}) {
-    kvq::detail::append::LaunchOptions pf;
-    pf.l2_prefetch_waves = waves;
-    const std::string sfx = "_pf" + std::to_string(waves);
-    add<Int2Pt128>("int2_pt128_d128" + sfx, DType::kBFloat16, target, pf);
-    add<Int2Pt128Rot>("int2_pt128_d128_rot" + sfx, DType::kBFloat16, target, pf);
-    add<Int2Pt128RotCen>("int2_pt128_d128_rotcen" + sfx, DType::kBFloat16, target, pf, Start::kNonEmpty);
-  }
-  // Rotated keys in 64 registers (8 blocks of 128 threads per SM; ptxas spills a few bytes).
-  add<Int2Pt128Rot, 8>("int2_pt128_d128_rot_regs64", DType::kBFloat16, target);
   add<Int2Pt128>("int2_pt128_d128_fp16in", DType::kFloat16, target);
   add<Int4Pt128>("int4_pt128_d128", DType::kBFloat16, target);
   add<Int4Pt128Rot>("int4_pt128_d128_rot", DType::kBFloat16, target);

@@ -128,9 +128,6 @@ Status check_arguments(const Layout& l, const AppendArguments& a) {
 /// Knobs of the launch, for the benchmarks and tests; quantize_append uses the defaults.
 struct LaunchOptions {
   bool update_lengths = true;  ///< launch update_lengths_kernel after the quantize kernel
-  /// PerToken keys: L2 prefetch distance in blocks in units of one wave (resident blocks on
-  /// the GPU); 0 = none. For benchmarks.
-  int l2_prefetch_waves = 0;
 };
 
 }  // namespace detail::append
@@ -215,7 +212,7 @@ Status AppendPlan<Layout, MinBlocks>::run(const AppendArguments& a, cudaStream_t
     // (tile, head, batch) grid when heads and batch fit its y and z; else one dimension.
     const bool grid_3d = l.shape.heads <= 65535 && l.shape.batch <= 65535;
     if ((grid_3d ? tiles : blocks) > 0x7fffffff) return Status::kErrorNotSupported;
-    kernels::quantize::Params<Layout> p{l,
+    const kernels::quantize::Params<Layout> p{l,
                                                   layout::CachePointers<Layout>::from_base(l, a.cache),
                                                   a.k,
                                                   a.v,
@@ -223,13 +220,7 @@ Status AppendPlan<Layout, MinBlocks>::run(const AppendArguments& a, cudaStream_t
                                                   a.lengths,
                                                   tiles,
                                                   ap::vector_loads_ok(a.k) && ap::vector_loads_ok(a.v),
-                                                  grid_3d,
-                                                  0};
-    if (opt.l2_prefetch_waves > 0) {
-      int per_sm = 0;
-      if ((s = occupancy(&per_sm)) != Status::kSuccess) return s;
-      p.l2_prefetch_blocks = opt.l2_prefetch_waves * per_sm * sm_count_;
-    }
+                                                  grid_3d};
     if constexpr (Layout::kCenteredKeys) {
       // Few blocks: with no empty entry each only reads lengths.
       using KP = kernels::quantize::KeyMeanPlan;
@@ -237,7 +228,6 @@ Status AppendPlan<Layout, MinBlocks>::run(const AppendArguments& a, cudaStream_t
       device::LaunchShape mean;
       mean.grid = dim3(static_cast<unsigned>(items < cap ? items : cap));
       mean.block = dim3(static_cast<unsigned>(KP::kThreads));
-      mean.programmatic = programmatic_;
       auto* mean_kernel = dtype_ == DType::kBFloat16 ? &kernels::quantize::key_mean_kernel<Layout, DType::kBFloat16>
                                                      : &kernels::quantize::key_mean_kernel<Layout, DType::kFloat16>;
       if ((s = device::launch(mean_kernel, mean, stream, p)) != Status::kSuccess) return s;

@@ -125,10 +125,8 @@ __global__ void __launch_bounds__(Traits<Layout>::kThreads, kMinBlocks)
       if (!hd.ok) return;  // block-uniform: the capacity guard
       __shared__ __align__(16) unsigned char smem[Tr::kSmemBytes];
       if (s0 < hd.full) per_channel_tile<Layout, kIn>(p, hd, s0, smem, early && hd.tail == 0, kd, vx);
-      // Tile 0 of every fitting entry ends after key_mean_kernel: update_lengths_kernel waits for this grid only.
-      if constexpr (Layout::kCenteredKeys) {
-        if (tile == 0) wait_for_key_mean();
-      }
+      // Every block of a fitting entry ends after key_mean_kernel: update_lengths_kernel waits for this grid only.
+      if constexpr (Layout::kCenteredKeys) wait_for_key_mean();
       if (tile == 0) {
         __syncthreads();  // every read of the old tail (tile 0 only) is done
         write_new_tail<Layout, kIn>(p, hd);
@@ -146,7 +144,6 @@ __global__ void __launch_bounds__(Traits<Layout>::kThreads, kMinBlocks)
       std::uint32_t kx[16], vx[16];
       std::uint32_t kmask[Layout::kRotatedKeys ? 16 : 1];  // rotated keys: the segment's sign masks (a small table)
       if constexpr (Layout::kRotatedKeys) load_segment_sign_masks<Tr::kHeadDim>(tid & 31, kmask);
-      if (p.l2_prefetch_blocks > 0 && p.grid_3d) prefetch_segment_rows(p, row, q);
       if (p.vector_loads) {
         load_segment<true>(p, rows, true, s, q, valid, kx);
         load_segment<true>(p, rows, false, s, q, valid, vx);
@@ -159,9 +156,7 @@ __global__ void __launch_bounds__(Traits<Layout>::kThreads, kMinBlocks)
       __shared__ __align__(16) unsigned char smem[Tr::kSmemBytes];
       if constexpr (Layout::kCenteredKeys) {
         float kr[32];  // R·(k − μ)
-        // μ of an empty entry is being written by key_mean_kernel; tile 0 of every entry waits
-        // too, so that the grid (and update_lengths_kernel after it) ends after key_mean_kernel.
-        if (hd.tail + hd.qlen == 0 || tile == 0) wait_for_key_mean();
+        wait_for_key_mean();  // also keeps update_lengths_kernel after key_mean_kernel
         rotate_key_segment<Tr::kHeadDim, kIn, true>(kx, kmask, tid & 31, kr, p.cache.k_mean + p.layout.k_mean_index(b, h, 0));
         per_token_tile<Layout, kIn>(p, hd, s0, row, q, valid, kr, vx, smem);
       } else if constexpr (Layout::kRotatedKeys) {

@@ -7,11 +7,8 @@
 // One block per item (b, h, 32 channels), in a grid-stride loop: its 8 warps load tiles of
 // 256 tokens of the 32 channels (32 loads in flight per thread, double-buffered in shared
 // memory) and its first warp sums them, one channel per lane, in token order. With no empty
-// entry (the steady state) every block only reads lengths. On sm_90 it is a programmatic
-// dependent of the stream's previous kernel, and the quantize kernel its programmatic dependent:
-// the blocks of an empty entry wait for it before reading μ (and tile 0 of every entry, so
-// that the lengths update, which waits for the quantize grid, follows it too); the blocks of
-// other entries read the μ of an earlier append without waiting.
+// entry (the steady state) every block only reads lengths. On sm_90 the quantize kernel is
+// its programmatic dependent and waits for it before reading μ.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -45,10 +42,6 @@ __global__ void __launch_bounds__(KeyMeanPlan::kThreads) key_mean_kernel(const _
   using KP = KeyMeanPlan;
   static_assert(kIn == DType::kBFloat16 || kIn == DType::kFloat16, "inputs are bf16 or fp16");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  // A programmatic dependent of the stream's previous kernel: its lengths and inputs are final
-  // only after the wait. The quantize kernel is released after it, so that its blocks, which
-  // read lengths without waiting for this grid, also start after the previous kernel.
-  asm volatile("griddepcontrol.wait;" ::: "memory");
   asm volatile("griddepcontrol.launch_dependents;");
 #endif
   constexpr int kSlices = Layout::kHeadDim / 32;

@@ -154,27 +154,6 @@ KVQ_DEVICE void load_segment(const Params<Layout>& p, const Head& hd, bool is_k,
     for (int i = 0; i < 16; ++i) x[i] = 0u;
   }
 }
-/// Asks L2 for the rows that thread (row, q) of the block p.l2_prefetch_blocks after this one
-/// will load (PerToken keys, 3D grid: tiles fastest): one prefetch per K and V line a lane starts.
-template <class Layout>
-KVQ_DEVICE void prefetch_segment_rows(const Params<Layout>& p, int row, int q) {
-  using SP = SegmentPlan<typename Layout::VSpec, Layout::kHeadDim>;
-  if ((8 * SP::chunk(q, 0)) % 64 != 0) return;  // 64 elements = one 128-byte line
-  // Block indices fit 31 bits (the launch checks it): 32-bit arithmetic.
-  const auto tiles = static_cast<std::uint32_t>(p.tiles_per_head), heads = static_cast<std::uint32_t>(p.layout.shape.heads);
-  const std::uint32_t next = blockIdx.x + tiles * (blockIdx.y + heads * blockIdx.z) + static_cast<std::uint32_t>(p.l2_prefetch_blocks);
-  const std::uint32_t bh = next / tiles, nb = bh / heads;
-  const std::int64_t s = static_cast<std::int64_t>(next - bh * tiles) * Traits<Layout>::kTileRows + row;
-  if (nb >= static_cast<std::uint32_t>(p.layout.shape.batch) || s >= p.num_tokens) return;
-#if defined(__CUDA_ARCH__)
-  const int nh = static_cast<int>(bh - nb * heads), c = 8 * SP::chunk(q, 0);
-  const auto* kp = static_cast<const std::uint16_t*>(p.k.data) + p.k.offset(static_cast<int>(nb), s, nh, c);
-  const auto* vp = static_cast<const std::uint16_t*>(p.v.data) + p.v.offset(static_cast<int>(nb), s, nh, c);
-  asm volatile("prefetch.global.L2 [%0];" ::"l"(__cvta_generic_to_global(kp)));
-  asm volatile("prefetch.global.L2 [%0];" ::"l"(__cvta_generic_to_global(vp)));
-#endif
-}
-
 template <class Layout>
 KVQ_DEVICE void load_segment_any(const Params<Layout>& p, const Head& hd, bool is_k, std::int64_t s, int q, bool valid,
                                  std::uint32_t (&x)[16]) {

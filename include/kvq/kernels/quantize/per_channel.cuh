@@ -216,7 +216,7 @@ KVQ_DEVICE void per_channel_tile(const Params<Layout>& p, const Head& hd, std::i
   float kr[Layout::kRotatedKeys ? 32 : 1];  // rotated keys: R·k of this thread's round (one round)
   float mean[Layout::kCenteredKeys ? 8 : 1];  // centered keys: μ of this thread's 8 channels
   if constexpr (Layout::kCenteredKeys) {
-    if (hd.tail + hd.qlen == 0) wait_for_key_mean();  // μ of an empty entry is being written now
+    wait_for_key_mean();
     load_chunk_mean(p.cache.k_mean + p.layout.k_mean_index(hd.b, hd.h, 0), c, mean);
   }
   if constexpr (Layout::kRotatedKeys) {

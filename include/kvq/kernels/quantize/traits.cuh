@@ -110,9 +110,6 @@ struct Params {
   std::int64_t tiles_per_head;  ///< tiles of one (b, h) stream (an upper bound for PerChannel keys)
   bool vector_loads;            ///< k and v allow 16-byte loads (pointers and strides)
   bool grid_3d;                 ///< grid (tiles_per_head, heads, batch); else 1D, tile fastest
-  /// PerToken keys: > 0 = each block first asks L2 for the input rows of the block this many
-  /// blocks after it (prefetch.global.L2), 0 = no prefetch.
-  std::int32_t l2_prefetch_blocks = 0;
 };
 
 /// Segment plan of a PerToken spec in a row of HeadDim elements. A lane owns 4 chunks of 8
