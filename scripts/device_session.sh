@@ -110,7 +110,7 @@ if [ "$mode" = bench ] || [ "$mode" = all ]; then
    echo "python bench_ops rc=$? ($((SECONDS - t0)) s)" >> "$S")
   snap
   timeout 100 "$stage/bench_quantize_append" \
-    --benchmark_filter='BM_quantize_append/int2_pt128_d128(_rot|_rotcen)?(_pf1|_pf2|_regs64)?/n:8192/h:24/|paged_append_pair/' \
+    --benchmark_filter='BM_quantize_append/int2_pt128_d128(_rot|_rotcen)?/n:8192/h:24/|paged_append_pair/' \
     --benchmark_min_time=0.2 --benchmark_format=json --benchmark_out="$r/quantize_append.json" > /dev/null 2>&1
   say "quantize bench rc=$? ($((SECONDS - t0)) s)"
   snap
