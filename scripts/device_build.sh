@@ -4,7 +4,8 @@
 # PyTorch cross-check, the demo, the CUDA consumer projects, and the Google Benchmark shared library) and packs them into
 # one archive, build-carry/stage.tar.xz, to copy to the GPU machine.
 #
-#   scripts/device_build.sh     # then, on the GPU machine, in a copy of the tree that holds
+#   [KVQ_STAGE_ONLY="test_paged bench_attention ..."] scripts/device_build.sh
+#                               # then, on the GPU machine, in a copy of the tree that holds
 #                               # build-carry/: OUT=<dir> scripts/device_check.sh [full|quick]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,6 +27,14 @@ done
 cp -L /lib/x86_64-linux-gnu/libbenchmark.so.1debian "$stage"/
 [ -f "$build/python/libkvq_c.so" ] && cp "$build/python/libkvq_c.so" "$stage"/
 strip --strip-debug "$stage"/test_* "$stage"/bench_* "$stage"/attention_dump "$stage"/chunked_video_demo "$stage"/libkvq_c.so 2>/dev/null || true
+# KVQ_STAGE_ONLY="name ...": stage only these programs (and libbenchmark): every program
+# together is larger than a device call carries (64 MiB with the tree, ~84 MiB as .tar.xz).
+if [ -n "${KVQ_STAGE_ONLY:-}" ]; then
+  for f in "$stage"/*; do
+    n=$(basename "$f")
+    case " $KVQ_STAGE_ONLY libbenchmark.so.1debian " in *" $n "*) ;; *) rm -f "$f" ;; esac
+  done
+fi
 # One archive of the staged programs: a single artifact to copy to the GPU machine.
 mkdir -p "$root/build-carry"
 # The commit the programs were built from (the GPU machine's copy of the tree may not carry git state).
@@ -34,3 +43,5 @@ echo "$(git -C "$root" rev-parse --short HEAD)$(git -C "$root" diff --quiet HEAD
 rm -f "$root/build-carry/stage.tar.gz"
 tar -C "$stage" -cf - . | xz -T0 -6 > "$root/build-carry/stage.tar.xz"
 du -sh "$stage" "$root/build-carry/stage.tar.xz"
+size=$(stat -c %s "$root/build-carry/stage.tar.xz")
+[ "$size" -le $((60 * 1024 * 1024)) ] || echo "device_build: stage.tar.xz is $((size / 1048576)) MiB, more than a device call carries (64 MiB with the tree): set KVQ_STAGE_ONLY" >&2
