@@ -482,7 +482,7 @@ template <class Layout, Correction Mode, class Config>
 Status AttentionPlan<Layout, Mode, Config>::initialize_short(const Layout& layout, const AttentionArguments& a,
                                                               const device::Properties& dev) {
   namespace dk = kernels::decode;
-  if constexpr (kSm80Implemented) {
+  if constexpr (kSm80Implemented && !layout::is_paged_view_v<Layout>) {  // contiguous caches only
     using TrB = dk::Traits<Layout, Mode, DType::kBFloat16>;
     using TrH = dk::Traits<Layout, Mode, DType::kFloat16>;
     constexpr int kD = Layout::kHeadDim;
@@ -556,7 +556,7 @@ Status AttentionPlan<Layout, Mode, Config>::initialize_short(const Layout& layou
 template <class Layout, Correction Mode, class Config>
 Status AttentionPlan<Layout, Mode, Config>::run_short(const AttentionArguments& a, cudaStream_t stream) {
   namespace dk = kernels::decode;
-  if constexpr (kSm80Implemented) {
+  if constexpr (kSm80Implemented && !layout::is_paged_view_v<Layout>) {  // contiguous caches only
     const int splits = short_.splits;
     if (splits > 1 && a.num_q > short_.num_q) return Status::kErrorInvalidArgument;
     dk::Params<Layout> pp{};
