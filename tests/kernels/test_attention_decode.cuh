@@ -132,12 +132,18 @@ void run_decode_cases(const char* name, std::uint64_t seed0) {
 
 }  // namespace kvq::test
 
-/// One variant's short-query cases and its sanitizer case (the variant's ShortQueryConfig
-/// plan is compiled in the including TU).
-#define KVQ_DECODE_TEST_CASES(Layout, Mode, Name, Seed)                                                  \
-  TEST_CASE("short-query attention matches the reference: " Name, "[attention][gpu][decode]") {          \
-    kvq::test::run_decode_cases<Layout, Mode>(Name, Seed);                                                \
-  }                                                                                                      \
-  TEST_CASE("short-query attention, small case for the sanitizers: " Name, "[attention][gpu][decode][sanitize]") { \
-    kvq::test::run_attention_case<Layout, Mode, kvq::ShortQueryConfig>(kvq::test::decode_sanitizer_case(Seed), Name); \
+namespace kvq::test {
+/// The small sanitizer case of a variant on the short-query kernel, against the reference:
+/// the output elements compared.
+template <class Layout, Correction Mode>
+std::size_t run_decode_sanitizer_case(const char* name, std::uint64_t seed) {
+  return run_attention_case<Layout, Mode, ShortQueryConfig>(decode_sanitizer_case(seed), name).checked;
+}
+}  // namespace kvq::test
+
+/// One variant's short-query cases (the variant's ShortQueryConfig plan is compiled in the
+/// including TU; each file lists its sanitizer cases with run_decode_sanitizer_case).
+#define KVQ_DECODE_TEST_CASES(Layout, Mode, Name, Seed)                                         \
+  TEST_CASE("short-query attention matches the reference: " Name, "[attention][gpu][decode]") { \
+    kvq::test::run_decode_cases<Layout, Mode>(Name, Seed);                                       \
   }

@@ -11,6 +11,12 @@ KVQ_DECODE_TEST_CASES(kvq::variants::Int2Pt128D128, kvq::Correction::kNone, "int
 KVQ_DECODE_TEST_CASES(kvq::variants::Int2Pt128D128, kvq::Correction::kTaylor2, "int2_pt128 taylor2", 911001)
 KVQ_DECODE_TEST_CASES(kvq::variants::Int2Pt128D128, kvq::Correction::kTaylor4, "int2_pt128 taylor4", 912001)
 
+TEST_CASE("short-query attention, small cases for the sanitizers: INT2 PerToken G128", "[attention][gpu][decode][sanitize]") {
+  CHECK(kvq::test::run_decode_sanitizer_case<kvq::variants::Int2Pt128D128, kvq::Correction::kNone>("int2_pt128 none", 910001) > 0);
+  CHECK(kvq::test::run_decode_sanitizer_case<kvq::variants::Int2Pt128D128, kvq::Correction::kTaylor2>("int2_pt128 taylor2", 911001) > 0);
+  CHECK(kvq::test::run_decode_sanitizer_case<kvq::variants::Int2Pt128D128, kvq::Correction::kTaylor4>("int2_pt128 taylor4", 912001) > 0);
+}
+
 namespace {
 
 using L = kvq::variants::Int2Pt128D128;

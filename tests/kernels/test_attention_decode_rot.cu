@@ -16,3 +16,13 @@ KVQ_DECODE_TEST_CASES(kvq::variants::Int2Pc32D128RotCen, kvq::Correction::kTaylo
 KVQ_DECODE_TEST_CASES(kvq::variants::Int4Pt128D128RotCen, kvq::Correction::kTaylor2, "int4_pt128 cen taylor2", 944001)
 KVQ_DECODE_TEST_CASES(kvq::variants::Int2Pt64D64RotCen, kvq::Correction::kTaylor2, "int2_pt64 d64 cen taylor2", 945001)
 KVQ_DECODE_TEST_CASES(Int8Pt128Rot, kvq::Correction::kTaylor2, "int8_pt128 rot taylor2", 946001)
+
+TEST_CASE("short-query attention, small cases for the sanitizers: rotated and centered keys, 8-bit codes", "[attention][gpu][decode][sanitize]") {
+  CHECK(kvq::test::run_decode_sanitizer_case<kvq::variants::Int2Pt128D128Rot, kvq::Correction::kTaylor2>("int2_pt128 rot taylor2", 940001) > 0);
+  CHECK(kvq::test::run_decode_sanitizer_case<kvq::variants::Int2Pc32D128Rot, kvq::Correction::kExact>("int2_pc32 rot exact", 941001) > 0);
+  CHECK(kvq::test::run_decode_sanitizer_case<kvq::variants::Int2Pt128D128RotCen, kvq::Correction::kTaylor2>("int2_pt128 cen taylor2", 942001) > 0);
+  CHECK(kvq::test::run_decode_sanitizer_case<kvq::variants::Int2Pc32D128RotCen, kvq::Correction::kTaylor2>("int2_pc32 cen taylor2", 943001) > 0);
+  CHECK(kvq::test::run_decode_sanitizer_case<kvq::variants::Int4Pt128D128RotCen, kvq::Correction::kTaylor2>("int4_pt128 cen taylor2", 944001) > 0);
+  CHECK(kvq::test::run_decode_sanitizer_case<kvq::variants::Int2Pt64D64RotCen, kvq::Correction::kTaylor2>("int2_pt64 d64 cen taylor2", 945001) > 0);
+  CHECK(kvq::test::run_decode_sanitizer_case<Int8Pt128Rot, kvq::Correction::kTaylor2>("int8_pt128 rot taylor2", 946001) > 0);
+}

@@ -391,9 +391,11 @@ struct AttentionTwin {
 /// The paged attention cases of one variant and kernel configuration: identity and shuffled
 /// tables give bit-identical outputs to the contiguous cache on the same kernel (the tiles hold
 /// the same tokens in the same order), and both stay within tolerance of the reference through
-/// the tables; both masks, GQA 4, unequal lengths (one empty cache), LSE and mass.
+/// the tables; both masks, GQA 4, unequal lengths (one empty cache), LSE and mass. Returns the
+/// output elements compared.
 template <class C, Correction Mode, class Config>
-void run_paged_vs_contiguous(int page_tokens, AttentionPath want, std::uint64_t seed) {
+std::size_t run_paged_vs_contiguous(int page_tokens, AttentionPath want, std::uint64_t seed) {
+  std::size_t compared = 0;
   for (bool shuffle : {false, true})
     for (Mask mask : {Mask::kNone, Mask::kCausalLastSegment}) {
       INFO("page_tokens " << page_tokens << (shuffle ? " shuffled" : " identity") << " tables, mask " << to_string(mask));
@@ -411,14 +413,17 @@ void run_paged_vs_contiguous(int page_tokens, AttentionPath want, std::uint64_t 
       run_reference(t.pc.host_view(), t.pc.host_base(), t.lens, s, in, Mode, &ro, &rl, &rm);
       const double max_v = max_value(t.pc.host_view(), t.pc.host_base(), t.lens, in);
       CHECK(compare_with_reference(paged, ro, rl, rm, s, C::kHeadDim, max_v) == 0);
+      compared += paged.o.size();
     }
+  return compared;
 }
 
 /// Shared pages: entry 1 lists entry 0's first pages (a shared sink or prefix) before its own;
 /// entry 2's table is entry 0's. Within tolerance of the reference through the same tables; an
 /// entry that lists exactly entry 0's pages with the same queries and chunk gives entry 0's bits.
+/// Returns the output elements compared.
 template <class C, Correction Mode, class Config>
-void run_shared_pages(int page_tokens, AttentionPath want, std::uint64_t seed) {
+std::size_t run_shared_pages(int page_tokens, AttentionPath want, std::uint64_t seed) {
   AttentionTwin<C> t({900, 900, 900}, 2, page_tokens, true, seed);
   const int mp = t.pc.max_pages();
   for (int i = 0; i < 3; ++i) t.pc.tables[static_cast<std::size_t>(mp + i)] = t.pc.tables[static_cast<std::size_t>(i)];
@@ -445,13 +450,16 @@ void run_shared_pages(int page_tokens, AttentionPath want, std::uint64_t seed) {
   CHECK(std::equal(paged.o.begin(), paged.o.begin() + static_cast<std::ptrdiff_t>(per_o),
                    paged.o.begin() + static_cast<std::ptrdiff_t>(2 * per_o)));
   CHECK(std::memcmp(paged.lse.data(), paged.lse.data() + 2 * per_r, per_r * 4) == 0);
+  return paged.o.size();
 }
 
 /// Poisoned tables: entry 1 lists a page outside the pool (num_pages, then -1) among its cached
 /// tokens' columns. The kernel skips entry 1 (its output, LSE and mass keep their poison) and
-/// sets kAttentionErrorPage; the other entries match the reference.
+/// sets kAttentionErrorPage; the other entries match the reference. Returns the output
+/// elements compared.
 template <class C, Correction Mode, class Config>
-void run_poisoned_attention(int page_tokens, AttentionPath want, std::uint64_t seed) {
+std::size_t run_poisoned_attention(int page_tokens, AttentionPath want, std::uint64_t seed) {
+  std::size_t compared = 0;
   for (std::int32_t poison : {std::int32_t{-1}, std::int32_t{1 << 20}}) {
     AttentionTwin<C> t({700, 1000, 300}, 2, page_tokens, true, seed);
     std::vector<double> ro, rl, rm;
@@ -474,7 +482,9 @@ void run_poisoned_attention(int page_tokens, AttentionPath want, std::uint64_t s
     ra.q = in.q.view(false), ra.k_chunk = in.kc.view(false), ra.v_chunk = in.vc.view(false), ra.scale = 0.1f;
     ra.cache_lengths = t.lens.data(), ra.out = o2.data();
     CHECK(reference::attention(t.pc.host_view(), t.pc.host_base(), ra) == Status::kErrorInvalidArgument);
+    compared += paged.o.size();
   }
+  return compared;
 }
 
 }  // namespace kvq::test::paged

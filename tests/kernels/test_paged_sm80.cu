@@ -16,29 +16,29 @@ namespace variants = kvq::variants;
 
 TEST_CASE("paged attention, mma.sync kernel: INT2 PerToken, every PerToken correction", "[paged]") {
   for (int pt : {64, 128}) {
-    run_paged_vs_contiguous<variants::Int2Pt128D128, Correction::kTaylor2, Sm80>(pt, kSm80, 0xa770 + pt);
-    run_paged_vs_contiguous<variants::Int2Pt128D128, Correction::kNone, Sm80>(pt, kSm80, 0xa771 + pt);
-    run_paged_vs_contiguous<variants::Int2Pt128D128, Correction::kTaylor4, Sm80>(pt, kSm80, 0xa772 + pt);
+    CHECK(run_paged_vs_contiguous<variants::Int2Pt128D128, Correction::kTaylor2, Sm80>(pt, kSm80, 0xa770 + pt) > 0);
+    CHECK(run_paged_vs_contiguous<variants::Int2Pt128D128, Correction::kNone, Sm80>(pt, kSm80, 0xa771 + pt) > 0);
+    CHECK(run_paged_vs_contiguous<variants::Int2Pt128D128, Correction::kTaylor4, Sm80>(pt, kSm80, 0xa772 + pt) > 0);
   }
-  run_shared_pages<variants::Int2Pt128D128, Correction::kTaylor2, Sm80>(64, kSm80, 0xa773);
+  CHECK(run_shared_pages<variants::Int2Pt128D128, Correction::kTaylor2, Sm80>(64, kSm80, 0xa773) > 0);
 }
 
 TEST_CASE("paged attention, mma.sync kernel: a table column outside the pool skips the entry", "[paged][sanitize]") {
-  run_poisoned_attention<variants::Int2Pt128D128, Correction::kTaylor2, Sm80>(64, kSm80, 0xa774);
-  run_poisoned_attention<variants::Int2Pc32D128, Correction::kExact, Sm80>(128, kSm80, 0xa775);
+  CHECK(run_poisoned_attention<variants::Int2Pt128D128, Correction::kTaylor2, Sm80>(64, kSm80, 0xa774) > 0);
+  CHECK(run_poisoned_attention<variants::Int2Pc32D128, Correction::kExact, Sm80>(128, kSm80, 0xa775) > 0);
 }
 
 TEST_CASE("paged attention, mma.sync kernel: INT2 PerChannel keys with tails, Exact and Taylor2", "[paged]") {
   for (int pt : {64, 128}) {
-    run_paged_vs_contiguous<variants::Int2Pc32D128, Correction::kExact, Sm80>(pt, kSm80, 0xa780 + pt);
-    run_paged_vs_contiguous<variants::Int2Pc32D128, Correction::kTaylor2, Sm80>(pt, kSm80, 0xa781 + pt);
+    CHECK(run_paged_vs_contiguous<variants::Int2Pc32D128, Correction::kExact, Sm80>(pt, kSm80, 0xa780 + pt) > 0);
+    CHECK(run_paged_vs_contiguous<variants::Int2Pc32D128, Correction::kTaylor2, Sm80>(pt, kSm80, 0xa781 + pt) > 0);
   }
-  run_shared_pages<variants::Int2Pc32D128, Correction::kExact, Sm80>(64, kSm80, 0xa782);
+  CHECK(run_shared_pages<variants::Int2Pc32D128, Correction::kExact, Sm80>(64, kSm80, 0xa782) > 0);
 }
 
 TEST_CASE("paged attention, mma.sync kernel: centered rotated keys", "[paged]") {
-  run_paged_vs_contiguous<variants::Int2Pt128D128RotCen, Correction::kTaylor2, Sm80>(64, kSm80, 0xa790);
-  run_shared_pages<variants::Int2Pt128D128RotCen, Correction::kTaylor2, Sm80>(128, kSm80, 0xa791);
+  CHECK(run_paged_vs_contiguous<variants::Int2Pt128D128RotCen, Correction::kTaylor2, Sm80>(64, kSm80, 0xa790) > 0);
+  CHECK(run_shared_pages<variants::Int2Pt128D128RotCen, Correction::kTaylor2, Sm80>(128, kSm80, 0xa791) > 0);
 }
 
 TEST_CASE("paged attention refuses page sizes the mma.sync tiles do not fit", "[paged][cpu]") {

@@ -16,22 +16,22 @@ namespace variants = kvq::variants;
 
 TEST_CASE("paged attention, Hopper kernel: INT2 PerToken, every PerToken correction", "[paged][sm90]") {
   for (int pt : {64, 128, 256}) {
-    run_paged_vs_contiguous<variants::Int2Pt128D128, Correction::kTaylor2, Auto>(pt, kSm90, 0xb770 + pt);
-    run_paged_vs_contiguous<variants::Int2Pt128D128, Correction::kNone, Auto>(pt, kSm90, 0xb771 + pt);
-    run_paged_vs_contiguous<variants::Int2Pt128D128, Correction::kTaylor4, Auto>(pt, kSm90, 0xb772 + pt);
+    CHECK(run_paged_vs_contiguous<variants::Int2Pt128D128, Correction::kTaylor2, Auto>(pt, kSm90, 0xb770 + pt) > 0);
+    CHECK(run_paged_vs_contiguous<variants::Int2Pt128D128, Correction::kNone, Auto>(pt, kSm90, 0xb771 + pt) > 0);
+    CHECK(run_paged_vs_contiguous<variants::Int2Pt128D128, Correction::kTaylor4, Auto>(pt, kSm90, 0xb772 + pt) > 0);
   }
-  run_shared_pages<variants::Int2Pt128D128, Correction::kTaylor2, Auto>(64, kSm90, 0xb773);
-  run_poisoned_attention<variants::Int2Pt128D128, Correction::kTaylor2, Auto>(64, kSm90, 0xb774);
+  CHECK(run_shared_pages<variants::Int2Pt128D128, Correction::kTaylor2, Auto>(64, kSm90, 0xb773) > 0);
+  CHECK(run_poisoned_attention<variants::Int2Pt128D128, Correction::kTaylor2, Auto>(64, kSm90, 0xb774) > 0);
 }
 
 TEST_CASE("paged attention, Hopper kernel: centered rotated keys", "[paged][sm90]") {
-  run_paged_vs_contiguous<variants::Int2Pt128D128RotCen, Correction::kTaylor2, Auto>(64, kSm90, 0xb790);
-  run_shared_pages<variants::Int2Pt128D128RotCen, Correction::kTaylor2, Auto>(128, kSm90, 0xb791);
-  run_poisoned_attention<variants::Int2Pt128D128RotCen, Correction::kTaylor2, Auto>(128, kSm90, 0xb792);
+  CHECK(run_paged_vs_contiguous<variants::Int2Pt128D128RotCen, Correction::kTaylor2, Auto>(64, kSm90, 0xb790) > 0);
+  CHECK(run_shared_pages<variants::Int2Pt128D128RotCen, Correction::kTaylor2, Auto>(128, kSm90, 0xb791) > 0);
+  CHECK(run_poisoned_attention<variants::Int2Pt128D128RotCen, Correction::kTaylor2, Auto>(128, kSm90, 0xb792) > 0);
 }
 
 TEST_CASE("paged attention, Hopper kernel: 32-token pages, four bulk copies per tile", "[paged][sm90]") {
   // Too small for the mma.sync kernel's 64-token tiles; the Hopper kernel copies each 128-token
   // tile from four pages (32 tokens x 4 bytes of metadata: 16-byte-aligned pieces).
-  run_paged_vs_contiguous<variants::Int2Pt128D128, Correction::kTaylor2, Auto>(32, kSm90, 0xb7a0);
+  CHECK(run_paged_vs_contiguous<variants::Int2Pt128D128, Correction::kTaylor2, Auto>(32, kSm90, 0xb7a0) > 0);
 }
