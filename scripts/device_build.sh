@@ -14,15 +14,21 @@ stage=$root/build-stage
 "$root/scripts/install_deps.sh"
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVQ_CUDA_ARCHITECTURES=90a \
   -DKVQ_BUILD_TESTS=ON -DKVQ_BUILD_BENCHMARKS=ON -DKVQ_BUILD_EXAMPLES=ON >/dev/null
-cmake --build "$build" -j "$(nproc)"
+if [ -n "${KVQ_STAGE_ONLY:-}" ]; then  # build only the programs to stage
+  targets=$(for n in $KVQ_STAGE_ONLY; do [ "$n" = libkvq_c.so ] && echo kvq_c || echo "$n"; done)
+  cmake --build "$build" -j "$(nproc)" --target $targets
+else
+  cmake --build "$build" -j "$(nproc)"
+fi
 # The CUDA consumer projects (built by their CTest tests: add_subdirectory and find_package).
-ctest --test-dir "$build" -R 'consumer_cuda_build' --output-on-failure >/dev/null
+[ -n "${KVQ_STAGE_ONLY:-}" ] || ctest --test-dir "$build" -R 'consumer_cuda_build' --output-on-failure >/dev/null
 rm -rf "$stage" && mkdir -p "$stage"
 find "$build/tests" "$build/benchmarks" "$build/examples" -type f -perm -u+x \
   \( -name 'test_quantize_append' -o -name 'test_paged' -o -name 'test_rotation' -o -name 'test_merge' -o -name 'test_attention_*' -o -name 'attention_dump' -o -name 'bench_*' \
      -o -name 'chunked_video_demo' \) -exec cp {} "$stage"/ \;
 for way in subdirectory package; do
-  cp "$build/tests/consumer/cuda_$way/build/cuda_consumer" "$stage/test_consumer_cuda_$way"
+  c=$build/tests/consumer/cuda_$way/build/cuda_consumer
+  [ -f "$c" ] && cp "$c" "$stage/test_consumer_cuda_$way"
 done
 cp -L /lib/x86_64-linux-gnu/libbenchmark.so.1debian "$stage"/
 [ -f "$build/python/libkvq_c.so" ] && cp "$build/python/libkvq_c.so" "$stage"/
