@@ -309,7 +309,10 @@ inline std::size_t compare_with_reference(const Outputs& out, const std::vector<
           continue;
         }
         const double r = rl[row], x = out.lse[row];
-        const bool ok = std::isinf(r) ? (std::isinf(x) && x < 0) : std::fabs(x - r) <= 1.5e-2 + 1e-3 * std::fabs(r);
+        // The kernel's scores use keys dequantized to bf16 (relative 2^-9 each); with the outlier
+        // channels of these inputs the scores near the row maximum, and so the LSE, move by up to
+        // ~2^-9 |LSE| (measured on the H100: 0.056 at LSE 32.7).
+        const bool ok = std::isinf(r) ? (std::isinf(x) && x < 0) : std::fabs(x - r) <= 1.5e-2 + 0x1p-9 * std::fabs(r);
         if (!ok) {
           if (bad < 4) first << " lse[" << row << "]=" << x << " ref=" << r << ";";
           ++bad;
@@ -357,7 +360,10 @@ struct AttentionTwin {
   PagedCache<P> pc;
   std::vector<std::int32_t> lens;  ///< the attention's cache lengths
 
-  AttentionTwin(const std::vector<int>& lengths, int kv_heads, int page_tokens, bool shuffle, std::uint64_t seed)
+  /// `twin_of_first`: entries that receive entry 0's keys and values (same codes, metadata and
+  /// per-entry state: PerChannel tail, key mean).
+  AttentionTwin(const std::vector<int>& lengths, int kv_heads, int page_tokens, bool shuffle, std::uint64_t seed,
+                const std::vector<int>& twin_of_first = {})
       : pc(static_cast<int>(lengths.size()), kv_heads, page_tokens, max_pages_for(lengths, page_tokens),
            static_cast<std::int64_t>(lengths.size()) * max_pages_for(lengths, page_tokens) + 5, shuffle, seed),
         lens(lengths.begin(), lengths.end()) {
@@ -369,6 +375,12 @@ struct AttentionTwin {
     std::mt19937_64 rng(seed ^ 0x5eedull);
     Act k(batch, std::max(max_len, 1), kv_heads, C::kHeadDim), v(batch, std::max(max_len, 1), kv_heads, C::kHeadDim);
     k.fill(rng), v.fill(rng);
+    for (int e : twin_of_first)
+      for (Act* a : {&k, &v}) {
+        const std::size_t per = a->host.size() / static_cast<std::size_t>(a->b);
+        std::copy(a->host.begin(), a->host.begin() + static_cast<std::ptrdiff_t>(per),
+                  a->host.begin() + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(e) * per));
+      }
     const int first = max_len / 3;
     for (auto [from, n] : {std::pair<int, int>{0, first}, std::pair<int, int>{first, max_len - first}}) {
       if (n == 0) continue;
@@ -419,12 +431,13 @@ std::size_t run_paged_vs_contiguous(int page_tokens, AttentionPath want, std::ui
 }
 
 /// Shared pages: entry 1 lists entry 0's first pages (a shared sink or prefix) before its own;
-/// entry 2's table is entry 0's. Within tolerance of the reference through the same tables; an
-/// entry that lists exactly entry 0's pages with the same queries and chunk gives entry 0's bits.
+/// entry 2's table is entry 0's (and its per-entry state, from the same appended tokens, equals
+/// entry 0's). Within tolerance of the reference through the same tables; an entry that lists
+/// exactly entry 0's pages with the same queries and chunk gives entry 0's bits.
 /// Returns the output elements compared.
 template <class C, Correction Mode, class Config>
 std::size_t run_shared_pages(int page_tokens, AttentionPath want, std::uint64_t seed) {
-  AttentionTwin<C> t({900, 900, 900}, 2, page_tokens, true, seed);
+  AttentionTwin<C> t({900, 900, 900}, 2, page_tokens, true, seed, {2});
   const int mp = t.pc.max_pages();
   for (int i = 0; i < 3; ++i) t.pc.tables[static_cast<std::size_t>(mp + i)] = t.pc.tables[static_cast<std::size_t>(i)];
   for (int i = 0; i < mp; ++i) t.pc.tables[static_cast<std::size_t>(2 * mp + i)] = t.pc.tables[static_cast<std::size_t>(i)];
