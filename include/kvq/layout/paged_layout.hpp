@@ -176,33 +176,48 @@ struct PagedView {
   static KVQ_HOST_DEVICE std::int64_t quantized_length(std::int64_t length) { return Paged::quantized_length(length); }
   static KVQ_HOST_DEVICE std::int64_t tail_length(std::int64_t length) { return Paged::tail_length(length); }
 
-  /// Byte offset of the page that holds token t of entry b. The column is clamped into the
-  /// table's max_pages_per_entry columns, so that an index formed for a token past the
-  /// capacity (a kernel's masked-off row, never dereferenced) still reads inside the table.
+  /// The table column of token t, clamped into the table's max_pages_per_entry columns, so
+  /// that a column formed for a token past the capacity (a kernel's masked-off row or a
+  /// look-ahead read, never dereferenced) still lies inside the table.
+  KVQ_HOST_DEVICE std::int64_t column(std::int64_t t) const {
+    const std::int64_t col = t / layout.shape.page_tokens;
+    return col < layout.shape.max_pages_per_entry ? col : layout.shape.max_pages_per_entry - 1;
+  }
+  /// The page that holds token t of entry b (one table read). The kernels read it once per
+  /// tile, ahead of the copies, and pass it to the *_in functions below.
+  KVQ_HOST_DEVICE std::int32_t page_of(int b, std::int64_t t) const { return tables[b * table_stride + column(t)]; }
+  /// Byte offset of the page that holds token t of entry b.
   KVQ_HOST_DEVICE std::int64_t page_base(int b, std::int64_t t) const {
-    std::int64_t col = t / layout.shape.page_tokens;
-    col = col < layout.shape.max_pages_per_entry ? col : layout.shape.max_pages_per_entry - 1;
-    return static_cast<std::int64_t>(tables[b * table_stride + col]) * layout.page_bytes();
+    return static_cast<std::int64_t>(page_of(b, t)) * layout.page_bytes();
   }
   KVQ_HOST_DEVICE std::int64_t slot(std::int64_t t) const { return t % layout.shape.page_tokens; }
 
-  KVQ_HOST_DEVICE std::int64_t k_code_word(int b, int h, std::int64_t t) const {
-    return (page_base(b, t) + layout.page_k_codes_offset()) / 4 +
+  /// Token t's codes and metadata in page `page` (the page_of(b, t) of its entry).
+  KVQ_HOST_DEVICE std::int64_t k_code_word_in(std::int32_t page, int h, std::int64_t t) const {
+    return (std::int64_t{page} * layout.page_bytes() + layout.page_k_codes_offset()) / 4 +
            (std::int64_t{h} * layout.shape.page_tokens + slot(t)) * kKeyWordsPerToken;
   }
-  KVQ_HOST_DEVICE std::int64_t v_code_word(int b, int h, std::int64_t t) const {
-    return (page_base(b, t) + layout.page_v_codes_offset()) / 4 +
+  KVQ_HOST_DEVICE std::int64_t v_code_word_in(std::int32_t page, int h, std::int64_t t) const {
+    return (std::int64_t{page} * layout.page_bytes() + layout.page_v_codes_offset()) / 4 +
            (std::int64_t{h} * layout.shape.page_tokens + slot(t)) * kValueWordsPerToken;
   }
-  KVQ_HOST_DEVICE std::int64_t k_meta_index(int b, int h, std::int64_t t, int c) const {
-    return (page_base(b, t) + layout.page_k_meta_offset()) / static_cast<std::int64_t>(sizeof(KMeta)) +
+  KVQ_HOST_DEVICE std::int64_t k_meta_index_in(std::int32_t page, int h, std::int64_t t, int c) const {
+    return (std::int64_t{page} * layout.page_bytes() + layout.page_k_meta_offset()) / static_cast<std::int64_t>(sizeof(KMeta)) +
            (std::int64_t{h} * (layout.shape.page_tokens / kKeyTokensPerGroup) + slot(t) / kKeyTokensPerGroup) *
                kKeyGroupsPerTokenGroup +
            c / KSpec::kChannelsPerGroup;
   }
-  KVQ_HOST_DEVICE std::int64_t v_meta_index(int b, int h, std::int64_t t, int c) const {
-    return (page_base(b, t) + layout.page_v_meta_offset()) / static_cast<std::int64_t>(sizeof(VMeta)) +
+  KVQ_HOST_DEVICE std::int64_t v_meta_index_in(std::int32_t page, int h, std::int64_t t, int c) const {
+    return (std::int64_t{page} * layout.page_bytes() + layout.page_v_meta_offset()) / static_cast<std::int64_t>(sizeof(VMeta)) +
            (std::int64_t{h} * layout.shape.page_tokens + slot(t)) * kValueGroupsPerToken + c / VSpec::kGroupSize;
+  }
+  KVQ_HOST_DEVICE std::int64_t k_code_word(int b, int h, std::int64_t t) const { return k_code_word_in(page_of(b, t), h, t); }
+  KVQ_HOST_DEVICE std::int64_t v_code_word(int b, int h, std::int64_t t) const { return v_code_word_in(page_of(b, t), h, t); }
+  KVQ_HOST_DEVICE std::int64_t k_meta_index(int b, int h, std::int64_t t, int c) const {
+    return k_meta_index_in(page_of(b, t), h, t, c);
+  }
+  KVQ_HOST_DEVICE std::int64_t v_meta_index(int b, int h, std::int64_t t, int c) const {
+    return v_meta_index_in(page_of(b, t), h, t, c);
   }
   /// Tail slot i of entry b (elements from its tail region's start, as in CacheLayout).
   KVQ_HOST_DEVICE std::int64_t tail_index(int b, int h, int i, int c) const {

@@ -480,12 +480,13 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
   const int nb = c.t_begin, ne = c.t_end, qe = c.q_end;
   if (nb < ne) {
     // ---- prologue: Q, the split's first kStages-1 packed tiles, its first tile --------------
+    sm80::TilePages<Tr> pages;
     sm80::init_fold_tiles<Tr>(c, tid);
     issue_q<Tr>(p, c, tid);
     arch::cp_async_commit();
 #pragma unroll 1
     for (int m = 0; m < kS - 1; ++m) {
-      if (nb + m < qe) sm80::issue_packed<Tr>(p, c, nb + m, tid);
+      if (nb + m < qe) sm80::issue_packed<Tr>(p, c, nb + m, tid, pages);
       arch::cp_async_commit();
     }
     if (nb >= c.n_qtiles) {
@@ -518,7 +519,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
         }
       }
       const int buf = (n - nb) & 1;
-      if (n + kS - 1 < qe) sm80::issue_packed<Tr>(p, c, n + kS - 1, tid);
+      if (n + kS - 1 < qe) sm80::issue_packed<Tr>(p, c, n + kS - 1, tid, pages);
       const bool next_plain = n + 1 < ne && n + 1 >= c.n_qtiles;
       if (next_plain) sm80::issue_plain<Tr>(p, c, n + 1, buf ^ 1, tid);
       arch::cp_async_commit();

@@ -120,12 +120,13 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
   st.init();
 
   // ---- prologue: Q, the first kStages-1 packed tiles, tile 0 -------------------------------
+  TilePages<Tr> pages;
   init_fold_tiles<Tr>(c, tid);
   issue_q<Tr>(p, c, tid);
   arch::cp_async_commit();
 #pragma unroll 1
   for (int m = 0; m < kS - 1; ++m) {
-    if (m < c.n_qtiles) issue_packed<Tr>(p, c, m, tid);
+    if (m < c.n_qtiles) issue_packed<Tr>(p, c, m, tid, pages);
     arch::cp_async_commit();
   }
   if (c.n_qtiles == 0) {
@@ -159,7 +160,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
       }
     }
     const int buf = n & 1;
-    if (n + kS - 1 < c.n_qtiles) issue_packed<Tr>(p, c, n + kS - 1, tid);
+    if (n + kS - 1 < c.n_qtiles) issue_packed<Tr>(p, c, n + kS - 1, tid, pages);
     const bool next_plain = n + 1 < c.n_tiles && n + 1 >= c.n_qtiles;
     if (next_plain) issue_plain<Tr>(p, c, n + 1, buf ^ 1, tid);
     arch::cp_async_commit();

@@ -9,11 +9,17 @@
 
 #include "kvq/arch/sm80_mma.cuh"
 #include "kvq/detail/macros.hpp"
+#include "kvq/kernels/common/pages.cuh"
 #include "kvq/kernels/common/params.cuh"
 #include "kvq/kernels/sm80/smem.cuh"
 #include "kvq/layout/paged_layout.hpp"
 
 namespace kvq::kernels::sm80 {
+
+/// Block-table pages of the packed tiles (one page per tile; see common/pages.cuh).
+template <class Tr>
+using TilePages = common::TilePages<typename Tr::Layout, Tr::kTileN, 1>;
+
 
 /// The CTA's query rows into the Q region (rows past the batch entry's q length are zeros).
 template <class Tr>
@@ -52,25 +58,38 @@ KVQ_DEVICE void copy_token_bytes(std::uint32_t dst, const unsigned char* src, co
 /// ring slot m % kStages, and with the first tile of a PerChannel stage, that stage's key
 /// metadata into its meta slot. Tokens past the quantized length are zero-filled (they
 /// dequantize to 0 and are masked).
+///
+/// Paged views: the tile lies in one page (page_tokens a multiple of kTileN), read through
+/// `pages` (tile m's page read ahead by the previous call), and tile m + 1's page is read
+/// here for the next call; contiguous layouts ignore `pages`.
 template <class Tr>
 KVQ_DEVICE void issue_packed(const common::AttentionParams<typename Tr::Layout>& p, const CtaContext<Tr>& c, int m,
-                             int tid) {
+                             int tid, TilePages<Tr>& pages) {
   const auto& l = p.layout;
   unsigned char* slot = c.ring_slot(m);
   const std::int64_t t0 = static_cast<std::int64_t>(m) * Tr::kTileN;
   const std::int64_t rest = c.qlen - t0;
   const int valid = rest < Tr::kTileN ? static_cast<int>(rest) : Tr::kTileN;
-  copy_token_bytes<Tr, Tr::kKCodeBytes>(arch::smem_u32(slot + Tr::kSlotKCodes),
-                                        reinterpret_cast<const unsigned char*>(p.k_codes + l.k_code_word(c.b, c.h, t0)),
-                                        p.k_codes, valid, tid);
-  copy_token_bytes<Tr, Tr::kVCodeBytes>(arch::smem_u32(slot + Tr::kSlotVCodes),
-                                        reinterpret_cast<const unsigned char*>(p.v_codes + l.v_code_word(c.b, c.h, t0)),
-                                        p.v_codes, valid, tid);
-  if constexpr (Tr::kKeyPerToken) {
-    copy_token_bytes<Tr, Tr::kKMetaBytesPerToken>(
-        arch::smem_u32(slot + Tr::kSlotKMeta),
-        reinterpret_cast<const unsigned char*>(p.k_meta + l.k_meta_index(c.b, c.h, t0, 0)), p.k_meta, valid, tid);
+  std::int64_t kc, vc, km, vm;
+  if constexpr (layout::is_paged_view_v<typename Tr::Layout>) {
+    const std::int32_t page = pages.page(l, c.b, m, 0);
+    pages.read_ahead(l, c.b, m + 1);
+    kc = l.k_code_word_in(page, c.h, t0), vc = l.v_code_word_in(page, c.h, t0);
+    km = l.k_meta_index_in(page, c.h, t0, 0), vm = l.v_meta_index_in(page, c.h, t0, 0);
   } else {
+    (void)pages;
+    kc = l.k_code_word(c.b, c.h, t0), vc = l.v_code_word(c.b, c.h, t0);
+    km = l.k_meta_index(c.b, c.h, t0, 0), vm = l.v_meta_index(c.b, c.h, t0, 0);
+  }
+  copy_token_bytes<Tr, Tr::kKCodeBytes>(arch::smem_u32(slot + Tr::kSlotKCodes),
+                                        reinterpret_cast<const unsigned char*>(p.k_codes + kc), p.k_codes, valid, tid);
+  copy_token_bytes<Tr, Tr::kVCodeBytes>(arch::smem_u32(slot + Tr::kSlotVCodes),
+                                        reinterpret_cast<const unsigned char*>(p.v_codes + vc), p.v_codes, valid, tid);
+  if constexpr (Tr::kKeyPerToken) {
+    copy_token_bytes<Tr, Tr::kKMetaBytesPerToken>(arch::smem_u32(slot + Tr::kSlotKMeta),
+                                                  reinterpret_cast<const unsigned char*>(p.k_meta + km), p.k_meta, valid, tid);
+  } else {
+    (void)km;
     if (m % Tr::kSubTiles == 0) {
       const int stage = m / Tr::kSubTiles;
       const std::int64_t g0 = static_cast<std::int64_t>(stage) * Tr::kStageGroups;
@@ -96,9 +115,8 @@ KVQ_DEVICE void issue_packed(const common::AttentionParams<typename Tr::Layout>&
       }
     }
   }
-  copy_token_bytes<Tr, Tr::kVMetaBytesPerToken>(
-      arch::smem_u32(slot + Tr::kSlotVMeta),
-      reinterpret_cast<const unsigned char*>(p.v_meta + l.v_meta_index(c.b, c.h, t0, 0)), p.v_meta, valid, tid);
+  copy_token_bytes<Tr, Tr::kVMetaBytesPerToken>(arch::smem_u32(slot + Tr::kSlotVMeta),
+                                                reinterpret_cast<const unsigned char*>(p.v_meta + vm), p.v_meta, valid, tid);
 }
 
 /// Unquantized tile m (index n_qtiles + i: tokens [i*TileN, (i+1)*TileN) of [tail ; chunk])

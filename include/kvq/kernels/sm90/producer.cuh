@@ -18,6 +18,7 @@
 #include "kvq/kernels/common/correction.cuh"
 #include "kvq/kernels/common/cta.cuh"
 #include "kvq/kernels/common/dequant.cuh"
+#include "kvq/kernels/common/pages.cuh"
 #include "kvq/kernels/common/params.cuh"
 #include "kvq/kernels/sm90/smem.cuh"
 #include "kvq/layout/paged_layout.hpp"
@@ -70,9 +71,14 @@ KVQ_DEVICE int valid_tokens(const common::CtaContext<Tr>& c, int m) {
 /// 16-byte-aligned window around the rows, which starts `skew` bytes before them (the same
 /// for every tile of the head) and stays inside the cache allocation (regions are 256-byte
 /// aligned).
+/// Block-table pages of the packed tiles: up to two pieces of a tile read ahead (pages of at
+/// least half a tile; further pieces of smaller pages are read as they are issued).
+template <class Tr>
+using TilePages = common::TilePages<typename Tr::Layout, Tr::kTileN, 2>;
+
 template <class Tr, bool kKey>
 KVQ_DEVICE void issue_packed(const common::AttentionParams<typename Tr::Layout>& p, const common::CtaContext<Tr>& c,
-                             const Smem<Tr>& sm, int m, int skew) {
+                             const Smem<Tr>& sm, int m, int skew, TilePages<Tr>& pages) {
   using H = Half<Tr, kKey>;
   const std::uint32_t slot = arch::smem_u32(sm.slot(m));
   const std::uint32_t bar = sm.ring_bar(kKey ? 0 : 1, m);
@@ -87,17 +93,29 @@ KVQ_DEVICE void issue_packed(const common::AttentionParams<typename Tr::Layout>&
     // this kernel only where page_tokens × metadata bytes per token is a multiple of 16, so
     // that skew is 0 and every piece starts 16-byte aligned on both sides; the pieces' byte
     // counts add up to code_bytes and meta_bytes (only the last one is rounded up).
-    const int pt = p.layout.page_tokens();
+    // The pages were read ahead by the previous call (tile m - 1); tile m + 1's are read
+    // before this tile's copies are issued.
+    const auto& l = p.layout;
+    const int pt = l.page_tokens();
     const int piece = pt < Tr::kTileN ? pt : Tr::kTileN;
+    std::int32_t first[2] = {pages.page(l, c.b, m, 0), pages.page(l, c.b, m, 1)};
+    pages.read_ahead(l, c.b, m + 1);
 #pragma unroll 1
-    for (int i = 0; i < valid; i += piece) {
+    for (int i = 0, k = 0; i < valid; i += piece, ++k) {
       const int n = valid - i < piece ? valid - i : piece;
-      arch::bulk_load(slot + H::kSlotCodes + static_cast<std::uint32_t>(i * H::kWords * 4), packed_codes<Tr, kKey>(p, c, t0 + i),
+      const std::int32_t page = k < 2 ? first[k] : pages.page(l, c.b, m, k);
+      const std::int64_t t = t0 + i;
+      const auto* codes = reinterpret_cast<const unsigned char*>(kKey ? p.k_codes + l.k_code_word_in(page, c.h, t)
+                                                                      : p.v_codes + l.v_code_word_in(page, c.h, t));
+      const auto* meta = kKey ? reinterpret_cast<const unsigned char*>(p.k_meta + l.k_meta_index_in(page, c.h, t, 0))
+                              : reinterpret_cast<const unsigned char*>(p.v_meta + l.v_meta_index_in(page, c.h, t, 0));
+      arch::bulk_load(slot + H::kSlotCodes + static_cast<std::uint32_t>(i * H::kWords * 4), codes,
                       static_cast<std::uint32_t>(n * H::kWords * 4), bar);
-      arch::bulk_load(slot + H::kSlotMeta + static_cast<std::uint32_t>(i * H::kMetaBytes), packed_meta<Tr, kKey>(p, c, t0 + i),
+      arch::bulk_load(slot + H::kSlotMeta + static_cast<std::uint32_t>(i * H::kMetaBytes), meta,
                       static_cast<std::uint32_t>((n * H::kMetaBytes + 15) & ~15), bar);
     }
   } else {
+    (void)pages;
     arch::bulk_load(slot + H::kSlotCodes, packed_codes<Tr, kKey>(p, c, t0), code_bytes, bar);
     arch::bulk_load(slot + H::kSlotMeta, packed_meta<Tr, kKey>(p, c, t0) - skew, meta_bytes, bar);
   }
@@ -285,9 +303,10 @@ KVQ_DEVICE void produce(const common::AttentionParams<typename Tr::Layout>& p, c
                        : static_cast<int>(reinterpret_cast<std::uintptr_t>(packed_meta<Tr, kKey>(p, c, 0)) & 15u);
   static_assert(H::kThreads % 8 == 0, "rows past the first token keep its swizzle phase");
   const RowOffsets<Tr> ro(lt);
+  TilePages<Tr> pages;
   if (lt == 0) {
 #pragma unroll 1
-    for (int m = 0; m < kR - 1 && m < c.n_qtiles; ++m) issue_packed<Tr, kKey>(p, c, sm, m, skew);
+    for (int m = 0; m < kR - 1 && m < c.n_qtiles; ++m) issue_packed<Tr, kKey>(p, c, sm, m, skew, pages);
   }
 #pragma unroll 1
   for (int n = 0; n < c.n_tiles; ++n) {
@@ -297,7 +316,7 @@ KVQ_DEVICE void produce(const common::AttentionParams<typename Tr::Layout>& p, c
       // Every thread of the half is done reading slot (n-1) % kR: one refills it. Then
       // tile n's packed data has landed.
       arch::named_barrier_sync(H::kBarrierId, H::kThreads);
-      if (lt == 0 && n + kR - 1 < c.n_qtiles) issue_packed<Tr, kKey>(p, c, sm, n + kR - 1, skew);
+      if (lt == 0 && n + kR - 1 < c.n_qtiles) issue_packed<Tr, kKey>(p, c, sm, n + kR - 1, skew, pages);
       arch::mbarrier_wait(sm.ring_bar(kKey ? 0 : 1, n), static_cast<std::uint32_t>(n / kR) & 1u);
       const unsigned char* slot = sm.slot(n);
       const int valid = valid_tokens(c, n);
