@@ -283,9 +283,9 @@ KVQ_DEVICE void per_channel_tile(const Params<Layout>& p, const Head& hd, std::i
   // metadata is local and there are several rounds.
   if constexpr (kR == 1) {
     const int row = tid / Tr::kSegsPerRow, q = tid % Tr::kSegsPerRow;
-    segment_phase_a<Layout, false, kVS, kVBase, kIn>(p, hd, s0, row, q, lane, s0 + row < hd.full, vx, sm, venc);
+    segment_phase_a<Layout, false, kVS, kVBase, kIn>(p, RowCache<Layout>(p.layout, hd.b, hd.h, hd.qlen + s0 + row), row, q, lane, s0 + row < hd.full, vx, sm, venc);
     // Local value metadata: the codes need nothing from the tasks (vx dies here).
-    if constexpr (!kVS) segment_phase_c<Layout, false, kVS, kVBase, kIn>(p, hd, s0, row, q, s0 + row < hd.full, vx, sm, venc);
+    if constexpr (!kVS) segment_phase_c<Layout, false, kVS, kVBase, kIn>(p, RowCache<Layout>(p.layout, hd.b, hd.h, hd.qlen + s0 + row), row, q, s0 + row < hd.full, vx, sm, venc);
   } else {
 #pragma unroll 1
     for (int r = 0; r < kR; ++r) {
@@ -293,8 +293,8 @@ KVQ_DEVICE void per_channel_tile(const Params<Layout>& p, const Head& hd, std::i
       const int row = seg / Tr::kSegsPerRow, q = seg % Tr::kSegsPerRow;
       const bool valid = s0 + row < hd.full;
       load_segment_any(p, hd, false, s0 + row, q, valid, vx);
-      segment_phase_a<Layout, false, kVS, kVBase, kIn>(p, hd, s0, row, q, lane, valid, vx, sm, venc);
-      if constexpr (!kVS) segment_phase_c<Layout, false, kVS, kVBase, kIn>(p, hd, s0, row, q, valid, vx, sm, venc);
+      segment_phase_a<Layout, false, kVS, kVBase, kIn>(p, RowCache<Layout>(p.layout, hd.b, hd.h, hd.qlen + s0 + row), row, q, lane, valid, vx, sm, venc);
+      if constexpr (!kVS) segment_phase_c<Layout, false, kVS, kVBase, kIn>(p, RowCache<Layout>(p.layout, hd.b, hd.h, hd.qlen + s0 + row), row, q, valid, vx, sm, venc);
     }
   }
   __syncthreads();
@@ -304,7 +304,7 @@ KVQ_DEVICE void per_channel_tile(const Params<Layout>& p, const Head& hd, std::i
   // Values, phase C (when their metadata comes from the tasks).
   if constexpr (kR == 1 && kVS) {
     const int row = tid / Tr::kSegsPerRow, q = tid % Tr::kSegsPerRow;
-    segment_phase_c<Layout, false, kVS, kVBase, kIn>(p, hd, s0, row, q, s0 + row < hd.full, vx, sm, venc);
+    segment_phase_c<Layout, false, kVS, kVBase, kIn>(p, RowCache<Layout>(p.layout, hd.b, hd.h, hd.qlen + s0 + row), row, q, s0 + row < hd.full, vx, sm, venc);
   } else if constexpr (kR > 1 && kVS) {
 #pragma unroll 1
     for (int r = 0; r < kR; ++r) {
@@ -312,7 +312,7 @@ KVQ_DEVICE void per_channel_tile(const Params<Layout>& p, const Head& hd, std::i
       const int row = seg / Tr::kSegsPerRow, q = seg % Tr::kSegsPerRow;
       const bool valid = s0 + row < hd.full;
       load_segment_any(p, hd, false, s0 + row, q, valid, vx);
-      segment_phase_c<Layout, false, kVS, kVBase, kIn>(p, hd, s0, row, q, valid, vx, sm, venc);
+      segment_phase_c<Layout, false, kVS, kVBase, kIn>(p, RowCache<Layout>(p.layout, hd.b, hd.h, hd.qlen + s0 + row), row, q, valid, vx, sm, venc);
     }
   }
 

@@ -20,6 +20,33 @@
 
 namespace kvq::kernels::quantize {
 
+/// The cache addresses of one appended row (token pos of (b, h)): its key and value code
+/// words and metadata. Paged views read the row's page from the table once, when the row's
+/// phases start, instead of before each store (where the read's latency would add to every
+/// store's; a row never straddles a page).
+template <class Layout>
+struct RowCache {
+  const Layout* l;
+  int b, h;
+  std::int64_t pos;
+  std::int32_t page;
+  KVQ_DEVICE RowCache(const Layout& layout, int b_, int h_, std::int64_t pos_) : l(&layout), b(b_), h(h_), pos(pos_), page(0) {
+    if constexpr (layout::is_paged_view_v<Layout>) page = layout.page_of(b, pos);
+  }
+  KVQ_DEVICE std::int64_t code_word(bool key) const {
+    if constexpr (layout::is_paged_view_v<Layout>) return key ? l->k_code_word_in(page, h, pos) : l->v_code_word_in(page, h, pos);
+    else return key ? l->k_code_word(b, h, pos) : l->v_code_word(b, h, pos);
+  }
+  KVQ_DEVICE std::int64_t k_meta(int c) const {
+    if constexpr (layout::is_paged_view_v<Layout>) return l->k_meta_index_in(page, h, pos, c);
+    else return l->k_meta_index(b, h, pos, c);
+  }
+  KVQ_DEVICE std::int64_t v_meta(int c) const {
+    if constexpr (layout::is_paged_view_v<Layout>) return l->v_meta_index_in(page, h, pos, c);
+    else return l->v_meta_index(b, h, pos, c);
+  }
+};
+
 /// Partials of the local groups of lane q of a row, reduced over the lanes of each group (xor
 /// shuffles; combine() is commutative). x: 16 packed pairs, or 32 floats (rotated keys).
 template <class Spec, int D, DType kIn, class X>
@@ -139,7 +166,7 @@ KVQ_DEVICE int segment_task(int row, int q, int lg) {
 /// stages (min, max) for the task threads; else the lane computes its groups' metadata itself
 /// (stored by the group's first lane) into enc.
 template <class Layout, bool kIsKey, bool kShared, int kTaskBase, DType kIn, class X>
-KVQ_DEVICE void segment_phase_a(const Params<Layout>& p, const Head& hd, std::int64_t s0, int row, int q, int lane, bool valid,
+KVQ_DEVICE void segment_phase_a(const Params<Layout>& p, const RowCache<Layout>& rc, int row, int q, int lane, bool valid,
                                 const X& x, const TaskSmem<Layout>& sm,
                                 math::GroupEncoder (&enc)[SegmentPlan<std::conditional_t<kIsKey, typename Layout::KSpec,
                                                                                           typename Layout::VSpec>,
@@ -156,11 +183,10 @@ KVQ_DEVICE void segment_phase_a(const Params<Layout>& p, const Head& hd, std::in
         sm.partial(segment_task<Spec, D, kTaskBase>(row, q, g)) = make_float2(part[g].min, part[g].max);
     }
   } else {
-    const std::int64_t pos = hd.qlen + s0 + row;
     auto store = [&](int g, const math::GroupMeta<Spec::kScaleType>& m) {
       const int c = SP::row_element(q, g * SP::kGroupElems);
-      if constexpr (kIsKey) p.cache.k_meta[p.layout.k_meta_index(hd.b, hd.h, pos, c)] = m;
-      else p.cache.v_meta[p.layout.v_meta_index(hd.b, hd.h, pos, c)] = m;
+      if constexpr (kIsKey) p.cache.k_meta[rc.k_meta(c)] = m;
+      else p.cache.v_meta[rc.v_meta(c)] = m;
     };
     segment_meta_local<Spec, D>(part, lane, valid, enc, store);
   }
@@ -168,7 +194,7 @@ KVQ_DEVICE void segment_phase_a(const Params<Layout>& p, const Head& hd, std::in
 
 /// Phase C of one lane's segment: the encoders (from the task threads when kShared), codes, stores.
 template <class Layout, bool kIsKey, bool kShared, int kTaskBase, DType kIn, class X>
-KVQ_DEVICE void segment_phase_c(const Params<Layout>& p, const Head& hd, std::int64_t s0, int row, int q, bool valid,
+KVQ_DEVICE void segment_phase_c(const Params<Layout>& p, const RowCache<Layout>& rc, int row, int q, bool valid,
                                 const X& x, const TaskSmem<Layout>& sm,
                                 math::GroupEncoder (&enc)[SegmentPlan<std::conditional_t<kIsKey, typename Layout::KSpec,
                                                                                           typename Layout::VSpec>,
@@ -184,9 +210,7 @@ KVQ_DEVICE void segment_phase_c(const Params<Layout>& p, const Head& hd, std::in
       enc[g] = {zr.x, zr.y, sm.step()[u]};
     }
   }
-  const std::int64_t pos = hd.qlen + s0 + row;
-  std::uint32_t* words = kIsKey ? p.cache.k_codes + p.layout.k_code_word(hd.b, hd.h, pos)
-                                : p.cache.v_codes + p.layout.v_code_word(hd.b, hd.h, pos);
+  std::uint32_t* words = kIsKey ? p.cache.k_codes + rc.code_word(true) : p.cache.v_codes + rc.code_word(false);
   segment_codes<Spec, D, kIn>(x, enc, q, valid, words);
 }
 
@@ -272,15 +296,16 @@ KVQ_DEVICE void per_token_tile(const Params<Layout>& p, const Head& hd, std::int
   const int lane = static_cast<int>(threadIdx.x) & 31;
   math::GroupEncoder kenc[SegmentPlan<typename Layout::KSpec, D>::kLocalGroups];
   math::GroupEncoder venc[SegmentPlan<typename Layout::VSpec, D>::kLocalGroups];
-  segment_phase_a<Layout, true, Tr::kKeyShared, 0, kIn>(p, hd, s0, row, q, lane, valid, kx, sm, kenc);
-  segment_phase_a<Layout, false, Tr::kValueShared, Tr::kKeyTasks, kIn>(p, hd, s0, row, q, lane, valid, vx, sm, venc);
+  const RowCache<Layout> rc(p.layout, hd.b, hd.h, hd.qlen + s0 + row);
+  segment_phase_a<Layout, true, Tr::kKeyShared, 0, kIn>(p, rc, row, q, lane, valid, kx, sm, kenc);
+  segment_phase_a<Layout, false, Tr::kValueShared, Tr::kKeyTasks, kIn>(p, rc, row, q, lane, valid, vx, sm, venc);
   if constexpr (Tr::kUseTasks) {
     __syncthreads();
     task_phase_b<Layout, kIn>(p, hd, s0, sm);
     __syncthreads();
   }
-  segment_phase_c<Layout, true, Tr::kKeyShared, 0, kIn>(p, hd, s0, row, q, valid, kx, sm, kenc);
-  segment_phase_c<Layout, false, Tr::kValueShared, Tr::kKeyTasks, kIn>(p, hd, s0, row, q, valid, vx, sm, venc);
+  segment_phase_c<Layout, true, Tr::kKeyShared, 0, kIn>(p, rc, row, q, valid, kx, sm, kenc);
+  segment_phase_c<Layout, false, Tr::kValueShared, Tr::kKeyTasks, kIn>(p, rc, row, q, valid, vx, sm, venc);
 }
 
 }  // namespace kvq::kernels::quantize
