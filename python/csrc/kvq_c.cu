@@ -313,8 +313,16 @@ class Cache final : public CacheBase {
   struct Entry {
     int q_heads;
     Mask mask;
+    std::int64_t short_q;  ///< num_q of a short-query plan (1..16), 0 for the chunk kernels' plan
     kvq::AttentionPlan<Layout, Mode> plan;
   };
+  /// Plans are kept per (q heads, mask) and kind: AutoConfig picks the short-query kernel for
+  /// 1..16 queries (kernels/decode/schedule.hpp) and sizes its splits and workspace for the
+  /// num_q it was initialized with, so each such num_q has its own plan; every other num_q
+  /// shares the chunk kernels' plan.
+  static std::int64_t short_key(std::int64_t num_q) {
+    return num_q >= 1 && num_q <= kvq::kernels::decode::kMaxShortQueries ? num_q : 0;
+  }
   struct Unsupported {};
   template <Correction Mode>
   using Plans = std::conditional_t<kHasAttention<Layout, Mode>, std::vector<std::unique_ptr<Entry<Mode>>>, Unsupported>;
@@ -327,13 +335,14 @@ class Cache final : public CacheBase {
       (void)plans, (void)a, (void)out;
       return Status::kErrorNotSupported;
     } else {
+      const std::int64_t key = short_key(a.num_q);
       for (auto& e : plans)
-        if (e->q_heads == a.q_heads && e->mask == a.mask) {
+        if (e->q_heads == a.q_heads && e->mask == a.mask && e->short_q == key) {
           if (out) *out = &e->plan;
           return Status::kSuccess;
         }
       if (a.q_heads <= 0 || a.q_heads % heads != 0) return Status::kErrorInvalidArgument;
-      std::unique_ptr<Entry<Mode>> e(new (std::nothrow) Entry<Mode>{a.q_heads, a.mask, {}});
+      std::unique_ptr<Entry<Mode>> e(new (std::nothrow) Entry<Mode>{a.q_heads, a.mask, key, {}});
       if (!e) return Status::kErrorInvalidArgument;
       const Status s = e->plan.initialize(layout_, a);
       if (s != Status::kSuccess) return s;

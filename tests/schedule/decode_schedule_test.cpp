@@ -22,6 +22,7 @@ ShortQueryShape decode_shape(std::int64_t num_q) {
 
 TEST_CASE("short-query rule: up to 16 queries", "[cpu][decode]") {
   using kvq::kernels::decode::prefer_short_query;
+  CHECK_FALSE(prefer_short_query(decode_shape(0)));
   CHECK(prefer_short_query(decode_shape(1)));
   CHECK(prefer_short_query(decode_shape(16)));
   CHECK_FALSE(prefer_short_query(decode_shape(17)));

@@ -13,8 +13,7 @@
 // everything else, and for short queries (decode) the short-query kernel (kernels/decode,
 // sm_80+: the q heads of a kv head packed into one CTA, the key sequence split across
 // CTAs and the splits merged; forced with ShortQueryConfig; kernels/decode/schedule.hpp
-// states when AutoConfig takes it: not in this version, kAutoSelect is off until the kernel
-// has run on a GPU). Every entry point returns a Status and never throws, prints or exits; the Status
+// states when AutoConfig takes it: at most 16 queries, contiguous caches). Every entry point returns a Status and never throws, prints or exits; the Status
 // table is in README.md.
 //
 // Paged caches: Layout = layout::PagedView<PagedCacheLayout<...>> (layout/paged_layout.hpp),
@@ -106,7 +105,7 @@ struct AttentionVariant {
 struct AutoConfig {};
 
 /// Forces the short-query kernel (kernels/decode) whatever the shape (contiguous caches);
-/// AutoConfig takes it by the rule of kernels/decode/schedule.hpp where kAutoSelect is on.
+/// AutoConfig takes it by the rule of kernels/decode/schedule.hpp.
 struct ShortQueryConfig {};
 
 /// Which kernel a plan runs.
