@@ -8,6 +8,7 @@
 #          (attention and append), the short-query shapes with their chunk-kernel
 #          counterparts, the append variants, the torch anchor and the Python op's timing
 #   all    check, then bench (one call, about 6 minutes)
+#   profile  Nsight Compute sections of the short-query kernel at the decode shape (ncu.txt)
 # $OUT receives summary.txt and <mode>.tar.gz (every log and JSON).
 #   OUT=<dir> scripts/device_session.sh check|bench|all
 set -uo pipefail
@@ -119,4 +120,16 @@ if [ "$mode" = bench ] || [ "$mode" = all ]; then
    echo "python example rc=$?" >> "$S")
   say "total: $((SECONDS - t0)) s"
   snap
+fi
+if [ "$mode" = profile ]; then
+  ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  if [ -z "$ncu" ]; then
+    say "profile: no ncu on this machine"
+  else
+    timeout 240 "$ncu" --section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats \
+      --section MemoryWorkloadAnalysis --section LaunchStats --kernel-name-base demangled -k regex:decode::attention_kernel -c 1 \
+      "$stage/bench_attention" --benchmark_filter='short/int2_pt128_taylor2_d128/short/b:8/nq:1/' \
+      --benchmark_min_time=0.01 > "$out/ncu.txt" 2>&1
+    say "profile rc=$? ($ncu)"
+  fi
 fi
