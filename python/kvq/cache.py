@@ -26,13 +26,19 @@ class _Binding:
     """The C handle of a cache and what its op calls reuse (packed argument buffers, bound
     C functions); kept in kvq.ops._REGISTRY under cache_id."""
 
-    def __init__(self, handle, meta, buffer, lengths, dtype_code):
+    def __init__(self, handle, meta, buffer, lengths, error, dtype):
         L = _lib.lib()
         self.handle = handle
         self.meta = meta
         self.buffer = buffer
         self.lengths = lengths
-        self.dtype_code = dtype_code
+        self.error = error
+        self.dtype = dtype  # the activations' torch dtype
+        self.dtype_code = _DTYPES[dtype]
+        self.device = buffer.device  # torch.device("cuda", meta.device_index)
+        self.device_index = meta.device_index
+        # Remembered attention argument checks (kvq.ops._attention_checks).
+        self.attention_checks = {}
         self.append_buf = ctypes.create_string_buffer(_lib.APPEND_ARGS.size)
         self.attention_buf = ctypes.create_string_buffer(_lib.ATTENTION_ARGS.size)
         self.append_addr = ctypes.addressof(self.append_buf)
@@ -140,7 +146,7 @@ class KVCache:
         self.lengths = torch.zeros(batch, dtype=torch.int32, device=device)
         self.error = torch.zeros(1, dtype=torch.int32, device=device)
         self.block_table = None  # reserved for the paged cache
-        self._binding = _Binding(handle, self.meta, self.buffer, self.lengths, _DTYPES[dtype])
+        self._binding = _Binding(handle, self.meta, self.buffer, self.lengths, self.error, dtype)
         self.cache_id = ops.register(self._binding)
         self._binding.cache_id = self.cache_id
         self._finalizer = weakref.finalize(self, _free, self.cache_id, handle.value)

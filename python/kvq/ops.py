@@ -9,6 +9,14 @@ capture they come from the graph's pool) and call C functions that only check an
 on torch's current stream: no allocation, synchronization or host read of device data,
 so append and attention can be captured in a CUDA graph.
 
+Host time per call: attention registers a fallthrough at the Autograd keys (its outputs
+carry no gradient), so the dispatcher goes from the call to the CUDA kernel in C++, with
+no Python autograd layer in between (append, which returns nothing, keeps torch's default
+autograd fallback, in C++); the kernels pass the cache's own buffer and lengths by
+identity, and attention remembers its argument checks per cache and argument signature
+(shapes, strides, dtypes, devices and the other arguments), so that a repeated call
+checks only the data alignment.
+
 The ops identify their cache by a small integer (``cache_id``) that indexes the registry
 of live caches (kvq.cache.KVCache registers itself); the cache tensors travel as
 arguments so that torch sees every read and write.
@@ -62,7 +70,11 @@ def _binding(cache_id):
 
 def _check_cache_tensors(b, cache, lengths, error=None):
     """The cache buffer and lengths passed to an op must be those of the cache's layout
-    (torch.compile may pass copies of them, so only their shape, dtype and device count)."""
+    (torch.compile may pass copies of them, so only their shape, dtype and device count).
+    The cache's own tensors (those of binding `b`, the case of every eager call and of
+    compiled graphs that read the cache's attributes) pass without a look."""
+    if cache is b.buffer and lengths is b.lengths and (error is None or error is b.error):
+        return
     m = b.meta
     if tuple(cache.shape) != (m.nbytes,) or str(cache.dtype) != "torch.uint8" or cache.device != b.buffer.device:
         raise ValueError("kvq: the cache tensor must be the uint8 [%d] buffer on %s of cache_id %d, got %s %s on %s"
@@ -117,40 +129,75 @@ def _outputs(q, b, nq, hq, return_lse, return_mass):
     return o, lse, mass
 
 
+# Per binding, at most this many remembered argument checks (kvq.cache._Binding.attention_checks).
+_MAX_REMEMBERED_CHECKS = 256
+
+
+def _attention_checks(b, q, k_chunk, v_chunk, correction, mask, scale, return_lse, return_mass, max_cache_length):
+    """The argument checks of one attention of binding `b` and what they derive: (output
+    shape, lse shape or None, mass shape or None, the argument struct's values after its
+    pointers). They depend only on the tensors' shapes, strides, dtypes and devices and on
+    the other arguments, so they are remembered per binding under those: a repeated call
+    (the same shapes every step) checks nothing but the data alignment (kvq._validate does
+    the same checks on a miss, and raises before anything is remembered)."""
+    memo = b.attention_checks
+    try:
+        key = (q.shape, q.stride(), q.dtype, q.device, k_chunk.shape, k_chunk.stride(), k_chunk.dtype,
+               k_chunk.device, v_chunk.shape, v_chunk.stride(), v_chunk.dtype, v_chunk.device,
+               correction, mask, scale, return_lse, return_mass, max_cache_length)
+        r = memo.get(key)
+    except Exception:  # not tensors, or unhashable (symbolic) sizes: the checks below say what is wrong
+        key = r = None
+    if r is not None:
+        return r
+    meta = b.meta
+    bsz, nq, hq, nc, qs, ks, vs = check_attention(meta, q, k_chunk, v_chunk, _CORRECTION_NAMES.get(correction),
+                                                  _MASK_NAMES.get(mask), scale)
+    d = meta.head_dim
+    r = ((bsz, nq, hq, d), (bsz, hq, nq) if return_lse else None, (bsz, hq, nq, 3) if return_mass else None,
+         (qs[0], qs[1], qs[2], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2],
+          nq * hq * d if bsz > 1 else 0, hq * d if nq > 1 else 0, d if hq > 1 else 0,
+          nq, nc, max_cache_length,
+          scale, correction, mask, b.dtype_code, bsz, hq, meta.kv_heads, d))
+    if key is not None:
+        if len(memo) >= _MAX_REMEMBERED_CHECKS:
+            memo.clear()
+        memo[key] = r
+    return r
+
+
+_EMPTY = (0,)
+
+
 def attention_launch(b, cache, lengths, q, k_chunk, v_chunk, correction, mask, scale, return_lse, return_mass,
                      max_cache_length, op_outputs=True):
     """Checks and enqueues one attention of cache binding `b` on torch's current stream;
     returns (o, lse, mass). With op_outputs=False an output not asked for is None instead of
     an empty tensor (the op's schema needs tensors)."""
-    meta = b.meta
-    bsz, nq, hq, nc, qs, ks, vs = check_attention(meta, q, k_chunk, v_chunk, _CORRECTION_NAMES.get(correction),
-                                                  _MASK_NAMES.get(mask), scale)
+    o_shape, lse_shape, mass_shape, tail = _attention_checks(b, q, k_chunk, v_chunk, correction, mask, scale,
+                                                             return_lse, return_mass, max_cache_length)
     qp, kp, vp = q.data_ptr(), k_chunk.data_ptr(), v_chunk.data_ptr()
     if (qp | kp | vp) & 15:
         check_alignment("q", q)
         check_alignment("k_chunk", k_chunk)
         check_alignment("v_chunk", v_chunk)
-    d = meta.head_dim
-    dev = q.device
-    o = torch.empty((bsz, nq, hq, d), dtype=q.dtype, device=dev)
+    # The checks made q's dtype the cache's and its device the cache's (b.device).
+    dev = b.device
+    o = torch.empty(o_shape, dtype=b.dtype, device=dev)
     lse = mass = None
-    if return_lse:
-        lse = torch.empty((bsz, hq, nq), dtype=torch.float32, device=dev)
+    if lse_shape is not None:
+        lse = torch.empty(lse_shape, dtype=torch.float32, device=dev)
     elif op_outputs:
-        lse = torch.empty((0,), dtype=torch.float32, device=dev)
-    if return_mass:
-        mass = torch.empty((bsz, hq, nq, 3), dtype=torch.float32, device=dev)
+        lse = torch.empty(_EMPTY, dtype=torch.float32, device=dev)
+    if mass_shape is not None:
+        mass = torch.empty(mass_shape, dtype=torch.float32, device=dev)
     elif op_outputs:
-        mass = torch.empty((0,), dtype=torch.float32, device=dev)
+        mass = torch.empty(_EMPTY, dtype=torch.float32, device=dev)
     _lib.ATTENTION_ARGS.pack_into(
         b.attention_buf, 0,
         cache.data_ptr(), lengths.data_ptr(), qp, kp, vp, o.data_ptr(),
-        lse.data_ptr() if return_lse else 0, mass.data_ptr() if return_mass else 0,
-        _raw_stream(meta.device_index),
-        qs[0], qs[1], qs[2], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2],
-        nq * hq * d if bsz > 1 else 0, hq * d if nq > 1 else 0, d if hq > 1 else 0,
-        nq, nc, max_cache_length,
-        scale, correction, mask, b.dtype_code, bsz, hq, meta.kv_heads, d)
+        lse.data_ptr() if lse_shape is not None else 0, mass.data_ptr() if mass_shape is not None else 0,
+        _raw_stream(b.device_index), *tail)
     s = b.attention_fn(b.handle, b.attention_addr)
     if s != 0:
         raise _lib.KvqError("kvq attention", s)
@@ -178,18 +225,13 @@ _lib_def.impl("attention", _attention_cuda, "CUDA")
 torch.library.register_fake("kvq::attention", _attention_fake, lib=_lib_def)
 
 
-def _attention_setup_context(ctx, inputs, output):
-    # Inference only: the outputs carry no gradient (so that a model traced with grad enabled
-    # compiles), and backward is never reached.
-    ctx.mark_non_differentiable(*output)
-
-
-def _attention_backward(ctx, *grads):  # pragma: no cover (outputs are non-differentiable)
-    raise RuntimeError("kvq.attention has no backward: kvq caches serve inference")
-
-
-torch.library.register_autograd("kvq::attention", _attention_backward, setup_context=_attention_setup_context,
-                                lib=_lib_def)
+# Inference only: the outputs carry no gradient (so that a model traced with grad enabled
+# compiles, and backward never reaches the op). A fallthrough at the Autograd keys does that
+# in the dispatcher itself: the CUDA kernel creates the outputs with torch.empty, outside any
+# autograd graph, as under torch.library.register_autograd with mark_non_differentiable, but
+# without that Python autograd kernel and its redispatch (two more crossings between C++ and
+# Python and an autograd.Function layer on every call).
+_lib_def.impl("attention", torch.library.fallthrough_kernel, "Autograd")
 
 
 # The overloads themselves (calling them skips the packet's overload resolution).

@@ -1,5 +1,7 @@
 """kvq's torch ops on the GPU: attention against torch SDPA over the dequantized cache,
 append, torch.compile(fullgraph=True), CUDA graph capture and replay, bad inputs."""
+import math
+
 import pytest
 
 from _gpu import require_gpu
@@ -317,4 +319,51 @@ def test_raw_op_rejects_foreign_cache_tensors(cache):
         torch.ops.kvq.attention(cache.buffer[:-256], cache.lengths, q, q, q, cache.cache_id, 1, 0, 0.08, False, False, -1)
     with pytest.raises(ValueError, match="names no live kvq cache"):
         torch.ops.kvq.attention(cache.buffer, cache.lengths, q, q, q, 10 ** 6, 1, 0, 0.08, False, False, -1)
+    assert _untouched(cache)
+
+
+def test_attention_outputs_carry_no_gradient():
+    """The op's Autograd keys are a fallthrough: with grad enabled and q requiring grad, the
+    outputs (op or method) are non-differentiable, eagerly and in a graph traced by AOTAutograd."""
+    torch.manual_seed(6)
+    cache = make_cache(2, "per_token", 128, "none", 128, "taylor2")
+    k, v = rand(2, 8, 2, 128), rand(2, 8, 2, 128)
+    cache.append(k, v)
+    q = rand(2, 8, 2, 128).requires_grad_()
+    outs = torch.ops.kvq.attention(cache.buffer, cache.lengths, q, k, v, cache.cache_id, 1, 0, 1.0 / math.sqrt(128),
+                                   True, True, -1)
+    outs += cache.attention(q, k, v, return_lse=True, return_mass=True)
+    assert all(not t.requires_grad and t.grad_fn is None for t in outs)
+    torch.cuda.synchronize()
+    assert float((outs[0].float() - outs[3].float()).abs().max()) <= 1e-3 * max(float(outs[3].abs().max()), 1.0)
+
+    proj = torch.nn.Linear(256, 256, bias=False).to(DEV, torch.bfloat16)  # weights require grad
+
+    def f(x):
+        qq = proj(x).view(2, 8, 2, 128)
+        return proj(cache.attention(qq, k, v).reshape(2, 8, 256))
+
+    x = rand(2, 8, 256)
+    ye, yc = f(x), torch.compile(f, fullgraph=True, backend="aot_eager")(x)
+    assert yc.requires_grad  # through the second projection only
+    yc.float().sum().backward()
+    assert proj.weight.grad is not None
+    assert float((ye.float() - yc.float()).abs().max()) <= 2e-2 * max(float(ye.abs().max()), 1.0)
+
+
+def test_attention_checks_are_remembered_and_alignment_is_not():
+    """A repeated signature skips the argument checks but not the alignment check."""
+    cache = make_cache(2, "per_token", 128, "none", 128, "taylor2")
+    q, k, v = rand(2, 8, 2, 128), rand(2, 8, 2, 128), rand(2, 8, 2, 128)
+    scale = 1.0 / math.sqrt(128)
+    cache.attention(q, k, v)
+    cache.attention(q, k, v)
+    torch.ops.kvq.attention(cache.buffer, cache.lengths, q, k, v, cache.cache_id, 1, 0, scale, False, False, -1)
+    assert len(cache._binding.attention_checks) == 1  # the op's key is the method's
+    odd = rand(2 * 8 * 2 * 128 + 4).narrow(0, 4, 4096).view(2, 8, 2, 128)
+    assert odd.shape == q.shape and odd.stride() == q.stride()
+    with pytest.raises(ValueError, match="not 16-byte aligned"):
+        cache.attention(odd, k, v)
+    with pytest.raises(ValueError, match="not 16-byte aligned"):
+        torch.ops.kvq.attention(cache.buffer, cache.lengths, odd, k, v, cache.cache_id, 1, 0, scale, False, False, -1)
     assert _untouched(cache)
