@@ -8,7 +8,8 @@
 #          (attention and append), the short-query shapes with their chunk-kernel
 #          counterparts, the append variants, the torch anchor and the Python op's timing
 #   all    check, then bench (one call, about 6 minutes)
-#   profile  Nsight Compute sections of the short-query kernel at the decode shape (ncu.txt)
+#   profile  Nsight Compute sections of the short-query kernel at the decode shape and of the
+#          Hopper kernel over contiguous and paged caches at the Wan chunk shape (ncu_*.txt)
 # $OUT receives summary.txt and <mode>.tar.gz (every log and JSON).
 #   OUT=<dir> scripts/device_session.sh check|bench|all
 set -uo pipefail
@@ -30,7 +31,7 @@ r=$(mktemp -d)/$mode && mkdir -p "$r"
 snap() { tar -C "$(dirname "$r")" -czf "$out/$mode.tar.gz.part" "$mode" && mv "$out/$mode.tar.gz.part" "$out/$mode.tar.gz"; }
 S=$out/summary.txt
 say() { echo "$*" >> "$S"; }
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > "$S"
+{ echo "== mode $mode"; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; } >> "$S"
 say "programs built from: $(cat "$stage/BUILT_FROM" 2>/dev/null || echo unknown)"
 python_env() {
   export KVQ_LIBRARY=$stage/libkvq_c.so
@@ -126,10 +127,14 @@ if [ "$mode" = profile ]; then
   if [ -z "$ncu" ]; then
     say "profile: no ncu on this machine"
   else
-    timeout 240 "$ncu" --section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats \
-      --section MemoryWorkloadAnalysis --section LaunchStats --kernel-name-base demangled -k regex:decode::attention_kernel -c 1 \
-      "$stage/bench_attention" --benchmark_filter='short/int2_pt128_taylor2_d128/short/b:8/nq:1/' \
-      --benchmark_min_time=0.01 > "$out/ncu.txt" 2>&1
-    say "profile rc=$? ($ncu)"
+    prof() {  # out-name kernel-regex benchmark-filter
+      timeout 150 "$ncu" --section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats \
+        --section MemoryWorkloadAnalysis --section LaunchStats --kernel-name-base demangled -k "regex:$2" -c 1 \
+        "$stage/bench_attention" --benchmark_filter="$3" --benchmark_min_time=0.01 > "$out/$1.txt" 2>&1
+      say "profile $1 rc=$?"
+    }
+    prof ncu_decode 'decode::attention_kernel' 'short/int2_pt128_taylor2_d128/short/b:8/nq:1/'
+    prof ncu_contiguous 'sm90::attention_kernel' 'paged_pair/int2_pt128_taylor2_d128_sm90ov/contiguous/nq:4680/'
+    prof ncu_paged128 'sm90::attention_kernel' 'paged_pair/int2_pt128_taylor2_d128_sm90ov/paged128/nq:4680/'
   fi
 fi

@@ -15,10 +15,11 @@
 //   parameters, launch) per call, measured on the host over 256 calls enqueued behind a
 //   long spin kernel, so that the launch queue never blocks; .../launch_floor: the same
 //   launch of an empty kernel with the same parameter block.
-//   paged_pair/<variant>/<contiguous|paged64|paged128>/nq:<Nq>/cache:<tokens>/h:<Hq>: the same
-//   kernel configuration over the contiguous cache and over a paged cache (layout::PagedView)
-//   of 64- or 128-token pages listed in a random order (one entry; the pool holds exactly its
-//   pages); --benchmark_filter=paged_pair/ runs the set.
+//   paged_pair/<variant>/<contiguous|paged64|paged128|paged128_ordered>/nq:<Nq>/cache:<tokens>/h:<Hq>:
+//   the same kernel configuration over the contiguous cache and over a paged cache
+//   (layout::PagedView) of 64- or 128-token pages listed in a random order, or 128-token pages
+//   in table order (one entry; the pool holds exactly its pages); --benchmark_filter=paged_pair/
+//   runs the set.
 // Counters: TFLOP/s = 4 * B * Hq * Nq * Nkv * D / time, ms per call, cache_GB (size of the
 // packed cache, metadata included).
 //
@@ -41,6 +42,7 @@
 #include <random>
 #include <cstdio>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "support/cuda_check.cuh"
@@ -119,9 +121,10 @@ template <class L, Correction Mode, class Config>
 bool time_plan(benchmark::State& state, const L& l, const kvq::AttentionArguments& a, double* total_seconds);
 
 /// page_tokens == 0: the contiguous cache of layout C; else a paged cache of C's variant with
-/// pages of that many tokens in a random order (layout::PagedView).
+/// pages of that many tokens in a random order, or in table order when `ordered`
+/// (layout::PagedView).
 template <class C, Correction Mode, class Config>
-void bm_attention(benchmark::State& state, Shape sh, int page_tokens = 0) {
+void bm_attention(benchmark::State& state, Shape sh, int page_tokens = 0, bool ordered = false) {
   constexpr int D = C::kHeadDim;
   const std::int64_t nc = sh.nq;  // the chunk's queries attend to the cache and the chunk
   using P = kvq::layout::PagedCacheLayout<typename C::KSpec, typename C::VSpec, D, C::kKeyRotation>;
@@ -136,7 +139,7 @@ void bm_attention(benchmark::State& state, Shape sh, int page_tokens = 0) {
     std::vector<std::int32_t> ids(static_cast<std::size_t>(pages));
     std::iota(ids.begin(), ids.end(), 0);
     std::mt19937_64 rng(0x9a6ed);
-    std::shuffle(ids.begin(), ids.end(), rng);
+    if (!ordered) std::shuffle(ids.begin(), ids.end(), rng);
     tables = DeviceBuffer<std::int32_t>(ids);
   }
   const std::int64_t bytes = page_tokens > 0 ? pl.bytes() : l.bytes();
@@ -417,14 +420,17 @@ void add(const std::string& variant, const std::vector<Shape>& shapes) {
   }
 }
 
-/// The paged pair of one variant and configuration: contiguous, 64- and 128-token pages.
+/// The paged pair of one variant and configuration: contiguous, 64- and 128-token pages in a
+/// random order, and 128-token pages in table order (what the order alone costs).
 template <class L, Correction Mode, class Config>
 void add_paged_pair(const std::string& variant, const std::vector<Shape>& shapes) {
   for (const Shape& s : shapes)
-    for (int pt : {0, 64, 128}) {
-      const std::string name = "paged_pair/" + variant + "/" + (pt == 0 ? std::string("contiguous") : "paged" + std::to_string(pt)) +
-                               "/nq:" + std::to_string(s.nq) + "/cache:" + std::to_string(s.cache) + "/h:" + std::to_string(s.hq);
-      benchmark::RegisterBenchmark(name.c_str(), [s, pt](benchmark::State& st) { bm_attention<L, Mode, Config>(st, s, pt); })
+    for (auto [pt, ordered] : {std::pair<int, bool>{0, false}, {64, false}, {128, false}, {128, true}}) {
+      const std::string kind = pt == 0 ? std::string("contiguous") : "paged" + std::to_string(pt) + (ordered ? "_ordered" : "");
+      const std::string name = "paged_pair/" + variant + "/" + kind + "/nq:" + std::to_string(s.nq) + "/cache:" +
+                               std::to_string(s.cache) + "/h:" + std::to_string(s.hq);
+      benchmark::RegisterBenchmark(name.c_str(),
+                                   [s, pt = pt, ordered = ordered](benchmark::State& st) { bm_attention<L, Mode, Config>(st, s, pt, ordered); })
           ->UseManualTime()
           ->Unit(benchmark::kMillisecond);
     }
