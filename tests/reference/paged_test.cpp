@@ -134,8 +134,10 @@ void check_same_attention(const T& t, Act& q, Act& k, Act& v, int nc) {
 TEMPLATE_TEST_CASE("a paged cache with shuffled pages holds and attends like a contiguous one", "[paged][cpu]",
                    (QS<2, 32, kPT>), (QS<2, 32, kPC>)) {
   using K = TestType;
-  const int B = 3, H = 2, P = 32, MAXP = 5;
-  const auto twin = [&](auto rot) {
+  const int B = 3, H = 2, MAXP = 5;
+  // 32-token pages, and 96 (not a power of two: token / page by division, not by shifts).
+  const auto twin = [&](auto rot, int P) {
+    INFO("page_tokens " << P);
     using T = Twin<K, QS<2, 32, kPT>, decltype(rot)::value>;
     T t(B, H, P, MAXP, 23, 0xe001);
     std::mt19937_64 rng(0xe002);
@@ -166,8 +168,10 @@ TEMPLATE_TEST_CASE("a paged cache with shuffled pages holds and attends like a c
     }
     CHECK(untouched == 23 - used_pages);
   };
-  twin(std::integral_constant<kvq::Rotation, kvq::Rotation::kNone>{});
-  twin(std::integral_constant<kvq::Rotation, kvq::Rotation::kHadamardCentered>{});
+  for (int P : {32, 96}) {
+    twin(std::integral_constant<kvq::Rotation, kvq::Rotation::kNone>{}, P);
+    twin(std::integral_constant<kvq::Rotation, kvq::Rotation::kHadamardCentered>{}, P);
+  }
 }
 
 TEST_CASE("one page in several tables: shared sink pages attend the same for every entry", "[paged][cpu]") {

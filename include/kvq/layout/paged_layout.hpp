@@ -180,8 +180,27 @@ struct PagedView {
   /// that a column formed for a token past the capacity (a kernel's masked-off row or a
   /// look-ahead read, never dereferenced) still lies inside the table.
   KVQ_HOST_DEVICE std::int64_t column(std::int64_t t) const {
-    const std::int64_t col = t / layout.shape.page_tokens;
+    const std::int64_t col = page_div(t);
     return col < layout.shape.max_pages_per_entry ? col : layout.shape.max_pages_per_entry - 1;
+  }
+  /// t / page_tokens and t % page_tokens of a token index (0 <= t < 2^32: an entry holds
+  /// fewer than 2^31 tokens, make() checks it) in 32-bit arithmetic, by shifts where
+  /// page_tokens is a power of two: on the GPU a 64-bit division by a runtime divisor is a
+  /// long software sequence, and the kernels form these per tile.
+  KVQ_HOST_DEVICE std::uint32_t page_div(std::int64_t t) const {
+    const auto u = static_cast<std::uint32_t>(t), pt = static_cast<std::uint32_t>(layout.shape.page_tokens);
+    return (pt & (pt - 1u)) == 0u ? u >> popcount(pt - 1u) : u / pt;
+  }
+  KVQ_HOST_DEVICE std::uint32_t page_mod(std::int64_t t) const {
+    const auto u = static_cast<std::uint32_t>(t), pt = static_cast<std::uint32_t>(layout.shape.page_tokens);
+    return (pt & (pt - 1u)) == 0u ? u & (pt - 1u) : u - (u / pt) * pt;
+  }
+  static KVQ_HOST_DEVICE int popcount(std::uint32_t x) {
+#if defined(__CUDA_ARCH__)
+    return __popc(x);
+#else
+    return __builtin_popcount(x);
+#endif
   }
   /// The page that holds token t of entry b (one table read). The kernels read it once per
   /// tile, ahead of the copies, and pass it to the *_in functions below.
@@ -190,34 +209,67 @@ struct PagedView {
   KVQ_HOST_DEVICE std::int64_t page_base(int b, std::int64_t t) const {
     return static_cast<std::int64_t>(page_of(b, t)) * layout.page_bytes();
   }
-  KVQ_HOST_DEVICE std::int64_t slot(std::int64_t t) const { return t % layout.shape.page_tokens; }
+  KVQ_HOST_DEVICE std::int64_t slot(std::int64_t t) const { return page_mod(t); }
 
-  /// Token t's codes and metadata in page `page` (the page_of(b, t) of its entry).
-  KVQ_HOST_DEVICE std::int64_t k_code_word_in(std::int32_t page, int h, std::int64_t t) const {
-    return (std::int64_t{page} * layout.page_bytes() + layout.page_k_codes_offset()) / 4 +
-           (std::int64_t{h} * layout.shape.page_tokens + slot(t)) * kKeyWordsPerToken;
+  /// Head h's addressing inside any page, in the units of the code and metadata arrays (uint32
+  /// words, KMeta, VMeta): one page's size and the offset of the head's first token. A kernel
+  /// computes it once (registers), so that a token's address in a page it has read from the
+  /// table is one multiply-add (the *_in functions).
+  struct HeadInPage {
+    std::int64_t page_words, page_kmeta, page_vmeta;
+    std::int64_t k_codes, k_meta, v_codes, v_meta;
+  };
+  KVQ_HOST_DEVICE HeadInPage head_in_page(int h) const {
+    const std::int64_t pb = layout.page_bytes(), pt = layout.shape.page_tokens;
+    constexpr auto km = static_cast<std::int64_t>(sizeof(KMeta)), vm = static_cast<std::int64_t>(sizeof(VMeta));
+    HeadInPage a;
+    a.page_words = pb / 4, a.page_kmeta = pb / km, a.page_vmeta = pb / vm;
+    a.k_codes = layout.page_k_codes_offset() / 4 + std::int64_t{h} * pt * kKeyWordsPerToken;
+    a.k_meta = layout.page_k_meta_offset() / km + std::int64_t{h} * (pt / kKeyTokensPerGroup) * kKeyGroupsPerTokenGroup;
+    a.v_codes = layout.page_v_codes_offset() / 4 + std::int64_t{h} * pt * kValueWordsPerToken;
+    a.v_meta = layout.page_v_meta_offset() / vm + std::int64_t{h} * pt * kValueGroupsPerToken;
+    return a;
   }
-  KVQ_HOST_DEVICE std::int64_t v_code_word_in(std::int32_t page, int h, std::int64_t t) const {
-    return (std::int64_t{page} * layout.page_bytes() + layout.page_v_codes_offset()) / 4 +
-           (std::int64_t{h} * layout.shape.page_tokens + slot(t)) * kValueWordsPerToken;
+  /// Token t's codes and metadata (channel c's group) in page `page` (the page_of(b, t) of its
+  /// entry), for the head of `a`.
+  KVQ_HOST_DEVICE std::int64_t k_code_word_in(const HeadInPage& a, std::int32_t page, std::int64_t t) const {
+    return page * a.page_words + a.k_codes + std::int64_t{page_mod(t)} * kKeyWordsPerToken;
   }
-  KVQ_HOST_DEVICE std::int64_t k_meta_index_in(std::int32_t page, int h, std::int64_t t, int c) const {
-    return (std::int64_t{page} * layout.page_bytes() + layout.page_k_meta_offset()) / static_cast<std::int64_t>(sizeof(KMeta)) +
-           (std::int64_t{h} * (layout.shape.page_tokens / kKeyTokensPerGroup) + slot(t) / kKeyTokensPerGroup) *
-               kKeyGroupsPerTokenGroup +
+  KVQ_HOST_DEVICE std::int64_t v_code_word_in(const HeadInPage& a, std::int32_t page, std::int64_t t) const {
+    return page * a.page_words + a.v_codes + std::int64_t{page_mod(t)} * kValueWordsPerToken;
+  }
+  KVQ_HOST_DEVICE std::int64_t k_meta_index_in(const HeadInPage& a, std::int32_t page, std::int64_t t, int c) const {
+    return page * a.page_kmeta + a.k_meta + std::int64_t{page_mod(t) / kKeyTokensPerGroup} * kKeyGroupsPerTokenGroup +
            c / KSpec::kChannelsPerGroup;
   }
-  KVQ_HOST_DEVICE std::int64_t v_meta_index_in(std::int32_t page, int h, std::int64_t t, int c) const {
-    return (std::int64_t{page} * layout.page_bytes() + layout.page_v_meta_offset()) / static_cast<std::int64_t>(sizeof(VMeta)) +
-           (std::int64_t{h} * layout.shape.page_tokens + slot(t)) * kValueGroupsPerToken + c / VSpec::kGroupSize;
+  KVQ_HOST_DEVICE std::int64_t v_meta_index_in(const HeadInPage& a, std::int32_t page, std::int64_t t, int c) const {
+    return page * a.page_vmeta + a.v_meta + std::int64_t{page_mod(t)} * kValueGroupsPerToken + c / VSpec::kGroupSize;
   }
-  KVQ_HOST_DEVICE std::int64_t k_code_word(int b, int h, std::int64_t t) const { return k_code_word_in(page_of(b, t), h, t); }
-  KVQ_HOST_DEVICE std::int64_t v_code_word(int b, int h, std::int64_t t) const { return v_code_word_in(page_of(b, t), h, t); }
+  /// The same for head h, its addressing formed on the spot (no registers held across uses;
+  /// where the per-head constants would stay live, e.g. in the append, that is cheaper).
+  KVQ_HOST_DEVICE std::int64_t k_code_word_in(std::int32_t page, int h, std::int64_t t) const {
+    return k_code_word_in(head_in_page(h), page, t);
+  }
+  KVQ_HOST_DEVICE std::int64_t v_code_word_in(std::int32_t page, int h, std::int64_t t) const {
+    return v_code_word_in(head_in_page(h), page, t);
+  }
+  KVQ_HOST_DEVICE std::int64_t k_meta_index_in(std::int32_t page, int h, std::int64_t t, int c) const {
+    return k_meta_index_in(head_in_page(h), page, t, c);
+  }
+  KVQ_HOST_DEVICE std::int64_t v_meta_index_in(std::int32_t page, int h, std::int64_t t, int c) const {
+    return v_meta_index_in(head_in_page(h), page, t, c);
+  }
+  KVQ_HOST_DEVICE std::int64_t k_code_word(int b, int h, std::int64_t t) const {
+    return k_code_word_in(head_in_page(h), page_of(b, t), t);
+  }
+  KVQ_HOST_DEVICE std::int64_t v_code_word(int b, int h, std::int64_t t) const {
+    return v_code_word_in(head_in_page(h), page_of(b, t), t);
+  }
   KVQ_HOST_DEVICE std::int64_t k_meta_index(int b, int h, std::int64_t t, int c) const {
-    return k_meta_index_in(page_of(b, t), h, t, c);
+    return k_meta_index_in(head_in_page(h), page_of(b, t), t, c);
   }
   KVQ_HOST_DEVICE std::int64_t v_meta_index(int b, int h, std::int64_t t, int c) const {
-    return v_meta_index_in(page_of(b, t), h, t, c);
+    return v_meta_index_in(head_in_page(h), page_of(b, t), t, c);
   }
   /// Tail slot i of entry b (elements from its tail region's start, as in CacheLayout).
   KVQ_HOST_DEVICE std::int64_t tail_index(int b, int h, int i, int c) const {

@@ -12,14 +12,33 @@
 
 namespace kvq::kernels::common {
 
-/// The pages of packed tiles of kTileN tokens of one (batch entry) table: the pages of up
+namespace detail {
+template <class Layout, bool = layout::is_paged_view_v<Layout>>
+struct HeadInPage {
+  struct type {};
+};
+template <class Layout>
+struct HeadInPage<Layout, true> {
+  using type = typename Layout::HeadInPage;
+};
+}  // namespace detail
+
+/// The pages of packed tiles of kTileN tokens of one (batch entry, kv head): the pages of up
 /// to kPieces pieces of a tile (a piece is min(page_tokens, kTileN) tokens, one page), for
-/// the tile read ahead. Contiguous layouts: no state and no reads.
+/// the tile read ahead, and the head's addressing inside a page (`head`, set by init).
+/// Contiguous layouts: no state and no reads.
 template <class Layout, int kTileN, int kPieces>
 struct TilePages {
   static_assert(kPieces >= 1, "at least one piece per tile");
   std::int32_t ahead[kPieces];
   int ahead_tile = -1;
+  typename detail::HeadInPage<Layout>::type head{};
+
+  /// Paged views: head h's addressing inside a page (once per CTA, before the first tile).
+  KVQ_DEVICE void init(const Layout& l, int h) {
+    if constexpr (layout::is_paged_view_v<Layout>) head = l.head_in_page(h);
+    else (void)l, (void)h;
+  }
 
   /// The page of piece i of tile m, for i < kPieces when tile m was read ahead, else read now.
   KVQ_DEVICE std::int32_t page(const Layout& l, int b, int m, int i) const {

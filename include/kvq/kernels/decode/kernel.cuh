@@ -481,6 +481,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
   if (nb < ne) {
     // ---- prologue: Q, the split's first kStages-1 packed tiles, its first tile --------------
     sm80::TilePages<Tr> pages;
+    pages.init(p.layout, c.h);
     sm80::init_fold_tiles<Tr>(c, tid);
     issue_q<Tr>(p, c, tid);
     arch::cp_async_commit();

@@ -74,8 +74,8 @@ KVQ_DEVICE void issue_packed(const common::AttentionParams<typename Tr::Layout>&
   if constexpr (layout::is_paged_view_v<typename Tr::Layout>) {
     const std::int32_t page = pages.page(l, c.b, m, 0);
     pages.read_ahead(l, c.b, m + 1);
-    kc = l.k_code_word_in(page, c.h, t0), vc = l.v_code_word_in(page, c.h, t0);
-    km = l.k_meta_index_in(page, c.h, t0, 0), vm = l.v_meta_index_in(page, c.h, t0, 0);
+    kc = l.k_code_word_in(pages.head, page, t0), vc = l.v_code_word_in(pages.head, page, t0);
+    km = l.k_meta_index_in(pages.head, page, t0, 0), vm = l.v_meta_index_in(pages.head, page, t0, 0);
   } else {
     (void)pages;
     kc = l.k_code_word(c.b, c.h, t0), vc = l.v_code_word(c.b, c.h, t0);

@@ -105,10 +105,11 @@ KVQ_DEVICE void issue_packed(const common::AttentionParams<typename Tr::Layout>&
       const int n = valid - i < piece ? valid - i : piece;
       const std::int32_t page = k < 2 ? first[k] : pages.page(l, c.b, m, k);
       const std::int64_t t = t0 + i;
-      const auto* codes = reinterpret_cast<const unsigned char*>(kKey ? p.k_codes + l.k_code_word_in(page, c.h, t)
-                                                                      : p.v_codes + l.v_code_word_in(page, c.h, t));
-      const auto* meta = kKey ? reinterpret_cast<const unsigned char*>(p.k_meta + l.k_meta_index_in(page, c.h, t, 0))
-                              : reinterpret_cast<const unsigned char*>(p.v_meta + l.v_meta_index_in(page, c.h, t, 0));
+      const auto& a = pages.head;
+      const auto* codes = reinterpret_cast<const unsigned char*>(kKey ? p.k_codes + l.k_code_word_in(a, page, t)
+                                                                      : p.v_codes + l.v_code_word_in(a, page, t));
+      const auto* meta = kKey ? reinterpret_cast<const unsigned char*>(p.k_meta + l.k_meta_index_in(a, page, t, 0))
+                              : reinterpret_cast<const unsigned char*>(p.v_meta + l.v_meta_index_in(a, page, t, 0));
       arch::bulk_load(slot + H::kSlotCodes + static_cast<std::uint32_t>(i * H::kWords * 4), codes,
                       static_cast<std::uint32_t>(n * H::kWords * 4), bar);
       arch::bulk_load(slot + H::kSlotMeta + static_cast<std::uint32_t>(i * H::kMetaBytes), meta,
@@ -304,6 +305,7 @@ KVQ_DEVICE void produce(const common::AttentionParams<typename Tr::Layout>& p, c
   static_assert(H::kThreads % 8 == 0, "rows past the first token keep its swizzle phase");
   const RowOffsets<Tr> ro(lt);
   TilePages<Tr> pages;
+  pages.init(p.layout, c.h);
   if (lt == 0) {
 #pragma unroll 1
     for (int m = 0; m < kR - 1 && m < c.n_qtiles; ++m) issue_packed<Tr, kKey>(p, c, sm, m, skew, pages);
