@@ -17,6 +17,8 @@
 #include <random>
 #include <vector>
 
+#include "float_activations.hpp"
+
 namespace {
 
 using kvq::Correction;
@@ -28,16 +30,7 @@ using Layout = kvq::layout::CacheLayout<kvq::QuantSpec<2, 32, kvq::Granularity::
                                         kvq::QuantSpec<2, 32, kvq::Granularity::kPerToken>, 64>;
 constexpr int D = 64;
 
-/// Activations [batch, tokens, heads, D] in float32; views of a range of tokens and heads.
-struct Activations {
-  int b, n, h;
-  std::vector<float> x;
-  Activations(int b_, int n_, int h_) : b(b_), n(n_), h(h_), x(static_cast<std::size_t>(b_) * n_ * h_ * D) {}
-  Tensor4 view(int first_token = 0, int first_head = 0) {
-    return Tensor4{x.data() + (static_cast<std::size_t>(first_token) * h + first_head) * D, DType::kFloat32,
-                   std::int64_t{n} * h * D, std::int64_t{h} * D, D};
-  }
-};
+using Activations = kvq::test::FloatActivations<D>;
 
 /// One rank's attention call on the reference: O [B, NQ, Hq, D] and LSE [B, Hq, NQ].
 struct State {

@@ -15,6 +15,8 @@
 #include <random>
 #include <vector>
 
+#include "float_activations.hpp"
+
 namespace {
 
 using kvq::Correction;
@@ -26,15 +28,7 @@ using Layout = kvq::layout::CacheLayout<kvq::QuantSpec<2, 32, kvq::Granularity::
                                         kvq::QuantSpec<2, 32, kvq::Granularity::kPerToken>, 64>;
 constexpr int D = 64;
 
-struct Act {
-  int b, n, h;
-  std::vector<float> x;
-  Act(int b_, int n_, int h_) : b(b_), n(n_), h(h_), x(static_cast<std::size_t>(b_) * n_ * h_ * D) {}
-  Tensor4 view(int first = 0) {
-    return Tensor4{x.data() + static_cast<std::size_t>(first) * h * D, DType::kFloat32, std::int64_t{n} * h * D,
-                   std::int64_t{h} * D, D};
-  }
-};
+using Act = kvq::test::FloatActivations<D>;
 
 /// A reference attention call's outputs.
 struct Out {
