@@ -30,6 +30,9 @@
 //   kernel's default configuration forced; skipped off sm_90a). Extra counters: floor_GB
 //   (the bytes that must be read and written: packed codes and metadata of the valid cache,
 //   the chunk's K/V, Q and O), GB/s (floor_GB / time) and splits (of the short path).
+//   BM_attention/split/<variant>/s:<auto|k>/b:...: the Hopper kernel's default
+//   configuration with the split rule's choice (auto) or k splits (1: none) of each CTA's
+//   keys (AttentionArguments::splits), on the frame-level and Wan 1.3B chunk shapes.
 #include <benchmark/benchmark.h>
 
 #include <kvq/api/attention.cuh>
@@ -239,7 +242,7 @@ struct ShortShape {
 
 /// The short-query shapes: every batch entry holds `cache` tokens and a chunk of nq tokens.
 template <class L, Correction Mode, class Config>
-void bm_short(benchmark::State& state, ShortShape sh) {
+void bm_short(benchmark::State& state, ShortShape sh, int splits = 0) {
   constexpr int D = L::kHeadDim;
   const std::int64_t nc = sh.nq;
   L l;
@@ -273,6 +276,7 @@ void bm_short(benchmark::State& state, ShortShape sh) {
   a.cache_lengths = lengths.get();
   a.max_cache_length = sh.cache;
   a.scale = 0.08838834764831845f;
+  a.splits = splits;
 
   cudaEvent_t start, stop;
   KVQ_TEST_CUDA(cudaEventCreate(&start));
@@ -329,6 +333,23 @@ void add_short(const std::string& variant, const std::vector<ShortShape>& shapes
     benchmark::RegisterBenchmark((head + "/chunk" + tail).c_str(), [s](benchmark::State& st) { bm_short<L, Mode, Chunk>(st, s); })
         ->UseManualTime()
         ->Unit(benchmark::kMillisecond);
+  }
+}
+
+/// Split-KV on the Hopper kernel (its default configuration forced): the rule's choice
+/// (s:auto) against fixed split counts (s:1 never splits).
+template <class L, Correction Mode>
+void add_split(const std::string& variant, const std::vector<ShortShape>& shapes, const std::vector<int>& splits) {
+  using Chunk = kvq::kernels::sm90::DefaultConfig<L, Mode>;
+  for (const ShortShape& sh : shapes) {
+    for (int k : splits) {
+      const std::string name = "BM_attention/split/" + variant + "/s:" + (k == 0 ? std::string("auto") : std::to_string(k)) +
+                               "/b:" + std::to_string(sh.batch) + "/nq:" + std::to_string(sh.nq) + "/cache:" +
+                               std::to_string(sh.cache) + "/h:" + std::to_string(sh.hq) + "/hkv:" + std::to_string(sh.hkv);
+      benchmark::RegisterBenchmark(name.c_str(), [sh, k](benchmark::State& st) { bm_short<L, Mode, Chunk>(st, sh, k); })
+          ->UseManualTime()
+          ->Unit(benchmark::kMillisecond);
+    }
   }
 }
 
@@ -505,6 +526,9 @@ int main(int argc, char** argv) {
   const std::vector<ShortShape> short_shapes = {{8, 1, 32768, 32, 8}, {8, 16, 32768, 32, 8}, {1, 1560, 31200, 12, 12}};
   add_short<Int2Pt128D128, Correction::kTaylor2>("int2_pt128_taylor2_d128", short_shapes);
   add_short<Int4Pt128D128, Correction::kTaylor2>("int4_pt128_taylor2_d128", {short_shapes[0], short_shapes[1]});
+  // Split-KV of the chunk kernel: the frame-level shape and the Wan 1.3B chunk.
+  add_split<Int2Pt128D128, Correction::kTaylor2>("int2_pt128_taylor2_d128", {{1, 1560, 31200, 12, 12}, {1, 4680, 18720, 12, 12}},
+                                                 {0, 1, 2, 3, 4, 5, 6, 8});
   // Host time of a prepared plan's run (the default configuration).
   benchmark::RegisterBenchmark("BM_attention_host_run/int2_pt128_taylor2_d128", bm_host_run<Int2Pt128D128, Correction::kTaylor2>)
       ->UseManualTime()

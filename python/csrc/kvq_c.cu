@@ -313,16 +313,16 @@ class Cache final : public CacheBase {
   struct Entry {
     int q_heads;
     Mask mask;
-    std::int64_t short_q;  ///< num_q of a short-query plan (1..16), 0 for the chunk kernels' plan
+    std::int64_t num_q;  ///< the num_q the plan was initialized with (0: the shared unsplit plan)
     kvq::AttentionPlan<Layout, Mode> plan;
   };
-  /// Plans are kept per (q heads, mask) and kind: AutoConfig picks the short-query kernel for
-  /// 1..16 queries (kernels/decode/schedule.hpp) and sizes its splits and workspace for the
-  /// num_q it was initialized with, so each such num_q has its own plan; every other num_q
-  /// shares the chunk kernels' plan.
-  static std::int64_t short_key(std::int64_t num_q) {
-    return num_q >= 1 && num_q <= kvq::kernels::decode::kMaxShortQueries ? num_q : 0;
-  }
+  /// Plans are kept per (q heads, mask, num_q): a plan chooses its kernel (the short-query
+  /// kernel for 1..16 queries) and its splits and workspace for the num_q it was initialized
+  /// with (kernels/decode/schedule.hpp, kernels/sm90/schedule.hpp). Beyond kMaxPlansPerKind
+  /// num_q values of one (q heads, mask), calls with more than 16 query rows share the plan
+  /// initialized with num_q 0 (the chunk kernels, unsplit), so that varying shapes do not
+  /// grow the plans without bound.
+  static constexpr std::size_t kMaxPlansPerKind = 8;
   struct Unsupported {};
   template <Correction Mode>
   using Plans = std::conditional_t<kHasAttention<Layout, Mode>, std::vector<std::unique_ptr<Entry<Mode>>>, Unsupported>;
@@ -335,16 +335,30 @@ class Cache final : public CacheBase {
       (void)plans, (void)a, (void)out;
       return Status::kErrorNotSupported;
     } else {
-      const std::int64_t key = short_key(a.num_q);
-      for (auto& e : plans)
-        if (e->q_heads == a.q_heads && e->mask == a.mask && e->short_q == key) {
+      std::int64_t key = a.num_q;
+      std::size_t same_kind = 0;
+      for (auto& e : plans) {
+        if (e->q_heads != a.q_heads || e->mask != a.mask) continue;
+        ++same_kind;
+        if (e->num_q == key) {
           if (out) *out = &e->plan;
           return Status::kSuccess;
         }
+      }
+      if (same_kind >= kMaxPlansPerKind && key > kvq::kernels::decode::kMaxShortQueries) {
+        key = 0;
+        for (auto& e : plans)
+          if (e->q_heads == a.q_heads && e->mask == a.mask && e->num_q == 0) {
+            if (out) *out = &e->plan;
+            return Status::kSuccess;
+          }
+      }
       if (a.q_heads <= 0 || a.q_heads % heads != 0) return Status::kErrorInvalidArgument;
       std::unique_ptr<Entry<Mode>> e(new (std::nothrow) Entry<Mode>{a.q_heads, a.mask, key, {}});
       if (!e) return Status::kErrorInvalidArgument;
-      const Status s = e->plan.initialize(layout_, a);
+      kvq::AttentionArguments init = a;
+      init.num_q = key;
+      const Status s = e->plan.initialize(layout_, init);
       if (s != Status::kSuccess) return s;
       if (out) *out = &e->plan;
       plans.push_back(std::move(e));

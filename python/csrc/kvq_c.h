@@ -16,9 +16,10 @@
  * launches nothing. The plans behind them (kernel choice, function attributes) are made at
  * kvq_c_cache_create and kvq_c_prepare_attention, or by the first call of a
  * (correction, mask, q heads) combination; call kvq_c_prepare_attention (or run once)
- * before capturing. Calls with 1 to 16 query rows run the short-query kernel through a plan
- * of their own num_q, made (with its split workspace, cudaMalloc) at the first call with that
- * num_q: run such a call once before capturing it. One cache handle must not be used from several host threads at once
+ * before capturing. Each num_q gets a plan of its own at its first call (the kernel and the
+ * split-KV workspace, cudaMalloc, sized for that num_q; up to 8 per (correction, mask, q
+ * heads), further ones with more than 16 query rows share one unsplit plan): run a call of
+ * each shape once before capturing it. One cache handle must not be used from several host threads at once
  * (calls on one handle are serialized by a mutex). Contiguous caches only: block tables
  * (paged caches) are not part of this ABI version.
  */

@@ -27,7 +27,7 @@ endfunction()
 
 _kvq_attention_test(test_attention_int2_pt128 SM90_CASES
   test_attention_int2_pt128_none.cu test_attention_int2_pt128_taylor2.cu test_attention_int2_pt128_taylor4.cu
-  test_attention_api.cu)
+  test_attention_api.cu test_attention_split.cu)
 _kvq_attention_test(test_attention_int2_pc32
   test_attention_int2_pc32_none.cu test_attention_int2_pc32_taylor2.cu test_attention_int2_pc32_taylor4.cu
   test_attention_int2_pc32_exact.cu)
@@ -67,7 +67,7 @@ _kvq_attention_test(test_attention_centered test_attention_centered_pt128.cu tes
 # Centered rotated keys on the Hopper kernel ([sm90] cases; the plain test: compile-time
 # facts and argument refusals).
 _kvq_attention_test(test_attention_centered_sm90 SM90_CASES
-  test_attention_centered_sm90.cu test_attention_centered_sm90_config.cu)
+  test_attention_centered_sm90.cu test_attention_centered_sm90_config.cu test_attention_split_centered.cu)
 
 # The short-query kernel (include/kvq/kernels/decode/): decode and a few queries, GQA
 # packing, split-KV; forced through kvq::ShortQueryConfig, and the AutoConfig selection.

@@ -70,6 +70,7 @@ struct AttentionCase {
   bool mass = false;
   float q_scale = 1.0f;  ///< query magnitude (larger: peakier softmax, larger corrections)
   std::uint64_t seed = 1;
+  int splits = 0;  ///< AttentionArguments::splits (0: the plan's rule)
 
   std::string describe() const {
     std::ostringstream s;
@@ -81,6 +82,7 @@ struct AttentionCase {
     s << "} clen={";
     for (std::size_t i = 0; i < chunk_lengths.size(); ++i) s << (i ? "," : "") << chunk_lengths[i];
     s << "} mask=" << to_string(mask) << " qscale=" << q_scale << " seed=" << seed;
+    if (splits > 0) s << " splits=" << splits;
     return s.str();
   }
 };
@@ -310,9 +312,12 @@ AttentionErrors run_attention_case(const AttentionCase& tc, const char* variant_
   a.mask = tc.mask;
   a.lse = tc.lse ? d_lse.get() : nullptr;
   a.mass = tc.mass ? d_mass.get() : nullptr;
+  a.splits = tc.splits;
   kvq::AttentionPlan<Layout, Mode, Config> plan;
   REQUIRE(plan.initialize(l, a) == Status::kSuccess);
   if constexpr (std::is_same_v<Config, kvq::AutoConfig>) REQUIRE(plan.path() == want_auto);
+  // The paths that split take the requested count (the mma.sync chunk kernel never splits).
+  if (tc.splits > 0 && plan.path() != AttentionPath::kSm80) REQUIRE(plan.splits() == tc.splits);
   REQUIRE(plan.run(a, test_stream()) == Status::kSuccess);
   KVQ_TEST_CUDA(cudaStreamSynchronize(test_stream()));
   const std::vector<std::uint16_t> out = d_o.download();

@@ -49,6 +49,7 @@
 #include "kvq/kernels/decode/schedule.hpp"
 #include "kvq/kernels/sm80/attention.cuh"
 #include "kvq/kernels/sm90/attention.cuh"
+#include "kvq/kernels/sm90/schedule.hpp"
 #include "kvq/layout/cache_layout.hpp"
 #include "kvq/layout/paged_layout.hpp"
 #include "kvq/spec/tensor.hpp"
@@ -89,7 +90,15 @@ struct AttentionArguments {
   /// Optional device word: AttentionError bits OR-ed in for skipped entries (paged views; the
   /// caller zeroes it and reads it when it wants to know).
   std::uint32_t* error = nullptr;
+  /// Split-KV: each CTA's key sequence cut into this many ranges on kernels that split (the
+  /// short-query kernel; the Hopper kernel over contiguous caches), the partial results
+  /// merged by a second kernel. 0: the plan's rule (kernels/decode/schedule.hpp,
+  /// kernels/sm90/schedule.hpp); 1 .. kMaxAttentionSplits: that many. Fixed at initialize().
+  int splits = 0;
 };
+
+/// The most splits AttentionArguments::splits may ask for.
+inline constexpr int kMaxAttentionSplits = 64;
 
 /// A (layout, correction) pair for the runtime dispatch.
 template <class Layout_, Correction Mode_>
@@ -154,6 +163,7 @@ Status check_arguments(const Layout& layout, const AttentionArguments& a) {
   if (a.max_cache_length < -1 || a.max_cache_length > layout.shape.capacity) return Status::kErrorInvalidArgument;
   if (!(a.scale > 0.0f) || !std::isfinite(a.scale)) return Status::kErrorInvalidArgument;
   if (a.mask != Mask::kNone && a.mask != Mask::kCausalLastSegment) return Status::kErrorInvalidArgument;
+  if (a.splits < 0 || a.splits > kMaxAttentionSplits) return Status::kErrorInvalidArgument;
   if (a.q_heads > 65535 || a.batch > 65535) return Status::kErrorNotSupported;
   if (a.num_q > (std::int64_t{1} << 31) * 64) return Status::kErrorNotSupported;
   // Element types.
@@ -263,29 +273,54 @@ struct KernelChoice {
   int smem_bytes = 0;
   int chunk_map_tokens = 0;  ///< > 0: the kernel reads the chunk through TMA maps with boxes of this many tokens
   AttentionPath path = AttentionPath::kSm80;
+  int tile_n = 0;  ///< key tokens per tile
 };
 
-/// The short-query kernel and its split plan (AttentionPath::kShort).
+/// The short-query kernel (AttentionPath::kShort).
 template <class Layout>
 struct ShortChoice {
   using Kernel = void (*)(kernels::decode::Params<Layout>);
-  using Combine = void (*)(kernels::decode::CombineParams);
   Kernel kernel = nullptr;
-  Combine combine = nullptr;
   int threads = 0;
   int smem_bytes = 0;
-  int splits = 1;
-  std::int64_t num_q = 0;  ///< the num_q the workspace was sized for (run: at most this with splits > 1)
 };
+
+/// Split-KV of a plan: the splits of each CTA's key sequence, the combine of their partial
+/// states and the num_q the workspace was sized for.
+struct SplitPlan {
+  using Combine = void (*)(kernels::decode::CombineParams);
+  Combine combine = nullptr;
+  int splits = 1;
+  std::int64_t num_q = 0;
+};
+
+/// The combine of the splits' partial states for q's dtype.
+template <class Layout>
+SplitPlan::Combine combine_kernel(DType dtype) {
+  constexpr int kD = Layout::kHeadDim;
+  return dtype == DType::kBFloat16 ? &kernels::decode::combine_kernel<kD, DType::kBFloat16>
+                                   : &kernels::decode::combine_kernel<kD, DType::kFloat16>;
+}
+
+/// Points p's split-KV fields at the workspace (splits x rows: O, then LSE, then masses).
+template <class Layout>
+void set_workspace(kernels::common::AttentionParams<Layout>& p, void* workspace, int splits, const AttentionArguments& a) {
+  const std::int64_t rows = static_cast<std::int64_t>(a.batch) * a.q_heads * a.num_q;
+  auto* ws = static_cast<float*>(workspace);
+  p.splits = splits;
+  p.ws_o = ws;
+  p.ws_lse = ws + splits * rows * Layout::kHeadDim;
+  p.ws_mass = p.ws_lse + splits * rows;
+}
 
 template <class Tr, class Layout>
 KernelChoice<Layout> sm80_kernel() {
-  return {&kernels::sm80::attention_kernel<Tr>, Tr::kThreads, Tr::kRows, Tr::kSmemBytes, 0, AttentionPath::kSm80};
+  return {&kernels::sm80::attention_kernel<Tr>, Tr::kThreads, Tr::kRows, Tr::kSmemBytes, 0, AttentionPath::kSm80, Tr::kTileN};
 }
 template <class Tr, class Layout>
 KernelChoice<Layout> sm90_kernel() {
   return {&kernels::sm90::attention_kernel<Tr>, Tr::kThreads, Tr::kRows, Tr::kSmemBytes, Tr::kChunkMapTokens,
-          AttentionPath::kSm90};
+          AttentionPath::kSm90, Tr::kTileN};
 }
 
 }  // namespace detail::attention
@@ -324,7 +359,8 @@ class AttentionPlan {
     if (this != &o) {
       release_workspace();
       layout_ = o.layout_, dtype_ = o.dtype_, q_heads_ = o.q_heads_, mask_ = o.mask_, device_ = o.device_;
-      initialized_ = o.initialized_, choice_ = o.choice_, short_ = o.short_, maps_ = o.maps_;
+      initialized_ = o.initialized_, choice_ = o.choice_, short_ = o.short_, split_ = o.split_, maps_ = o.maps_;
+      requested_splits_ = o.requested_splits_;
       workspace_ = o.workspace_, workspace_bytes_ = o.workspace_bytes_;
       o.workspace_ = nullptr, o.workspace_bytes_ = 0, o.initialized_ = false;
     }
@@ -343,31 +379,36 @@ class AttentionPlan {
     }
   }
 
-  /// Validates the arguments, queries the current device, selects the kernel and sets its
-  /// function attributes. On failure the plan stays uninitialized. The short-query path
-  /// with more than one split allocates its workspace here (cudaMalloc; freed by the
-  /// destructor or the next initialize): run() allocates nothing, so it may be captured
-  /// in a CUDA graph.
+  /// Validates the arguments, queries the current device, selects the kernel and its splits
+  /// (AttentionArguments::splits) and sets its function attributes. On failure the plan
+  /// stays uninitialized. A plan with more than one split allocates its workspace here
+  /// (cudaMalloc of splits x batch x q_heads x num_q x (D + 4) floats; freed by the
+  /// destructor or the next initialize): run() allocates nothing, so it may be captured in
+  /// a CUDA graph.
   [[nodiscard]] Status initialize(const Layout& layout, const AttentionArguments& a);
 
   /// Checks the per-call arguments against the plan and launches on `stream`. Arguments
-  /// that initialize() fixed (batch, q heads, dtype, mask, layout) must not change:
-  /// kErrorInvalidArgument if they do; on the short-query path with more than one split,
-  /// num_q must not exceed initialize()'s (the workspace's size).
+  /// that initialize() fixed (batch, q heads, dtype, mask, splits, layout) must not change:
+  /// kErrorInvalidArgument if they do. With more than one split, a num_q above
+  /// initialize()'s (the workspace's size) is kErrorInvalidArgument on the short-query path
+  /// and runs unsplit on the chunk kernels.
   [[nodiscard]] Status run(const AttentionArguments& a, cudaStream_t stream);
 
   bool initialized() const { return initialized_; }
   /// The kernel that run() launches (valid after a successful initialize()).
   AttentionPath path() const { return choice_.path; }
-  /// Short-query path: the splits of each key sequence (1 elsewhere).
-  int splits() const { return choice_.path == AttentionPath::kShort ? short_.splits : 1; }
-  /// Bytes of the workspace the plan holds (0 unless the short-query path splits).
+  /// The splits of each CTA's key sequence (split-KV; 1: none).
+  int splits() const { return split_.splits; }
+  /// Bytes of the workspace the plan holds (0 unless it splits).
   std::size_t workspace_bytes() const { return workspace_bytes_; }
   const Layout& layout() const { return layout_; }
 
  private:
   Status initialize_short(const Layout& layout, const AttentionArguments& a, const device::Properties& dev);
   Status run_short(const AttentionArguments& a, cudaStream_t stream);
+  Status allocate_splits(const AttentionArguments& a, detail::attention::SplitPlan sp);
+  Status combine(const AttentionArguments& a, int splits, const kernels::common::AttentionParams<Layout>& p,
+                 cudaStream_t stream);
   void release_workspace() {
     if (workspace_ != nullptr) (void)cudaFree(workspace_);
     workspace_ = nullptr;
@@ -382,6 +423,8 @@ class AttentionPlan {
   bool initialized_ = false;
   detail::attention::KernelChoice<Layout> choice_{};
   detail::attention::ShortChoice<Layout> short_{};
+  detail::attention::SplitPlan split_{};
+  int requested_splits_ = 0;
   device::ChunkMapCache maps_{};
   void* workspace_ = nullptr;
   std::size_t workspace_bytes_ = 0;
@@ -462,11 +505,28 @@ Status AttentionPlan<Layout, Mode, Config>::initialize(const Layout& layout, con
         (s = device::check(cudaFuncSetAttribute(c.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, c.smem_bytes))) !=
             Status::kSuccess)
       return s;
-    release_workspace();
+    // Split-KV on the Hopper kernel over contiguous caches (kernels/sm90/schedule.hpp).
+    at::SplitPlan sp{};
+    if (c.path == AttentionPath::kSm90 && !layout::is_paged_view_v<Layout>) {
+      kernels::sm90::ChunkSplitShape sh;
+      sh.batch = a.batch;
+      sh.q_heads = a.q_heads;
+      sh.num_q = a.num_q;
+      const std::int64_t bound = a.cache == nullptr ? 0 : a.max_cache_length < 0 ? layout.shape.capacity : a.max_cache_length;
+      sh.max_keys = bound + a.num_chunk;
+      sh.rows = c.rows;
+      sh.tile_n = c.tile_n;
+      sh.head_dim = Layout::kHeadDim;
+      sh.sm_count = dev.sm_count;
+      sp.splits = a.splits > 0 ? a.splits : kernels::sm90::chunk_splits(sh);
+      sp.combine = at::combine_kernel<Layout>(a.q.dtype);
+    }
+    if ((s = allocate_splits(a, sp)) != Status::kSuccess) return s;
     layout_ = layout;
     dtype_ = a.q.dtype;
     q_heads_ = a.q_heads;
     mask_ = a.mask;
+    requested_splits_ = a.splits;
     device_ = dev.device;
     choice_ = c;
     maps_ = device::ChunkMapCache{};
@@ -484,11 +544,9 @@ Status AttentionPlan<Layout, Mode, Config>::initialize_short(const Layout& layou
   if constexpr (kSm80Implemented && !layout::is_paged_view_v<Layout>) {  // contiguous caches only
     using TrB = dk::Traits<Layout, Mode, DType::kBFloat16>;
     using TrH = dk::Traits<Layout, Mode, DType::kFloat16>;
-    constexpr int kD = Layout::kHeadDim;
     const bool bf16 = a.q.dtype == DType::kBFloat16;
     detail::attention::ShortChoice<Layout> sc;
     sc.kernel = bf16 ? &dk::attention_kernel<TrB> : &dk::attention_kernel<TrH>;
-    sc.combine = bf16 ? &dk::combine_kernel<kD, DType::kBFloat16> : &dk::combine_kernel<kD, DType::kFloat16>;
     sc.threads = TrB::kThreads;
     sc.smem_bytes = bf16 ? TrB::kSmemBytes : TrH::kSmemBytes;
     if (dev.smem_optin < sc.smem_bytes) return Status::kErrorNotSupported;
@@ -519,26 +577,15 @@ Status AttentionPlan<Layout, Mode, Config>::initialize_short(const Layout& layou
     sh.max_keys = bound + a.num_chunk;
     sh.sm_count = dev.sm_count;
     sh.ctas_per_sm = per_sm > 0 ? per_sm : 1;
-    sc.splits = dk::short_query_splits(sh);
-    sc.num_q = a.num_q;
-    release_workspace();
-    if (sc.splits > 1) {
-      // Per split and row (batch x q heads x num_q): O (D floats), LSE and 3 masses.
-      const std::size_t rows = static_cast<std::size_t>(a.batch) * static_cast<std::size_t>(a.q_heads) *
-                               static_cast<std::size_t>(a.num_q);
-      const std::size_t bytes = static_cast<std::size_t>(sc.splits) * rows * (kD + 4) * sizeof(float);
-      if (bytes > 0) {
-        if ((s = device::check(cudaMalloc(&workspace_, bytes))) != Status::kSuccess) {
-          workspace_ = nullptr;
-          return s;
-        }
-        workspace_bytes_ = bytes;
-      }
-    }
+    detail::attention::SplitPlan sp{};
+    sp.splits = a.splits > 0 ? a.splits : dk::short_query_splits(sh);
+    sp.combine = detail::attention::combine_kernel<Layout>(a.q.dtype);
+    if ((s = allocate_splits(a, sp)) != Status::kSuccess) return s;
     layout_ = layout;
     dtype_ = a.q.dtype;
     q_heads_ = a.q_heads;
     mask_ = a.mask;
+    requested_splits_ = a.splits;
     device_ = dev.device;
     choice_ = detail::attention::KernelChoice<Layout>{};
     choice_.path = AttentionPath::kShort;
@@ -553,52 +600,76 @@ Status AttentionPlan<Layout, Mode, Config>::initialize_short(const Layout& layou
 }
 
 template <class Layout, Correction Mode, class Config>
+Status AttentionPlan<Layout, Mode, Config>::allocate_splits(const AttentionArguments& a, detail::attention::SplitPlan sp) {
+  release_workspace();
+  sp.splits = sp.splits < 1 ? 1 : sp.splits;
+  sp.num_q = a.num_q;
+  if (sp.splits > 1) {
+    // Per split and row (batch x q heads x num_q): O (D floats), LSE and 3 masses.
+    const std::size_t rows =
+        static_cast<std::size_t>(a.batch) * static_cast<std::size_t>(a.q_heads) * static_cast<std::size_t>(a.num_q);
+    const std::size_t bytes = static_cast<std::size_t>(sp.splits) * rows *
+                              static_cast<std::size_t>(kernels::common::split_floats_per_row(Layout::kHeadDim)) * sizeof(float);
+    if (bytes > 0) {
+      const Status s = device::check(cudaMalloc(&workspace_, bytes));
+      if (s != Status::kSuccess) {
+        workspace_ = nullptr;
+        return s;
+      }
+      workspace_bytes_ = bytes;
+    }
+  }
+  split_ = sp;
+  return Status::kSuccess;
+}
+
+template <class Layout, Correction Mode, class Config>
+Status AttentionPlan<Layout, Mode, Config>::combine(const AttentionArguments& a, int splits,
+                                                    const kernels::common::AttentionParams<Layout>& p, cudaStream_t stream) {
+  namespace dk = kernels::decode;
+  dk::CombineParams cp{};
+  cp.ws_o = p.ws_o;
+  cp.ws_lse = p.ws_lse;
+  cp.ws_mass = a.mass != nullptr ? p.ws_mass : nullptr;
+  cp.splits = splits;
+  cp.batch = a.batch;
+  cp.q_heads = a.q_heads;
+  cp.num_q = a.num_q;
+  cp.q_lengths = a.q_lengths;
+  cp.o = a.o.data;
+  cp.o_stride[0] = a.o.batch_stride;
+  cp.o_stride[1] = a.o.token_stride;
+  cp.o_stride[2] = a.o.head_stride;
+  cp.lse = a.lse;
+  cp.mass = a.mass;
+  const std::int64_t rows = static_cast<std::int64_t>(a.batch) * a.q_heads * a.num_q;
+  const std::int64_t blocks = (rows + dk::kCombineWarps - 1) / dk::kCombineWarps;
+  if (blocks > 0x7fffffff) return Status::kErrorNotSupported;
+  device::LaunchShape cs;
+  cs.grid = dim3(static_cast<unsigned>(blocks));
+  cs.block = dim3(32 * dk::kCombineWarps);
+  return device::launch(split_.combine, cs, stream, cp);
+}
+
+template <class Layout, Correction Mode, class Config>
 Status AttentionPlan<Layout, Mode, Config>::run_short(const AttentionArguments& a, cudaStream_t stream) {
   namespace dk = kernels::decode;
   if constexpr (kSm80Implemented && !layout::is_paged_view_v<Layout>) {  // contiguous caches only
-    const int splits = short_.splits;
-    if (splits > 1 && a.num_q > short_.num_q) return Status::kErrorInvalidArgument;
-    dk::Params<Layout> pp{};
-    pp.a = detail::attention::make_params(layout_, a);
-    const std::int64_t packed = a.num_q * pp.a.q_per_kv;
+    const int splits = split_.splits;
+    if (splits > 1 && a.num_q > split_.num_q) return Status::kErrorInvalidArgument;
+    dk::Params<Layout> pp = detail::attention::make_params(layout_, a);
+    const std::int64_t packed = a.num_q * pp.q_per_kv;
     const std::int64_t row_blocks = (packed + dk::kRowsPerCta - 1) / dk::kRowsPerCta;
     if (row_blocks * splits > 0x7fffffff) return Status::kErrorNotSupported;
-    pp.splits = splits;
     pp.row_blocks = static_cast<int>(row_blocks);
-    const std::int64_t rows = static_cast<std::int64_t>(a.batch) * a.q_heads * a.num_q;
-    auto* ws = static_cast<float*>(workspace_);
-    pp.ws_o = ws;
-    pp.ws_lse = ws == nullptr ? nullptr : ws + splits * rows * Layout::kHeadDim;
-    pp.ws_mass = ws == nullptr ? nullptr : pp.ws_lse + splits * rows;
-    if (splits > 1 && ws == nullptr) return Status::kErrorInvalidArgument;
+    if (splits > 1) detail::attention::set_workspace(pp, workspace_, splits, a);
     device::LaunchShape shape;
     shape.grid = dim3(static_cast<unsigned>(row_blocks * splits), static_cast<unsigned>(layout_.shape.heads),
                       static_cast<unsigned>(a.batch));
     shape.block = dim3(static_cast<unsigned>(short_.threads));
     shape.smem_bytes = short_.smem_bytes;
-    Status s = device::launch(short_.kernel, shape, stream, pp);
-    if (s != Status::kSuccess || splits == 1) return s;
-    dk::CombineParams cp{};
-    cp.ws_o = pp.ws_o;
-    cp.ws_lse = pp.ws_lse;
-    cp.ws_mass = a.mass != nullptr ? pp.ws_mass : nullptr;
-    cp.splits = splits;
-    cp.batch = a.batch;
-    cp.q_heads = a.q_heads;
-    cp.num_q = a.num_q;
-    cp.q_lengths = a.q_lengths;
-    cp.o = a.o.data;
-    cp.o_stride[0] = a.o.batch_stride;
-    cp.o_stride[1] = a.o.token_stride;
-    cp.o_stride[2] = a.o.head_stride;
-    cp.lse = a.lse;
-    cp.mass = a.mass;
-    const std::int64_t blocks = (rows + dk::kCombineWarps - 1) / dk::kCombineWarps;
-    if (blocks > 0x7fffffff) return Status::kErrorNotSupported;
-    device::LaunchShape cs;
-    cs.grid = dim3(static_cast<unsigned>(blocks));
-    cs.block = dim3(32 * dk::kCombineWarps);
-    return device::launch(short_.combine, cs, stream, cp);
+    const Status s = device::launch(short_.kernel, shape, stream, pp);
+    return s != Status::kSuccess || splits == 1 ? s : combine(a, splits, pp, stream);
   } else {
     (void)a, (void)stream;
     return Status::kErrorNotSupported;
@@ -608,7 +679,8 @@ Status AttentionPlan<Layout, Mode, Config>::run_short(const AttentionArguments& 
 template <class Layout, Correction Mode, class Config>
 Status AttentionPlan<Layout, Mode, Config>::run(const AttentionArguments& a, cudaStream_t stream) {
   if (!initialized_) return Status::kErrorInvalidArgument;
-  if (a.q.dtype != dtype_ || a.q_heads != q_heads_ || a.mask != mask_) return Status::kErrorInvalidArgument;
+  if (a.q.dtype != dtype_ || a.q_heads != q_heads_ || a.mask != mask_ || a.splits != requested_splits_)
+    return Status::kErrorInvalidArgument;
   const Status s = detail::attention::check_arguments(layout_, a);
   if (s != Status::kSuccess) return s;
   if (a.batch == 0 || a.num_q == 0) return Status::kSuccess;
@@ -625,12 +697,20 @@ Status AttentionPlan<Layout, Mode, Config>::run(const AttentionArguments& a, cud
       p.chunk_maps = 1;
     }
   }
+  // Split-KV where the workspace holds this num_q (else unsplit: the kernels run either way).
+  const int splits = split_.splits > 1 && a.num_q <= split_.num_q ? split_.splits : 1;
+  const std::int64_t row_blocks = (a.num_q + choice_.rows - 1) / choice_.rows;
+  if (row_blocks * splits > 0x7fffffff) return Status::kErrorNotSupported;
+  if (splits > 1) {
+    p.row_blocks = static_cast<int>(row_blocks);
+    detail::attention::set_workspace(p, workspace_, splits, a);
+  }
   device::LaunchShape shape;
-  shape.grid = dim3(static_cast<unsigned>((a.num_q + choice_.rows - 1) / choice_.rows), static_cast<unsigned>(a.q_heads),
-                    static_cast<unsigned>(a.batch));
+  shape.grid = dim3(static_cast<unsigned>(row_blocks * splits), static_cast<unsigned>(a.q_heads), static_cast<unsigned>(a.batch));
   shape.block = dim3(static_cast<unsigned>(choice_.threads));
   shape.smem_bytes = choice_.smem_bytes;
-  return device::launch(choice_.kernel, shape, stream, p);
+  const Status ls = device::launch(choice_.kernel, shape, stream, p);
+  return ls != Status::kSuccess || splits == 1 ? ls : combine(a, splits, p, stream);
 }
 
 /// Fused chunk attention in one call: an AttentionPlan<Layout, Mode> initialized and run

@@ -1,12 +1,13 @@
 // The runtime state of one CTA of either attention kernel: its (batch entry, q head,
-// query rows) and the key segments [quantized cache ; cache tail ; current chunk] those
-// rows see, in tiles of Tr::kTileN tokens.
+// query rows), the key segments [quantized cache ; cache tail ; current chunk] those
+// rows see, in tiles of Tr::kTileN tokens, and with split-KV the range of them it owns.
 #pragma once
 
 #include <cstdint>
 
 #include "kvq/detail/macros.hpp"
 #include "kvq/kernels/common/params.cuh"
+#include "kvq/kernels/common/split.hpp"
 #include "kvq/layout/paged_layout.hpp"
 
 namespace kvq::kernels::common {
@@ -28,9 +29,13 @@ struct CtaContext {
   std::int64_t u_needed;   ///< tail + chunk tokens that some row of the CTA may see
   int n_qtiles;            ///< tiles of the quantized segment
   int n_tiles;             ///< all tiles (quantized, then [tail ; chunk])
+  int split;               ///< split-KV: the CTA's split (0 without)
+  int t_begin, t_end;      ///< the split's tiles [t_begin, t_end) of the n_tiles (all without)
 
   /// Reads the lengths of this batch entry (clamped into range) and returns false when
-  /// the CTA has no valid query row. Every thread of the CTA calls it. Paged views: the CTA
+  /// the CTA has no valid query row. Every thread of the CTA calls it. Split-KV (p.splits
+  /// > 1, grid.x = row blocks x splits): blockIdx.x = split x p.row_blocks + row block, and
+  /// the CTA owns split `split` of its rows' tiles (common::split_range). Paged views: the CTA
   /// checks the table columns of the quantized tokens together (one barrier); when one holds
   /// no page of the pool it reports kvq::kAttentionErrorPage (4) and returns false: the CTA
   /// reads no page and writes no output, LSE or mass.
@@ -40,7 +45,9 @@ struct CtaContext {
     b = blockIdx.z;
     hq = blockIdx.y;
     h = hq / p.q_per_kv;
-    r0 = static_cast<std::int64_t>(blockIdx.x) * Tr::kRows;
+    const unsigned row_blocks = p.splits > 1 ? static_cast<unsigned>(p.row_blocks) : gridDim.x;
+    split = static_cast<int>(blockIdx.x / row_blocks);
+    r0 = static_cast<std::int64_t>(blockIdx.x % row_blocks) * Tr::kRows;
     nq = p.q_lengths ? p.q_lengths[b] : p.num_q;
     nq = nq < 0 ? 0 : nq > p.num_q ? p.num_q : nq;
     if (r0 >= nq) return false;
@@ -69,6 +76,9 @@ struct CtaContext {
     }
     n_qtiles = static_cast<int>((qlen + Tr::kTileN - 1) / Tr::kTileN);
     n_tiles = n_qtiles + static_cast<int>((u_needed + Tr::kTileN - 1) / Tr::kTileN);
+    t_begin = 0;
+    t_end = n_tiles;
+    if (p.splits > 1) split_range(n_tiles, p.splits, Tr::kSubTiles, split, &t_begin, &t_end);
     return true;
   }
 };

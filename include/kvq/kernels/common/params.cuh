@@ -44,6 +44,16 @@ struct AttentionParams {
   float* lse;   ///< optional [batch, q_heads, num_q]
   float* mass;  ///< optional [batch, q_heads, num_q, 3]
   std::uint32_t* error;  ///< optional device word: kvq::AttentionError bits (paged views)
+  /// Split-KV (common/split.hpp): splits > 1 cuts each CTA's key tiles into `splits` ranges,
+  /// grid.x = row_blocks x splits. Per split s and row (b, hq, i) = (b q_heads + hq) num_q + i
+  /// of rows = batch q_heads num_q, the partial state goes to ws_o[(s rows + row) D] (O
+  /// normalised by the split's sum), ws_lse[s rows + row] and ws_mass[(s rows + row) 3]
+  /// (when mass is set); a combine writes o, lse and mass. splits <= 1: the CTAs write them.
+  int splits;
+  int row_blocks;
+  float* ws_o;
+  float* ws_lse;
+  float* ws_mass;
   /// Hopper kernel: TMA descriptors (CUtensorMap) of the chunk's keys and values, as
   /// dims (D, num_chunk, kv heads, batch) with the caller's strides, boxes of 64 channels x
   /// kTileN tokens, 128-byte swizzle; used when chunk_maps is 1 (set by the host when

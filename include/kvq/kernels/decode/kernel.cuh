@@ -26,6 +26,7 @@
 #include "kvq/detail/macros.hpp"
 #include "kvq/kernels/common/correction.cuh"
 #include "kvq/kernels/common/dequant.cuh"
+#include "kvq/kernels/common/epilogue.cuh"
 #include "kvq/kernels/common/masks.cuh"
 #include "kvq/kernels/common/params.cuh"
 #include "kvq/kernels/common/softmax.cuh"
@@ -52,19 +53,10 @@ using TileConfig = sm80::TileConfig<4, kTileN, 5>;
 template <class Layout, Correction Mode, DType Element>
 using Traits = sm80::Traits<Layout, Mode, Element, TileConfig>;
 
-/// Kernel parameters: the chunk kernels' parameters and the split plan.
+/// Kernel parameters: the chunk kernels' (split-KV: AttentionParams::splits, row_blocks =
+/// ceil(num_q * group / 64), the workspace).
 template <class Layout>
-struct Params {
-  common::AttentionParams<Layout> a;
-  int splits;      ///< >= 1
-  int row_blocks;  ///< ceil(num_q * group / 64); grid.x = row_blocks * splits
-  /// splits > 1: per split s, row (b, hq, i) = (b * q_heads + hq) * num_q + i of
-  /// rows = batch * q_heads * num_q: O at ws_o[(s * rows + row) * D], LSE at ws_lse[s * rows +
-  /// row], mass at ws_mass[(s * rows + row) * 3] (when a.mass is set).
-  float* ws_o;
-  float* ws_lse;
-  float* ws_mass;
-};
+using Params = common::AttentionParams<Layout>;
 
 /// The CTA's state: the chunk kernel's (b, h = kv head, lengths, tiles; r0 = first packed
 /// row, nq = valid queries) plus the packing and its split's tile range.
@@ -72,22 +64,20 @@ template <class Tr>
 struct Context : sm80::CtaContext<Tr> {
   int group;           ///< q heads per kv head
   std::int64_t nrows;  ///< valid packed rows: nq * group
-  int split;
-  int t_begin, t_end;  ///< the split's tiles [t_begin, t_end) of [quantized ; tail ; chunk]
   int q_end;           ///< min(t_end, n_qtiles): the split's quantized tiles end
 
   /// Reads the batch entry's lengths (clamped) and the split's range; false when the CTA
   /// has no valid row.
   KVQ_DEVICE bool init(const Params<typename Tr::Layout>& pp, unsigned char* smem_base) {
     using Layout = typename Tr::Layout;
-    const auto& p = pp.a;
+    const auto& p = pp;
     this->smem = smem_base;
     this->b = blockIdx.z;
     this->h = blockIdx.y;
     group = p.q_per_kv;
     this->hq = this->h * group;
     const int rb = static_cast<int>(blockIdx.x % static_cast<unsigned>(pp.row_blocks));
-    split = static_cast<int>(blockIdx.x / static_cast<unsigned>(pp.row_blocks));
+    this->split = static_cast<int>(blockIdx.x / static_cast<unsigned>(pp.row_blocks));
     this->r0 = static_cast<std::int64_t>(rb) * Tr::kRows;
     std::int64_t nq = p.q_lengths ? p.q_lengths[this->b] : p.num_q;
     nq = nq < 0 ? 0 : nq > p.num_q ? p.num_q : nq;
@@ -111,8 +101,10 @@ struct Context : sm80::CtaContext<Tr> {
     this->u_needed = this->tlen + visible_chunk;
     this->n_qtiles = static_cast<int>((this->qlen + Tr::kTileN - 1) / Tr::kTileN);
     this->n_tiles = this->n_qtiles + static_cast<int>((this->u_needed + Tr::kTileN - 1) / Tr::kTileN);
-    split_range(this->n_tiles, pp.splits, Tr::kSubTiles, split, &t_begin, &t_end);
-    q_end = t_end < this->n_qtiles ? t_end : this->n_qtiles;
+    this->t_begin = 0;
+    this->t_end = this->n_tiles;
+    if (pp.splits > 1) split_range(this->n_tiles, pp.splits, Tr::kSubTiles, this->split, &this->t_begin, &this->t_end);
+    q_end = this->t_end < this->n_qtiles ? this->t_end : this->n_qtiles;
     return true;
   }
 
@@ -442,65 +434,18 @@ KVQ_DEVICE bool plain_tile_masked(const common::AttentionParams<typename Tr::Lay
   return __any_sync(0xffffffffu, u_last > limit[0] || u_last > limit[1]);
 }
 
-/// Writes the warp's rows: with one split the final O (element type), LSE and mass (as
-/// common::write_outputs); otherwise the split's partial state to the workspace. A row
-/// with no visible key in the range gets O 0, LSE -inf and mass 0.
+/// Writes the warp's rows (common::write_row: with one split the final O, LSE and mass,
+/// otherwise the split's partial state).
 template <class Tr>
-KVQ_DEVICE void write_outputs(const Params<typename Tr::Layout>& pp, const Context<Tr>& c, common::WarpState<Tr>& st,
+KVQ_DEVICE void write_outputs(const Params<typename Tr::Layout>& p, const Context<Tr>& c, common::WarpState<Tr>& st,
                               int warp, int lane) {
-  using Ops = arch::ElementOps<Tr::kElement>;
-  const auto& p = pp.a;
-  const int g = lane >> 2;
-  const int t = lane & 3;
-  const std::int64_t rows = static_cast<std::int64_t>(p.layout.shape.batch) * p.q_heads * p.num_q;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    const float l = arch::quad_sum(st.l[h]);
-    float seg[3] = {0.0f, 0.0f, 0.0f};
-    if (p.mass) {
-#pragma unroll
-      for (int k = 0; k < 3; ++k) seg[k] = arch::quad_sum(st.seg[h][k]);
-    }
-    const std::int64_t r = c.r0 + 16 * warp + g + 8 * h;
+    float seg[3];
+    const float l = common::row_sums<Tr>(p, st, h, seg);
+    const std::int64_t r = c.r0 + 16 * warp + (lane >> 2) + 8 * h;
     if (r >= c.nrows) continue;
-    const std::int64_t i = c.query(r);
-    const int hq = c.q_head(r);
-    const bool empty = l == 0.0f;
-    const float inv = empty ? 0.0f : 1.0f / l;
-    const float lse = empty ? arch::neg_inf() : st.m[h] * p.scale + logf(l);
-    const std::int64_t row = (static_cast<std::int64_t>(c.b) * p.q_heads + hq) * p.num_q + i;
-    if (pp.splits == 1) {
-      auto* o = static_cast<std::uint16_t*>(p.o) + c.b * p.o_stride[0] + i * p.o_stride[1] + hq * p.o_stride[2];
-#pragma unroll
-      for (int ot = 0; ot < Tr::kOTiles; ++ot) {
-        const float v0 = empty ? 0.0f : st.o[ot][2 * h] * inv;
-        const float v1 = empty ? 0.0f : st.o[ot][2 * h + 1] * inv;
-        *reinterpret_cast<std::uint32_t*>(o + 8 * ot + 2 * t) = Ops::pack(v0, v1);
-      }
-      if (t == 0) {
-        if (p.lse) p.lse[row] = lse;
-        if (p.mass) {
-#pragma unroll
-          for (int k = 0; k < 3; ++k) p.mass[row * 3 + k] = empty ? 0.0f : seg[k] / l;
-        }
-      }
-    } else {
-      const std::int64_t srow = static_cast<std::int64_t>(c.split) * rows + row;
-      float* o = pp.ws_o + srow * Tr::kHeadDim;
-#pragma unroll
-      for (int ot = 0; ot < Tr::kOTiles; ++ot) {
-        const float v0 = empty ? 0.0f : st.o[ot][2 * h] * inv;
-        const float v1 = empty ? 0.0f : st.o[ot][2 * h + 1] * inv;
-        *reinterpret_cast<float2*>(o + 8 * ot + 2 * t) = make_float2(v0, v1);
-      }
-      if (t == 0) {
-        pp.ws_lse[srow] = lse;
-        if (p.mass) {
-#pragma unroll
-          for (int k = 0; k < 3; ++k) pp.ws_mass[srow * 3 + k] = empty ? 0.0f : seg[k] / l;
-        }
-      }
-    }
+    common::write_row<Tr>(p, st, h, l, seg, c.b, c.q_head(r), c.query(r), c.split, lane);
   }
 }
 
@@ -514,7 +459,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   constexpr int kS = Tr::kStages;
   extern __shared__ __align__(128) unsigned char smem[];
-  const auto& p = pp.a;
+  const auto& p = pp;
   const int tid = threadIdx.x;
   const int warp = tid >> 5;
   const int lane = tid & 31;

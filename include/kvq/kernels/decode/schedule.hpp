@@ -27,6 +27,7 @@
 #include <cstdint>
 
 #include "kvq/detail/macros.hpp"
+#include "kvq/kernels/common/split.hpp"
 
 namespace kvq::kernels::decode {
 
@@ -50,7 +51,8 @@ struct ShortQueryShape {
   int ctas_per_sm = 1;        ///< resident short-query CTAs per SM (occupancy)
 };
 
-KVQ_HOST_DEVICE std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return b > 0 ? (a + b - 1) / b : 0; }
+using common::ceil_div;
+using common::split_range;
 
 /// Packed query rows of one kv head: num_q * (q_heads / kv_heads).
 inline std::int64_t packed_rows(const ShortQueryShape& s) {
@@ -78,20 +80,6 @@ inline int short_query_splits(const ShortQueryShape& s) {
   for (std::int64_t k = 1; k <= limit; ++k)
     if (eff(k) >= 0.85 * best) return static_cast<int>(k);
   return 1;
-}
-
-/// The tiles [begin, end) of split `split` out of `splits` of a sequence of n_tiles tiles,
-/// in whole units of `unit` tiles (PerChannel key stages must not straddle two splits).
-/// Splits past the end get an empty range.
-KVQ_HOST_DEVICE void split_range(int n_tiles, int splits, int unit, int split, int* begin, int* end) {
-  std::int64_t per = ceil_div(n_tiles, splits);
-  per = ceil_div(per, unit) * unit;
-  std::int64_t b = static_cast<std::int64_t>(split) * per;
-  if (b > n_tiles) b = n_tiles;
-  std::int64_t e = b + per;
-  if (e > n_tiles) e = n_tiles;
-  *begin = static_cast<int>(b);
-  *end = static_cast<int>(e);
 }
 
 }  // namespace kvq::kernels::decode

@@ -373,26 +373,29 @@ KVQ_DEVICE void consume_overlapped(const common::AttentionParams<typename Tr::La
   static_assert(Tr::kTileBytes <= Tr::kQBytes, "the Q tile stands in for a V tile");
   const Descriptors d = Descriptors::make<Tr>(sm, wg);
   const std::uint64_t q_as_v = arch::make_desc(sm.q(), Tr::kTileN * 128, 1024);
+  // The CTA's tiles [t_begin, t_end), j = n - t_begin their own index (buffers, phases).
+  const int nb = c.t_begin, nt = c.t_end - c.t_begin;
 #pragma unroll 1
-  for (int n = 0; n < c.n_tiles; ++n) {
-    const int buf = n % kS;
-    const int prev = (n + kS - 1) % kS;
-    const std::uint32_t parity = (n / kS) & 1;
+  for (int j = 0; j < nt; ++j) {
+    const int n = nb + j;
+    const int buf = j % kS;
+    const int prev = (j + kS - 1) % kS;
+    const std::uint32_t parity = (j / kS) & 1;
     const bool quantized = n < c.n_qtiles;
     float s[Tr::kNTiles][4];
     // QK(n - 1) and PV(n - 2) were waited for at the end of the last iteration.
     if constexpr (Tr::kRotatedKeys)
-      if (n == c.n_qtiles && n > 0) {
+      if (n == c.n_qtiles && j > 0) {
         restore_q<Tr>(p, c, sm, wg, 32 * (cw & 3) + lane);
         if constexpr (Tr::kCenteredKeys) add_key_mean<Tr>(st, qmu);
       }
     arch::mbarrier_wait(sm.bar(kFullK, buf), parity);
-    if (n > 0) arch::mbarrier_wait(sm.bar(kFullV, prev), ((n - 1) / kS) & 1);
+    if (j > 0) arch::mbarrier_wait(sm.bar(kFullV, prev), ((j - 1) / kS) & 1);
     arch::fence_operands(st.o);
     arch::wgmma_fence();
     issue_qk<Tr>(s, d, buf);
     arch::wgmma_commit();
-    issue_pv_at<Tr>(st.o, pa, n > 0 ? desc_at(d.v, static_cast<std::uint32_t>(prev * Tr::kTileBytes)) : q_as_v);
+    issue_pv_at<Tr>(st.o, pa, j > 0 ? desc_at(d.v, static_cast<std::uint32_t>(prev * Tr::kTileBytes)) : q_as_v);
     arch::wgmma_commit();
     arch::wgmma_wait<1>();  // S(n); the PV MMA may still run
     arch::fence_operands(s);
@@ -408,15 +411,14 @@ KVQ_DEVICE void consume_overlapped(const common::AttentionParams<typename Tr::La
     arch::wgmma_wait<0>();
     arch::fence_operands(st.o);
     fence_fragments(pa);  // P(n-1) stays in its registers until its MMA is done
-    if (n > 0) {
+    if (j > 0) {
       __syncwarp();
       if (lane == 0) arch::mbarrier_arrive(sm.bar(kEmptyV, prev));
     }
     common::rescale_output<Tr>(st, factor);
     pack_p<Tr>(s, pa);
   }
-  if (c.n_tiles > 0)
-    pv_and_release<Tr, true>(st.o, pa, sm, d, (c.n_tiles - 1) % kS, ((c.n_tiles - 1) / kS) & 1, lane);
+  if (nt > 0) pv_and_release<Tr, true>(st.o, pa, sm, d, (nt - 1) % kS, ((nt - 1) / kS) & 1, lane);
 }
 
 /// One consumer warpgroup's loop over the CTA's tiles (wg: 0 .. kConsumerGroups - 1, cw: warp
@@ -442,7 +444,7 @@ KVQ_DEVICE void consume(const common::AttentionParams<typename Tr::Layout>& p, c
   if constexpr (Tr::kOverlap) {
     consume_overlapped<Tr>(p, c, sm, st, wg, cw, lane, qmu);
     if constexpr (Tr::kCenteredKeys)
-      if (c.n_tiles == c.n_qtiles) add_key_mean<Tr>(st, qmu);
+      if (c.t_end <= c.n_qtiles) add_key_mean<Tr>(st, qmu);  // no unquantized tile: for the LSE
     common::write_outputs<Tr>(p, c, st, cw, lane);
     return;
   }
@@ -450,16 +452,18 @@ KVQ_DEVICE void consume(const common::AttentionParams<typename Tr::Layout>& p, c
   const Descriptors d = Descriptors::make<Tr>(sm, wg);
   constexpr int kG = Tr::kConsumerGroups;
   constexpr int kTurnThreads = 2 * 128;  // the warpgroup whose turn it is and the one before
-  if (Tr::kPingpong && wg == kG - 1 && c.n_tiles > 0) arch::named_barrier_arrive(kTurnBarrier, kTurnThreads);
+  const int nb = c.t_begin, nt = c.t_end - c.t_begin;  // as consume_overlapped
+  if (Tr::kPingpong && wg == kG - 1 && nt > 0) arch::named_barrier_arrive(kTurnBarrier, kTurnThreads);
 #pragma unroll 1
-  for (int n = 0; n < c.n_tiles; ++n) {
-    const int buf = n % kS;
-    const std::uint32_t parity = (n / kS) & 1;
+  for (int j = 0; j < nt; ++j) {
+    const int n = nb + j;
+    const int buf = j % kS;
+    const std::uint32_t parity = (j / kS) & 1;
     const bool quantized = n < c.n_qtiles;
     float s[Tr::kNTiles][4];
     // Every MMA of tile n - 1 was waited for (pv_and_release).
     if constexpr (Tr::kRotatedKeys)
-      if (n == c.n_qtiles && n > 0) {
+      if (n == c.n_qtiles && j > 0) {
         restore_q<Tr>(p, c, sm, wg, 32 * (cw & 3) + lane);
         if constexpr (Tr::kCenteredKeys) add_key_mean<Tr>(st, qmu);
       }
@@ -482,12 +486,12 @@ KVQ_DEVICE void consume(const common::AttentionParams<typename Tr::Layout>& p, c
     std::uint32_t pa[Tr::kPSteps][4];
     pack_p<Tr>(s, pa);
     // The next warpgroup's turn (the last one's final turn opens none: nobody waits for it).
-    if (Tr::kPingpong && (wg != kG - 1 || n + 1 < c.n_tiles))
+    if (Tr::kPingpong && (wg != kG - 1 || j + 1 < nt))
       arch::named_barrier_arrive(kTurnBarrier + (wg + 1) % kG, kTurnThreads);
     pv_and_release<Tr, false>(st.o, pa, sm, d, buf, parity, lane);
   }
   if constexpr (Tr::kCenteredKeys)
-    if (c.n_tiles == c.n_qtiles) add_key_mean<Tr>(st, qmu);  // no unquantized tile: for the LSE
+    if (c.t_end <= c.n_qtiles) add_key_mean<Tr>(st, qmu);  // no unquantized tile: for the LSE
   common::write_outputs<Tr>(p, c, st, cw, lane);
 }
 

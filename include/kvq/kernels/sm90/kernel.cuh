@@ -48,7 +48,8 @@
 namespace kvq::kernels::sm90 {
 
 /// The Hopper kernel. Launch with Tr::kThreads threads, Tr::kSmemBytes of dynamic shared
-/// memory and grid (ceil(num_q / Tr::kRows), q_heads, batch). Compiled for sm_90a only
+/// memory and grid (ceil(num_q / Tr::kRows) x splits, q_heads, batch) (split-KV: p.splits,
+/// common::CtaContext). Compiled for sm_90a only
 /// (elsewhere its body traps: kvq::attention never launches it there).
 /// Static shared memory of the kernel's stub (built without sm_90a features); the real
 /// kernel uses dynamic shared memory only.
@@ -92,7 +93,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
   float qmu[2] = {0.0f, 0.0f};  // centered keys: q·μ of the lane's two rows (none: no quantized tile)
   if (wg > 0) {
     if constexpr (Tr::kRotatedKeys) {
-      if (c.n_qtiles > 0) {
+      if (c.t_begin < c.n_qtiles) {  // the CTA's tiles start with quantized ones
         load_q_rotated<Tr>(p, c, sm, wg - 1, warp & 3, lane, qmu);
       } else {
         load_q<Tr>(p, c, sm, wg - 1, tid & 127);

@@ -46,6 +46,7 @@ struct Plan {
   static constexpr int kNTiles = kTileN / 8;          ///< n8 column blocks of S
   static constexpr int kOTiles = kHeadDim / 8;        ///< n8 column blocks of O
   static constexpr int kPSteps = kTileN / 16;         ///< k16 steps of O += P V
+  static constexpr int kSubTiles = 1;                 ///< split-KV ranges in whole tiles (PerToken keys)
   static constexpr int kChunksPerRow = kHeadDim / 8;  ///< 16-byte chunks of a 16-bit row
   static constexpr int kTileBytes = kTileN * kHeadDim * 2;
   static constexpr int kQBytes = kRows * kHeadDim * 2;

@@ -80,8 +80,9 @@ template <class Tr, bool kKey>
 KVQ_DEVICE void issue_packed(const common::AttentionParams<typename Tr::Layout>& p, const common::CtaContext<Tr>& c,
                              const Smem<Tr>& sm, int m, int skew, TilePages<Tr>& pages) {
   using H = Half<Tr, kKey>;
-  const std::uint32_t slot = arch::smem_u32(sm.slot(m));
-  const std::uint32_t bar = sm.ring_bar(kKey ? 0 : 1, m);
+  // Ring slots go by the CTA's own tiles (split-KV: from t_begin).
+  const std::uint32_t slot = arch::smem_u32(sm.slot(m - c.t_begin));
+  const std::uint32_t bar = sm.ring_bar(kKey ? 0 : 1, m - c.t_begin);
   const std::int64_t t0 = static_cast<std::int64_t>(m) * Tr::kTileN;
   const int valid = valid_tokens(c, m);
   const std::uint32_t code_bytes = static_cast<std::uint32_t>(valid * H::kWords * 4);
@@ -306,21 +307,26 @@ KVQ_DEVICE void produce(const common::AttentionParams<typename Tr::Layout>& p, c
   const RowOffsets<Tr> ro(lt);
   TilePages<Tr> pages;
   pages.init(p.layout, c.h);
+  // The CTA's tiles [t_begin, t_end) (split-KV), j = n - t_begin their own index: buffers,
+  // ring slots and barrier phases go by j; the quantized ones end at q_end.
+  const int nb = c.t_begin, nt = c.t_end - c.t_begin;
+  const int q_end = c.t_end < c.n_qtiles ? c.t_end : c.n_qtiles;
   if (lt == 0) {
 #pragma unroll 1
-    for (int m = 0; m < kR - 1 && m < c.n_qtiles; ++m) issue_packed<Tr, kKey>(p, c, sm, m, skew, pages);
+    for (int m = nb; m < nb + kR - 1 && m < q_end; ++m) issue_packed<Tr, kKey>(p, c, sm, m, skew, pages);
   }
 #pragma unroll 1
-  for (int n = 0; n < c.n_tiles; ++n) {
-    const int s = n % kS;
-    const std::uint32_t parity = ((n / kS) & 1) ^ 1;
-    if (n < c.n_qtiles) {
-      // Every thread of the half is done reading slot (n-1) % kR: one refills it. Then
+  for (int j = 0; j < nt; ++j) {
+    const int n = nb + j;
+    const int s = j % kS;
+    const std::uint32_t parity = ((j / kS) & 1) ^ 1;
+    if (n < q_end) {
+      // Every thread of the half is done reading slot (j-1) % kR: one refills it. Then
       // tile n's packed data has landed.
       arch::named_barrier_sync(H::kBarrierId, H::kThreads);
-      if (lt == 0 && n + kR - 1 < c.n_qtiles) issue_packed<Tr, kKey>(p, c, sm, n + kR - 1, skew, pages);
-      arch::mbarrier_wait(sm.ring_bar(kKey ? 0 : 1, n), static_cast<std::uint32_t>(n / kR) & 1u);
-      const unsigned char* slot = sm.slot(n);
+      if (lt == 0 && n + kR - 1 < q_end) issue_packed<Tr, kKey>(p, c, sm, n + kR - 1, skew, pages);
+      arch::mbarrier_wait(sm.ring_bar(kKey ? 0 : 1, j), static_cast<std::uint32_t>(j / kR) & 1u);
+      const unsigned char* slot = sm.slot(j);
       const int valid = valid_tokens(c, n);
       float* kc2 = Tr::kFold ? sm.fold_rows(s) : reinterpret_cast<float*>(sm.base + Tr::kOffKc2 + s * Tr::kKcBytes);
       auto* kc4 = reinterpret_cast<float*>(sm.base + Tr::kOffKc4 + s * Tr::kKcBytes);
@@ -362,7 +368,7 @@ KVQ_DEVICE void produce(const common::AttentionParams<typename Tr::Layout>& p, c
       if constexpr (kCoefficients && Tr::kFold) {
         // The fold step reads buffer s's B rows for every tile: zero rows for unquantized
         // tiles (once per buffer: only quantized tiles, which all come first, write them).
-        if (n < c.n_qtiles + kS) {
+        if (n < (q_end > nb ? q_end : nb) + kS) {
           const std::uint32_t zeros[8] = {0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};
           for (int tok = lt; tok < Tr::kTileN; tok += H::kThreads) store_fold_row(sm.fold_rows(s), tok, zeros);
           arch::fence_proxy_async();
