@@ -107,6 +107,9 @@ TEST_CASE("attention refuses bad arguments before any launch", "[attention][gpu]
        kvq::Status::kErrorInvalidArgument},
       {"max_cache_length past capacity", [](kvq::AttentionArguments& a) { a.max_cache_length = 65; },
        kvq::Status::kErrorInvalidArgument},
+      {"negative splits", [](kvq::AttentionArguments& a) { a.splits = -1; }, kvq::Status::kErrorInvalidArgument},
+      {"splits past the most", [](kvq::AttentionArguments& a) { a.splits = kvq::kMaxAttentionSplits + 1; },
+       kvq::Status::kErrorInvalidArgument},
   };
   for (const Bad& b : bad) {
     INFO(b.what);
@@ -204,6 +207,9 @@ TEST_CASE("a plan refuses runs that change what it was initialized with", "[atte
   CHECK(plan.run(a, kvq::test::test_stream()) == kvq::Status::kErrorInvalidArgument);
   a = f.a;
   a.q.dtype = a.k_chunk.dtype = a.v_chunk.dtype = a.o.dtype = kvq::DType::kFloat16;
+  CHECK(plan.run(a, kvq::test::test_stream()) == kvq::Status::kErrorInvalidArgument);
+  a = f.a;
+  a.splits = 3;
   CHECK(plan.run(a, kvq::test::test_stream()) == kvq::Status::kErrorInvalidArgument);
   a = f.a;
   a.scale = -1.0f;  // per-call arguments are still checked
