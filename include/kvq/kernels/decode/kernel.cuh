@@ -325,55 +325,6 @@ KVQ_DEVICE void dequant_packed_tile(const sm80::CtaContext<Tr>& c, int m, int bu
   }
 }
 
-/// Whether dequant_packed_tile_warps123 serves the variant: 2-bit PerToken keys and 2-bit
-/// values (the lookup-table dequantization), rows of whole half-tokens.
-template <class Tr>
-inline constexpr bool kWarps123Dequant = Tr::kKeyPerToken && Tr::KSpec::kBits == 2 && Tr::VSpec::kBits == 2 &&
-                                         Tr::kThreadsPerToken == 1 && Tr::kKWords % 2 == 0 && Tr::kVWords % 2 == 0;
-
-/// dequant_packed_tile for CTAs whose packed rows all lie in warp 0 (decode: num_q x group
-/// <= 16), the only warp with tensor-core work: warps 1-3 dequantize the whole tile in
-/// half-token pieces (2 x 2 x kTileN pieces over 96 threads, at most 3 each), so that warp 0
-/// goes from the barrier straight to the tile's MMAs and softmax instead of first
-/// dequantizing its share while the other warps wait at the next barrier.
-template <class Tr>
-KVQ_DEVICE void dequant_packed_tile_warps123(const sm80::CtaContext<Tr>& c, int m, int buf, int tid) {
-  constexpr int kParts = 2;
-  constexpr int kKeyItems = Tr::kTileN * kParts;
-  constexpr int kWorkers = Tr::kThreads - 32;
-  if (tid < 32) return;
-  const unsigned char* slot = c.ring_slot(m);
-#pragma unroll 1
-  for (int w = tid - 32; w < 2 * kKeyItems; w += kWorkers) {
-    if (w < kKeyItems) {  // warp-uniform: kKeyItems and kWorkers are multiples of 32
-      dequant_token_part_lut2<Tr, typename Tr::KSpec, Tr::kKWords / kParts, Tr::kCorrect>(
-          c, reinterpret_cast<const std::uint32_t*>(slot + Tr::kSlotKCodes),
-          reinterpret_cast<const typename Tr::KMeta*>(slot + Tr::kSlotKMeta), c.kv_buffer(buf), w / kParts, w % kParts, buf);
-    } else {
-      const int v = w - kKeyItems;
-      dequant_token_part_lut2<Tr, typename Tr::VSpec, Tr::kVWords / kParts, false>(
-          c, reinterpret_cast<const std::uint32_t*>(slot + Tr::kSlotVCodes),
-          reinterpret_cast<const typename Tr::VMeta*>(slot + Tr::kSlotVMeta), c.kv_buffer(buf) + Tr::kTileBytes, v / kParts,
-          v % kParts, buf);
-    }
-  }
-}
-
-/// Packed tile m into K/V buffer `buf` by the CTA's threads: warps 1-3 only where every
-/// packed row lies in warp 0 and the variant allows (warps123), else all warps.
-template <class Tr>
-KVQ_DEVICE void dequant_tile_of(const sm80::CtaContext<Tr>& c, int m, int buf, int tid, bool warps123) {
-  if constexpr (kWarps123Dequant<Tr>) {
-    if (warps123) {
-      dequant_packed_tile_warps123<Tr>(c, m, buf, tid);
-      return;
-    }
-  } else {
-    (void)warps123;
-  }
-  dequant_packed_tile<Tr>(c, m, buf, tid);
-}
-
 /// Compute step of quantized tile n (sm80::compute_quantized_tile).
 template <class Tr, bool kMasked>
 KVQ_DEVICE void compute_quantized_tile(const common::AttentionParams<typename Tr::Layout>& p, const Context<Tr>& c,
@@ -470,8 +421,6 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
   st.init();
   // Warps whose rows are all past the valid ones skip the tensor-core work (warp-uniform).
   const bool active = c.r0 + 16 * warp < c.nrows;
-  // Every packed row in warp 0 (CTA-uniform): warps 1-3 dequantize the tiles.
-  const bool warps123 = c.nrows - c.r0 <= 16;
 
   const int nb = c.t_begin, ne = c.t_end, qe = c.q_end;
   if (nb < ne) {
@@ -500,7 +449,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
     sm80::load_q_fragments<Tr>(st, c, warp, lane);
     sm80::row_coefficients<Tr>(st, p.scale, lane);
     if (nb < qe) {
-      dequant_tile_of<Tr>(c, nb, 0, tid, warps123);
+      dequant_packed_tile<Tr>(c, nb, 0, tid);
       sm80::build_stage_tables<Tr>(p, c, nb / Tr::kSubTiles, warp, lane);  // nb: a whole stage
     }
     arch::cp_async_wait<kS - 3>();  // packed tile nb + 1
@@ -521,7 +470,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
       if (next_plain) sm80::issue_plain<Tr>(p, c, n + 1, buf ^ 1, tid);
       arch::cp_async_commit();
       if (n + 1 < qe) {
-        dequant_tile_of<Tr>(c, n + 1, buf ^ 1, tid, warps123);
+        dequant_packed_tile<Tr>(c, n + 1, buf ^ 1, tid);
         if ((n + 1) % Tr::kSubTiles == 0) sm80::build_stage_tables<Tr>(p, c, (n + 1) / Tr::kSubTiles, warp, lane);
       }
       if (active) {
