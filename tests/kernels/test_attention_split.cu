@@ -2,12 +2,27 @@
 // (test_attention_split.cuh). The variants are instantiated by this binary's other files.
 #include "kernels/test_attention_split.cuh"
 
-KVQ_ATTENTION_SPLIT_TEST_CASES(kvq::variants::Int2Pt128D128, kvq::Correction::kNone, "int2_pt128 none", 880001)
-KVQ_ATTENTION_SPLIT_TEST_CASES(kvq::variants::Int2Pt128D128, kvq::Correction::kTaylor2, "int2_pt128 taylor2", 881001)
-KVQ_ATTENTION_SPLIT_TEST_CASES(kvq::variants::Int2Pt128D128, kvq::Correction::kTaylor4, "int2_pt128 taylor4", 882001)
+namespace {
+using L2 = kvq::variants::Int2Pt128D128;
+using kvq::Correction;
+using kvq::test::run_split_cases;
+using kvq::test::run_split_sanitizer_case;
+}  // namespace
+
+TEST_CASE("Hopper attention kernel, split-KV: int2_pt128, every PerToken correction", "[attention][gpu][sm90][split]") {
+  CHECK(run_split_cases<L2, Correction::kNone>("int2_pt128 none", 880001) > 0);
+  CHECK(run_split_cases<L2, Correction::kTaylor2>("int2_pt128 taylor2", 881001) > 0);
+  CHECK(run_split_cases<L2, Correction::kTaylor4>("int2_pt128 taylor4", 882001) > 0);
+}
+
+TEST_CASE("Hopper attention kernel, split-KV, small case for the sanitizers: int2_pt128",
+          "[attention][gpu][sm90][split][sanitize]") {
+  CHECK(run_split_sanitizer_case<L2, Correction::kTaylor2>("int2_pt128 taylor2", 881051) > 0);
+  CHECK(run_split_sanitizer_case<L2, Correction::kTaylor4>("int2_pt128 taylor4", 882051) > 0);
+}
 
 TEST_CASE("Hopper attention kernel, split-KV plan: workspace, larger num_q unsplit", "[attention][gpu][sm90][split][api]") {
-  using L = kvq::variants::Int2Pt128D128;
+  using L = L2;
   constexpr int kD = 128;
   L l;
   REQUIRE(L::make({1, 1, 4096, kvq::DType::kBFloat16}, &l) == kvq::Status::kSuccess);

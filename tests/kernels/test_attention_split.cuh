@@ -69,19 +69,22 @@ inline std::vector<AttentionCase> split_cases(DType dt, std::uint64_t seed0) {
 }
 
 /// The split cases (bf16 and fp16) of a variant the Hopper kernel implements, and the
-/// automatic rule on one CTA of rows over a long cache.
+/// automatic rule on one CTA of rows over a long cache. Returns the output elements compared
+/// with the reference (each case also checks them itself).
 template <class Layout, Correction Mode>
-void run_split_cases(const char* name, std::uint64_t seed0) {
+std::size_t run_split_cases(const char* name, std::uint64_t seed0) {
+  std::size_t checked = 0;
   for (DType dt : {DType::kBFloat16, DType::kFloat16}) {
     for (const auto& c : split_cases(dt, seed0 + (dt == DType::kFloat16 ? 500 : 0))) {
-      DYNAMIC_SECTION(c.describe()) { run_attention_case<Layout, Mode, AutoConfig>(c, name); }
+      checked += run_attention_case<Layout, Mode, AutoConfig>(c, name).checked;  // labels itself (INFO)
     }
   }
   AttentionCase c;
   c.batch = 1, c.q_heads = 1, c.kv_heads = 1, c.num_q = 100, c.num_chunk = 100, c.cache_lengths = {8000};
   c.mass = true;
   c.seed = seed0 + 900;
-  DYNAMIC_SECTION("the rule splits one CTA over a long cache: " << c.describe()) {
+  {
+    INFO("the rule splits one CTA over a long cache");
     // kernels/sm90/schedule.hpp: 1 CTA, 64 tiles of 128 tokens (or 127 of 64) -> several splits.
     const int rows = kernels::sm90::DefaultConfig<Layout, Mode>::kRows;
     const int tile = kernels::sm90::DefaultConfig<Layout, Mode>::kTileN;
@@ -91,21 +94,17 @@ void run_split_cases(const char* name, std::uint64_t seed0) {
     sh.max_keys = (8000 + Layout::kKeyTokensPerGroup - 1) / Layout::kKeyTokensPerGroup * Layout::kKeyTokensPerGroup +
                   Layout::kKeyTokensPerGroup + 100;  // the harness's capacity bound + the chunk
     REQUIRE(kernels::sm90::chunk_splits(sh) > 1);
-    run_attention_case<Layout, Mode, AutoConfig>(c, name);
+    checked += run_attention_case<Layout, Mode, AutoConfig>(c, name).checked;
   }
+  return checked;
+}
+
+/// The small case the sanitizers run, in 3 splits.
+template <class Layout, Correction Mode>
+std::size_t run_split_sanitizer_case(const char* name, std::uint64_t seed) {
+  AttentionCase c = sanitizer_case(seed);
+  c.splits = 3;
+  return run_attention_case<Layout, Mode, AutoConfig>(c, name).checked;
 }
 
 }  // namespace kvq::test
-
-/// The split-KV cases of a variant instantiated elsewhere in the binary ([sm90]: the Hopper
-/// kernel runs only on compute capability 9.0).
-#define KVQ_ATTENTION_SPLIT_TEST_CASES(Layout, Mode, Name, Seed)                                  \
-  TEST_CASE("Hopper attention kernel, split-KV: " Name, "[attention][gpu][sm90][split]") {        \
-    kvq::test::run_split_cases<Layout, Mode>(Name, Seed);                                          \
-  }                                                                                                \
-  TEST_CASE("Hopper attention kernel, split-KV, small case for the sanitizers: " Name,           \
-            "[attention][gpu][sm90][split][sanitize]") {                                          \
-    kvq::test::AttentionCase c = kvq::test::sanitizer_case((Seed) + 50);                           \
-    c.splits = 3;                                                                                  \
-    kvq::test::run_attention_case<Layout, Mode, kvq::AutoConfig>(c, Name);                         \
-  }

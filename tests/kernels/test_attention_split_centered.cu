@@ -4,6 +4,22 @@
 // (test_attention_split.cuh). The variants are instantiated by this binary's other files.
 #include "kernels/test_attention_split.cuh"
 
-KVQ_ATTENTION_SPLIT_TEST_CASES(kvq::variants::Int2Pt128D128RotCen, kvq::Correction::kTaylor2, "int2_pt128 rotcen taylor2", 883001)
-KVQ_ATTENTION_SPLIT_TEST_CASES(kvq::variants::Int2Pt128D128RotCen, kvq::Correction::kNone, "int2_pt128 rotcen none", 884001)
-KVQ_ATTENTION_SPLIT_TEST_CASES(kvq::variants::Int4Pt128D128RotCen, kvq::Correction::kTaylor2, "int4_pt128 rotcen taylor2", 885001)
+namespace {
+using L2c = kvq::variants::Int2Pt128D128RotCen;
+using L4c = kvq::variants::Int4Pt128D128RotCen;
+using kvq::Correction;
+using kvq::test::run_split_cases;
+using kvq::test::run_split_sanitizer_case;
+}  // namespace
+
+TEST_CASE("Hopper attention kernel, split-KV: rotated centered keys", "[attention][gpu][sm90][split]") {
+  CHECK(run_split_cases<L2c, Correction::kTaylor2>("int2_pt128 rotcen taylor2", 883001) > 0);
+  CHECK(run_split_cases<L2c, Correction::kNone>("int2_pt128 rotcen none", 884001) > 0);
+  CHECK(run_split_cases<L4c, Correction::kTaylor2>("int4_pt128 rotcen taylor2", 885001) > 0);
+}
+
+TEST_CASE("Hopper attention kernel, split-KV, small case for the sanitizers: rotated centered keys",
+          "[attention][gpu][sm90][split][sanitize]") {
+  CHECK(run_split_sanitizer_case<L2c, Correction::kTaylor2>("int2_pt128 rotcen taylor2", 883051) > 0);
+  CHECK(run_split_sanitizer_case<L4c, Correction::kTaylor2>("int4_pt128 rotcen taylor2", 885051) > 0);
+}
