@@ -12,8 +12,10 @@
 #include <new>
 #include <vector>
 
+#include <kvq/api/merge.cuh>
 #include <kvq/math/rotation.hpp>
 #include <kvq/reference/attention.hpp>
+#include <kvq/reference/merge.hpp>
 #include <kvq/reference/quantize_append.hpp>
 
 #include "variants.cuh"
@@ -24,6 +26,8 @@ static_assert(sizeof(kvq_c_append_args) == 128, "kvq_c_append_args: the Python b
 static_assert(sizeof(kvq_c_attention_args) == 224, "kvq_c_attention_args: the Python binding packs 224 bytes");
 static_assert(offsetof(kvq_c_attention_args, scale) == 192, "kvq_c_attention_args layout");
 static_assert(offsetof(kvq_c_append_args, dtype) == 112, "kvq_c_append_args layout");
+static_assert(sizeof(kvq_c_merge_args) == 144, "kvq_c_merge_args: the Python binding packs 144 bytes");
+static_assert(offsetof(kvq_c_merge_args, num_parts) == 112, "kvq_c_merge_args layout");
 static_assert(static_cast<int>(kvq::Status::kErrorCudaRuntime) == KVQ_C_ERROR_CUDA_RUNTIME, "status codes");
 
 namespace kvq_c {
@@ -83,6 +87,29 @@ uint32_t correction_bits() {
 
 kvq::Tensor4 tensor(const void* p, DType d, const int64_t* s) {
   return {const_cast<void*>(p), d, s[0], s[1], s[2]};
+}
+
+bool to_merge_dtype(int32_t d, DType* out) {
+  if (d == KVQ_C_FP32) return *out = DType::kFloat32, true;
+  return to_dtype(d, out);
+}
+
+/// kvq::MergeArguments of a kvq_c_merge_args (false where a dtype or the reserved word is bad).
+bool merge_arguments(const kvq_c_merge_args& c, kvq::MergeArguments* a) {
+  DType pd, od;
+  if (!to_merge_dtype(c.parts_dtype, &pd) || !to_merge_dtype(c.dtype, &od) || c.reserved != 0) return false;
+  a->num_parts = c.num_parts;
+  a->batch = c.batch;
+  a->heads = c.heads;
+  a->num_q = c.num_q;
+  a->head_dim = c.head_dim;
+  a->o_parts = tensor(c.o_parts, pd, c.o_parts_stride);
+  a->o_part_stride = c.o_part_stride;
+  a->lse_parts = c.lse_parts;
+  a->lse_part_stride = c.lse_part_stride;
+  a->o = tensor(c.o, od, c.o_stride);
+  a->lse = c.lse;
+  return true;
 }
 
 /// Makes `device` current for the lifetime of the guard (restores the previous one).
@@ -472,6 +499,43 @@ int32_t kvq_c_append(kvq_c_cache* cache, const kvq_c_append_args* args) {
 int32_t kvq_c_attention(kvq_c_cache* cache, const kvq_c_attention_args* args) {
   if (cache == nullptr || args == nullptr) return KVQ_C_ERROR_INVALID_ARGUMENT;
   return cache->impl->attention(*args);
+}
+
+int32_t kvq_c_merge_args_size(void) { return static_cast<int32_t>(sizeof(kvq_c_merge_args)); }
+
+int32_t kvq_c_merge_states(const kvq_c_merge_args* args) {
+  kvq::MergeArguments a;
+  if (args == nullptr || args->device < 0 || !kvq_c::merge_arguments(*args, &a)) return KVQ_C_ERROR_INVALID_ARGUMENT;
+  const kvq::Status checked = kvq::merge_states_can_implement(a);
+  if (checked != kvq::Status::kSuccess) return kvq_c::code(checked);
+  if (a.batch == 0 || a.heads == 0 || a.num_q == 0) return KVQ_C_SUCCESS;
+  kvq_c::DeviceGuard guard(args->device);
+  if (guard.status() != kvq::Status::kSuccess) return kvq_c::code(guard.status());
+  return kvq_c::code(kvq::merge_states(a, static_cast<cudaStream_t>(args->stream)));
+}
+
+int32_t kvq_c_merge_states_host(const kvq_c_merge_args* args, double* out, double* lse) {
+  kvq::MergeArguments a;
+  if (args == nullptr || out == nullptr || !kvq_c::merge_arguments(*args, &a)) return KVQ_C_ERROR_INVALID_ARGUMENT;
+  a.o.data = out;  // the merge's checks see a placeholder output; the reference writes `out`
+  a.o.dtype = kvq::DType::kFloat32;
+  a.o.batch_stride = a.o.token_stride = a.o.head_stride = 0;
+  a.lse = nullptr;
+  const kvq::Status checked = kvq::merge_states_can_implement(a);
+  if (checked != kvq::Status::kSuccess) return kvq_c::code(checked);
+  kvq::reference::MergeArgs r;
+  r.num_parts = a.num_parts;
+  r.batch = a.batch;
+  r.heads = a.heads;
+  r.num_q = a.num_q;
+  r.dim = a.head_dim;
+  r.o_parts = a.o_parts;
+  r.o_part_stride = a.o_part_stride;
+  r.lse_parts = a.lse_parts;
+  r.lse_part_stride = a.lse_part_stride;
+  r.out = out;
+  r.lse = lse;
+  return kvq_c::code(kvq::reference::merge_states(r));
 }
 
 int32_t kvq_c_dequantize_host(const kvq_c_cache* cache, const void* host_cache, const int32_t* host_lengths, float* keys,

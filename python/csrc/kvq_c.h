@@ -22,6 +22,11 @@
  * each shape once before capturing it. One cache handle must not be used from several host threads at once
  * (calls on one handle are serialized by a mutex). Contiguous caches only: block tables
  * (paged caches) are not part of this ABI version.
+ *
+ * kvq_c_merge_states (kvq::merge_states) needs no cache: it combines partial attention
+ * results (O, LSE) of the same queries over disjoint key sets (split caches, context
+ * parallelism across GPUs) on a stream, under the same rules (no allocation, no
+ * synchronization).
  */
 #ifndef KVQ_C_H_
 #define KVQ_C_H_
@@ -38,7 +43,7 @@ extern "C" {
 #define KVQ_C_API __attribute__((visibility("default")))
 #endif
 
-#define KVQ_C_ABI_VERSION 1
+#define KVQ_C_ABI_VERSION 2
 
 /* Status codes: the values of kvq::Status. */
 enum {
@@ -50,8 +55,8 @@ enum {
   KVQ_C_ERROR_NO_DEVICE = 5,
   KVQ_C_ERROR_CUDA_RUNTIME = 6
 };
-/* Activation dtypes. */
-enum { KVQ_C_FP16 = 0, KVQ_C_BF16 = 1 };
+/* Activation dtypes (KVQ_C_FP32: merge_states' parts and output only). */
+enum { KVQ_C_FP16 = 0, KVQ_C_BF16 = 1, KVQ_C_FP32 = 2 };
 /* Key granularity. */
 enum { KVQ_C_PER_TOKEN = 0, KVQ_C_PER_CHANNEL = 1 };
 /* Key rotation. */
@@ -123,6 +128,36 @@ typedef struct kvq_c_attention_args {
   int32_t head_dim; /* checked against the cache */
 } kvq_c_attention_args;
 
+/* One merge of attention states (kvq::merge_states): num_parts partial results of the same
+ * queries over disjoint key sets combined into the result over their union,
+ *   LSE = log sum_p exp(LSE_p),  O = sum_p exp(LSE_p - LSE) O_p.
+ * A part with LSE_p = -inf (no key) weighs nothing and its O_p is not read; a row whose parts
+ * are all -inf gets O = 0 and LSE = -inf; a NaN LSE_p makes the row NaN. Part p's O is at
+ * o_parts + p * o_part_stride elements ([batch, num_q, heads, head_dim], strides in
+ * elements, head_dim stride 1), its LSE at lse_parts + p * lse_part_stride (dense [batch,
+ * heads, num_q] float32, as kvq_c_attention writes it). The merged O may overwrite one part's
+ * O (same strides). head_dim is a multiple of 32 in [32, 512]. */
+typedef struct kvq_c_merge_args {
+  const void* o_parts;
+  const float* lse_parts;
+  void* o;    /* merged O [batch, num_q, heads, head_dim] */
+  float* lse; /* merged LSE [batch, heads, num_q] float32, or NULL */
+  void* stream; /* cudaStream_t of device `device` */
+  int64_t o_parts_stride[3]; /* batch, token, head */
+  int64_t o_stride[3];
+  int64_t o_part_stride;
+  int64_t lse_part_stride;
+  int64_t num_q;
+  int32_t num_parts; /* >= 1 */
+  int32_t batch;
+  int32_t heads;
+  int32_t head_dim;
+  int32_t parts_dtype; /* KVQ_C_FP16 / KVQ_C_BF16 / KVQ_C_FP32 */
+  int32_t dtype;       /* of o, the same set */
+  int32_t device;      /* CUDA device of every pointer (made current for the launch) */
+  int32_t reserved;    /* 0 */
+} kvq_c_merge_args;
+
 typedef struct kvq_c_cache kvq_c_cache;
 
 KVQ_C_API int32_t kvq_c_abi_version(void);
@@ -160,6 +195,11 @@ KVQ_C_API int32_t kvq_c_prepare_attention(kvq_c_cache* cache, int32_t correction
 KVQ_C_API int32_t kvq_c_append(kvq_c_cache* cache, const kvq_c_append_args* args);
 KVQ_C_API int32_t kvq_c_attention(kvq_c_cache* cache, const kvq_c_attention_args* args);
 
+/* sizeof(kvq_c_merge_args), for binding checks. */
+KVQ_C_API int32_t kvq_c_merge_args_size(void);
+/* Enqueues the merge on args->stream (one kernel; nothing for zero rows). */
+KVQ_C_API int32_t kvq_c_merge_states(const kvq_c_merge_args* args);
+
 /* Host-side helpers for tests (CPU only, host memory, slow):
  * kvq_c_dequantize_host reads a host copy of the cache and the lengths and writes, for every
  * batch entry b, kv head h and cached token t < lengths[b], the key and value as attention
@@ -179,6 +219,10 @@ KVQ_C_API int32_t kvq_c_quantize_append_host(const kvq_c_cache* cache, void* hos
                                              const kvq_c_append_args* args);
 KVQ_C_API int32_t kvq_c_attention_host(const kvq_c_cache* cache, const kvq_c_attention_args* args, double* out,
                                        double* lse, double* mass);
+/* The CPU reference of kvq_c_merge_states on host memory (args' pointers host pointers;
+ * o, stream and device ignored): out [batch, num_q, heads, head_dim] and lse (optional)
+ * [batch, heads, num_q] float64. */
+KVQ_C_API int32_t kvq_c_merge_states_host(const kvq_c_merge_args* args, double* out, double* lse);
 /* rows[n][head_dim] <- R·rows (float64), R the key rotation of the head dim (64 or 128). */
 KVQ_C_API int32_t kvq_c_rotate_rows_host(int32_t head_dim, double* rows, int64_t n);
 

@@ -8,7 +8,7 @@ import ctypes
 import os
 import struct
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 _NAMES = ("libkvq_c.so", "kvq_c.dll", "libkvq_c.dylib")
 
 # Status codes (kvq::Status).
@@ -20,7 +20,7 @@ ERROR_NOT_SUPPORTED = 4
 ERROR_NO_DEVICE = 5
 ERROR_CUDA_RUNTIME = 6
 
-FP16, BF16 = 0, 1
+FP16, BF16, FP32 = 0, 1, 2
 PER_TOKEN, PER_CHANNEL = 0, 1
 ROTATIONS = {"none": 0, "hadamard": 1, "hadamard_centered": 2}
 CORRECTIONS = {"none": 0, "taylor2": 1, "taylor4": 2, "exact": 3}
@@ -30,7 +30,9 @@ MASKS = {"none": 0, "causal": 1}
 APPEND_ARGS = struct.Struct("=6Q8q4i")
 # kvq_c_attention_args: 9 pointers, 15 int64, 1 float, 7 int32 (224 bytes, no padding).
 ATTENTION_ARGS = struct.Struct("=9Q15qf7i")
-assert APPEND_ARGS.size == 128 and ATTENTION_ARGS.size == 224
+# kvq_c_merge_args: 5 pointers, 9 int64, 8 int32 (144 bytes, no padding).
+MERGE_ARGS = struct.Struct("=5Q9q8i")
+assert APPEND_ARGS.size == 128 and ATTENTION_ARGS.size == 224 and MERGE_ARGS.size == 144
 
 
 class KvqError(RuntimeError):
@@ -74,6 +76,7 @@ def _bind(lib):
         "kvq_c_abi_version": (i32, []),
         "kvq_c_append_args_size": (i32, []),
         "kvq_c_attention_args_size": (i32, []),
+        "kvq_c_merge_args_size": (i32, []),
         "kvq_c_status_string": (ctypes.c_char_p, [i32]),
         "kvq_c_last_cuda_error_string": (ctypes.c_char_p, []),
         "kvq_c_variant_count": (i32, []),
@@ -85,6 +88,8 @@ def _bind(lib):
         "kvq_c_prepare_attention": (i32, [vp, i32, i32, i32]),
         "kvq_c_append": (i32, [vp, vp]),
         "kvq_c_attention": (i32, [vp, vp]),
+        "kvq_c_merge_states": (i32, [vp]),
+        "kvq_c_merge_states_host": (i32, [vp, vp, vp]),
         "kvq_c_dequantize_host": (i32, [vp, vp, vp, vp, vp, vp]),
         "kvq_c_rotate_rows_host": (i32, [i32, vp, i64]),
         "kvq_c_quantize_append_host": (i32, [vp, vp, vp, vp]),
@@ -97,7 +102,8 @@ def _bind(lib):
     if lib.kvq_c_abi_version() != ABI_VERSION:
         raise ImportError("libkvq_c ABI version %d, the package expects %d: rebuild the library"
                           % (lib.kvq_c_abi_version(), ABI_VERSION))
-    if lib.kvq_c_append_args_size() != APPEND_ARGS.size or lib.kvq_c_attention_args_size() != ATTENTION_ARGS.size:
+    if (lib.kvq_c_append_args_size() != APPEND_ARGS.size or lib.kvq_c_attention_args_size() != ATTENTION_ARGS.size
+            or lib.kvq_c_merge_args_size() != MERGE_ARGS.size):
         raise ImportError("libkvq_c argument structs do not match the package: rebuild the library")
 
 

@@ -115,3 +115,51 @@ def check_alignment(name, t):
     if p % 16 != 0 and t.numel() > 0:
         raise ValueError("kvq: %s's data is not 16-byte aligned (a view at an odd offset?); call .contiguous()"
                          % name)
+
+
+MERGE_DTYPES = ("bfloat16", "float16", "float32")
+
+
+def check_merge(o_parts, lse_parts):
+    """Checks merge_states(o_parts, lse_parts): o_parts [parts, batch, num_q, heads, head_dim]
+    (bfloat16, float16 or float32; unit head_dim stride), lse_parts [parts, batch, heads,
+    num_q] float32 with every part dense (as kvq's attention writes LSE), both on one CUDA
+    device. Returns ((parts, batch, num_q, heads, head_dim), the (part, batch, token, head)
+    strides of o_parts, the part stride of lse_parts), strides 0 along dimensions of size 1."""
+    for name, t in (("o_parts", o_parts), ("lse_parts", lse_parts)):
+        if not all(hasattr(t, a) for a in ("shape", "dtype", "device", "stride")):
+            raise TypeError("kvq: %s must be a torch.Tensor, got %s" % (name, type(t).__name__))
+        if t.device.type != "cuda":
+            raise ValueError("kvq: %s is on %s; merge_states runs on CUDA tensors" % (name, _where(t)))
+    if o_parts.device.index != lse_parts.device.index:
+        raise ValueError("kvq: o_parts is on %s but lse_parts on %s" % (_where(o_parts), _where(lse_parts)))
+    if len(o_parts.shape) != 5:
+        raise ValueError("kvq: o_parts must be 5-D [parts, batch, num_q, heads, head_dim], got shape %s"
+                         % list(o_parts.shape))
+    p, b, n, h, d = o_parts.shape
+    if dtype_name(o_parts.dtype) not in MERGE_DTYPES:
+        raise TypeError("kvq: o_parts has dtype %s; merge_states takes bfloat16, float16 or float32"
+                        % dtype_name(o_parts.dtype))
+    if dtype_name(lse_parts.dtype) != "float32":
+        raise TypeError("kvq: lse_parts has dtype %s; it must be float32" % dtype_name(lse_parts.dtype))
+    if tuple(lse_parts.shape) != (p, b, h, n):
+        raise ValueError("kvq: lse_parts must be [parts, batch, heads, num_q] = %s to match o_parts %s, got %s"
+                         % ([p, b, h, n], list(o_parts.shape), list(lse_parts.shape)))
+    if p < 1:
+        raise ValueError("kvq: merge_states needs at least one part")
+    if d < 32 or d > 512 or d % 32 != 0:
+        raise ValueError("kvq: head_dim %d is not supported by merge_states (a multiple of 32 in [32, 512])" % d)
+    os_ = o_parts.stride()
+    if os_[4] != 1:
+        raise ValueError("kvq: o_parts must have a unit stride along head_dim (strides %s); call .contiguous()"
+                         % list(os_))
+    if min(os_) < 0 or min(lse_parts.stride()) < 0:
+        raise ValueError("kvq: merge_states takes no negative strides")
+    ls = lse_parts.stride()
+    want = (h * n, n, 1)
+    for size, got, need in zip((b, h, n), ls[1:], want):
+        if size > 1 and got != need:
+            raise ValueError("kvq: every part of lse_parts must be dense [batch, heads, num_q] (strides %s, "
+                             "expected [*, %d, %d, 1]); call .contiguous()" % (list(ls), h * n, n))
+    o_strides = tuple(s if size > 1 else 0 for s, size in zip(os_[:4], (p, b, n, h)))
+    return (p, b, n, h, d), o_strides, (ls[0] if p > 1 else 0)

@@ -1,4 +1,5 @@
-"""kvq's torch ops: ``torch.ops.kvq.append`` and ``torch.ops.kvq.attention``.
+"""kvq's torch ops: ``torch.ops.kvq.append``, ``torch.ops.kvq.attention`` and
+``torch.ops.kvq.merge_states``.
 
 They are defined with torch.library schemas (the mutated cache, lengths and error word
 annotated ``Tensor(a!)``), given CUDA implementations that call libkvq_c through ctypes,
@@ -24,7 +25,7 @@ arguments so that torch sees every read and write.
 import torch
 
 from . import _lib
-from ._validate import check_alignment, check_append, check_attention
+from ._validate import check_alignment, check_append, check_attention, check_merge, dtype_name
 
 # cache_id -> the live cache's binding (kvq.cache._Binding); None once freed.
 _REGISTRY = []
@@ -56,6 +57,7 @@ _lib_def.define(
     "attention(Tensor cache, Tensor lengths, Tensor q, Tensor k_chunk, Tensor v_chunk, int cache_id, "
     "int correction, int mask, float scale, bool return_lse, bool return_mass, int max_cache_length) "
     "-> (Tensor, Tensor, Tensor)")
+_lib_def.define("merge_states(Tensor o_parts, Tensor lse_parts, bool return_lse) -> (Tensor, Tensor)")
 
 
 def _binding(cache_id):
@@ -234,9 +236,56 @@ torch.library.register_fake("kvq::attention", _attention_fake, lib=_lib_def)
 _lib_def.impl("attention", torch.library.fallthrough_kernel, "Autograd")
 
 
+# ---- merge_states ----------------------------------------------------------------------
+
+_MERGE_DTYPE_CODES = {"bfloat16": _lib.BF16, "float16": _lib.FP16, "float32": _lib.FP32}
+
+
+def _merge_outputs(o_parts, shape, return_lse):
+    p, b, n, h, d = shape
+    o = torch.empty((b, n, h, d), dtype=o_parts.dtype, device=o_parts.device)
+    lse = torch.empty((b, h, n) if return_lse else (0,), dtype=torch.float32, device=o_parts.device)
+    return o, lse
+
+
+def merge_launch(o_parts, lse_parts, return_lse):
+    """Checks and enqueues one merge on torch's current stream; returns (o, lse), lse empty
+    where not asked for."""
+    shape, o_st, lse_part_stride = check_merge(o_parts, lse_parts)
+    if o_parts.numel() and o_parts.data_ptr() % o_parts.element_size() or lse_parts.data_ptr() % 4:
+        raise ValueError("kvq: o_parts or lse_parts is not aligned to its element size")
+    o, lse = _merge_outputs(o_parts, shape, return_lse)
+    p, b, n, h, d = shape
+    dev = o_parts.device.index
+    code = _MERGE_DTYPE_CODES[dtype_name(o_parts.dtype)]
+    args = _lib.MERGE_ARGS.pack(
+        o_parts.data_ptr(), lse_parts.data_ptr(), o.data_ptr(), lse.data_ptr() if return_lse else 0, _raw_stream(dev),
+        o_st[1], o_st[2], o_st[3], n * h * d if b > 1 else 0, h * d if n > 1 else 0, d if h > 1 else 0,
+        o_st[0], lse_part_stride, n, p, b, h, d, code, code, dev, 0)
+    s = _lib.lib().kvq_c_merge_states(args)
+    if s != 0:
+        raise _lib.KvqError("kvq merge_states", s)
+    return o, lse
+
+
+def _merge_cuda(o_parts, lse_parts, return_lse):
+    return merge_launch(o_parts, lse_parts, return_lse)
+
+
+def _merge_fake(o_parts, lse_parts, return_lse):
+    shape, _, _ = check_merge(o_parts, lse_parts)
+    return _merge_outputs(o_parts, shape, return_lse)
+
+
+_lib_def.impl("merge_states", _merge_cuda, "CUDA")
+torch.library.register_fake("kvq::merge_states", _merge_fake, lib=_lib_def)
+_lib_def.impl("merge_states", torch.library.fallthrough_kernel, "Autograd")
+
+
 # The overloads themselves (calling them skips the packet's overload resolution).
 append_op = torch.ops.kvq.append.default
 attention_op = torch.ops.kvq.attention.default
+merge_states_op = torch.ops.kvq.merge_states.default
 
 
 def register(binding):

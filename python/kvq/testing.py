@@ -109,3 +109,59 @@ def sdpa_reference(keys, values, steps, lengths, key_tokens_per_group, rotated, 
         lses.append(lse)
         masses.append(mass)
     return torch.stack(outs), torch.stack(lses), torch.stack(masses)
+
+
+def exact_attention(q, k, v, scale=None, chunk_mask=None, num_chunk=0):
+    """Attention of q [B, nq, Hq, D] over keys/values [B, nk, Hkv, D] in float64 on the CPU
+    (GQA by head groups), the last num_chunk keys under the bottom-right causal mask when
+    chunk_mask == "causal". Returns (o [B, nq, Hq, D], lse [B, Hq, nq]); a row without a key
+    gets o = 0 and lse = -inf (kvq's convention)."""
+    q = q.detach().to("cpu", torch.float64)
+    k = k.detach().to("cpu", torch.float64)
+    v = v.detach().to("cpu", torch.float64)
+    B, nq, hq, d = q.shape
+    nk, hkv = k.shape[1], k.shape[2]
+    scale = d ** -0.5 if scale is None else scale
+    r = hq // hkv
+    kk = k.repeat_interleave(r, 2)
+    vv = v.repeat_interleave(r, 2)
+    s = scale * torch.einsum("bihd,bjhd->bhij", q, kk)
+    if chunk_mask == "causal" and num_chunk:
+        i = torch.arange(nq)[:, None]
+        j = torch.arange(num_chunk)[None, :]
+        s[..., nk - num_chunk:] = s[..., nk - num_chunk:].masked_fill(j > i + (num_chunk - nq), float("-inf"))
+    lse = torch.logsumexp(s, -1) if nk else torch.full((B, hq, nq), float("-inf"), dtype=torch.float64)
+    p = torch.exp(s - lse[..., None]).nan_to_num(0.0)
+    o = torch.einsum("bhij,bjhd->bihd", p, vv)
+    return o, lse
+
+
+def merge_states_reference(o_parts, lse_parts):
+    """LSE = log sum_p exp(LSE_p), O = sum_p exp(LSE_p - LSE) O_p in float64 on the CPU:
+    o_parts [P, B, nq, H, D], lse_parts [P, B, H, nq] -> (o [B, nq, H, D], lse [B, H, nq]);
+    parts with LSE -inf weigh nothing, a row whose parts are all -inf gets o = 0, lse = -inf,
+    a NaN LSE_p makes the row NaN."""
+    o_parts = o_parts.detach().to("cpu", torch.float64)
+    lse_parts = lse_parts.detach().to("cpu", torch.float64)
+    lse = torch.logsumexp(lse_parts, 0)
+    w = torch.exp(lse_parts - lse).nan_to_num(0.0)  # [P, B, H, nq]; all -inf rows: 0
+    o = torch.einsum("pbhi,pbihd->bihd", w, torch.where(w.permute(0, 1, 3, 2)[..., None] > 0, o_parts, 0.0))
+    nan = torch.isnan(lse_parts).any(0)  # [B, H, nq]: a NaN part makes the row NaN
+    o[nan.transpose(1, 2)] = float("nan")
+    return o, lse
+
+
+def merge_states_host(o_parts, lse_parts):
+    """kvq's CPU reference of the merge (reference/merge.hpp, through the C ABI): same
+    arguments and results as merge_states_reference."""
+    o_parts = o_parts.detach().cpu()
+    lse_parts = lse_parts.detach().to("cpu", torch.float32).contiguous()
+    P, B, n, H, D = o_parts.shape
+    codes = {torch.bfloat16: _lib.BF16, torch.float16: _lib.FP16, torch.float32: _lib.FP32}
+    st = o_parts.stride()
+    out = torch.empty((B, n, H, D), dtype=torch.float64)
+    lse = torch.empty((B, H, n), dtype=torch.float64)
+    args = _lib.MERGE_ARGS.pack(o_parts.data_ptr(), lse_parts.data_ptr(), 0, 0, 0, st[1], st[2], st[3], 0, 0, 0,
+                                st[0], B * H * n, n, P, B, H, D, codes[o_parts.dtype], codes[o_parts.dtype], 0, 0)
+    _lib.check("kvq_c_merge_states_host", _lib.lib().kvq_c_merge_states_host(args, out.data_ptr(), lse.data_ptr()))
+    return out, lse

@@ -5,8 +5,8 @@ otherwise, with the reason.
 
     run_pytest.py [--cpu] [TARGET [pytest args...]]
 
---cpu runs the host-only tests (test_reference_cpu.py, test_validation_pure.py), which need
-torch and libkvq_c but no CUDA device."""
+--cpu runs the host-only tests (test_reference_cpu.py, test_validation_pure.py,
+test_distributed_cpu.py), which need torch and libkvq_c but no CUDA device."""
 import os
 import sys
 
@@ -41,7 +41,8 @@ def main():
     except ImportError as e:
         skip(str(e))
     if cpu:
-        targets = [os.path.join(target, "test_reference_cpu.py"), os.path.join(target, "test_validation_pure.py")]
+        targets = [os.path.join(target, n) for n in
+                   ("test_reference_cpu.py", "test_validation_pure.py", "test_distributed_cpu.py")]
     else:
         targets = [target]
     sys.exit(pytest.main(["-q", "-rs"] + targets + extra))

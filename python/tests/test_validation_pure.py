@@ -135,5 +135,48 @@ class AppendChecks(unittest.TestCase):
             V.check_append(M, T((2, 10, 4, 128), device=("cpu",)), ok_kv(10))
 
 
+class MergeChecks(unittest.TestCase):
+    # 3 parts of [batch 2, num_q 5, heads 4, head_dim 64]
+    def o(self, **kw):
+        return T((3, 2, 5, 4, 64), **kw)
+
+    def lse(self, shape=(3, 2, 4, 5), **kw):
+        return T(shape, dtype="torch.float32", **kw)
+
+    def test_valid(self):
+        self.assertEqual(V.check_merge(self.o(), self.lse()),
+                         ((3, 2, 5, 4, 64), (2 * 5 * 4 * 64, 5 * 4 * 64, 4 * 64, 64), 2 * 4 * 5))
+        # float32 parts; parts gathered along a leading axis of a larger buffer (part stride 2x).
+        self.assertEqual(V.check_merge(self.o(dtype="torch.float32"), self.lse())[0][0], 3)
+        strided = self.o(strides=(2 * 2 * 5 * 4 * 64, 5 * 4 * 64, 4 * 64, 64, 1))
+        self.assertEqual(V.check_merge(strided, self.lse())[1][0], 2 * 2 * 5 * 4 * 64)
+        one = T((1, 2, 5, 4, 64))
+        self.assertEqual(V.check_merge(one, self.lse((1, 2, 4, 5)))[1][0], 0)
+
+    def test_errors(self):
+        with self.assertRaisesRegex(ValueError, "5-D"):
+            V.check_merge(T((2, 5, 4, 64)), self.lse())
+        with self.assertRaisesRegex(ValueError, "o_parts is on cpu"):
+            V.check_merge(self.o(device=("cpu",)), self.lse())
+        with self.assertRaisesRegex(ValueError, "o_parts is on cuda:0 but lse_parts on cuda:1"):
+            V.check_merge(self.o(), self.lse(device=("cuda", 1)))
+        with self.assertRaisesRegex(TypeError, "o_parts has dtype int8"):
+            V.check_merge(self.o(dtype="torch.int8"), self.lse())
+        with self.assertRaisesRegex(TypeError, "lse_parts has dtype bfloat16"):
+            V.check_merge(self.o(), T((3, 2, 4, 5)))
+        with self.assertRaisesRegex(ValueError, r"lse_parts must be \[parts, batch, heads, num_q\]"):
+            V.check_merge(self.o(), self.lse((3, 2, 5, 4)))
+        with self.assertRaisesRegex(ValueError, "at least one part"):
+            V.check_merge(T((0, 2, 5, 4, 64)), self.lse((0, 2, 4, 5)))
+        with self.assertRaisesRegex(ValueError, "head_dim 48"):
+            V.check_merge(T((3, 2, 5, 4, 48)), self.lse())
+        with self.assertRaisesRegex(ValueError, "unit stride along head_dim"):
+            V.check_merge(self.o(strides=(2 * 5 * 4 * 64, 5 * 4 * 64, 4 * 64, 1, 4)), self.lse())
+        with self.assertRaisesRegex(ValueError, "dense"):
+            V.check_merge(self.o(), self.lse(strides=(40, 20, 1, 4)))
+        with self.assertRaisesRegex(TypeError, "must be a torch.Tensor"):
+            V.check_merge([1.0], self.lse())
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -160,6 +160,46 @@ int main(void) {
   CHECK(fabs(n0 - 1.0) < 1e-12 && fabs(fabs(rows[3]) - 1.0 / sqrt((double)D)) < 1e-12); /* orthogonal, spread */
   CHECK(kvq_c_rotate_rows_host(96, rows, 1) == KVQ_C_ERROR_NOT_SUPPORTED);
 
+  /* Merge of two parts, float32, [batch 1, num_q 2, heads 1, 32]: row 0 weights e^0 and e^1;
+   * row 1's part 1 is empty (LSE -inf, its O never read: NaN there must not leak). */
+  {
+    enum { MD = 32 };
+    float op[2][2][MD], lp[2][2] = {{0.0f, 0.5f}, {1.0f, -INFINITY}};
+    for (int p = 0; p < 2; ++p)
+      for (int i = 0; i < 2; ++i)
+        for (int e = 0; e < MD; ++e) op[p][i][e] = p == 1 && i == 1 ? NAN : (float)(p + 1) * (float)(e + i);
+    double mo[2][MD], ml[2];
+    kvq_c_merge_args m;
+    memset(&m, 0, sizeof m);
+    CHECK(kvq_c_merge_args_size() == (int32_t)sizeof(kvq_c_merge_args));
+    m.o_parts = op;
+    m.lse_parts = &lp[0][0];
+    m.o_parts_stride[0] = 2 * MD, m.o_parts_stride[1] = MD, m.o_parts_stride[2] = MD;
+    m.o_part_stride = 2 * MD;
+    m.lse_part_stride = 2;
+    m.num_q = 2, m.num_parts = 2, m.batch = 1, m.heads = 1, m.head_dim = MD;
+    m.parts_dtype = m.dtype = KVQ_C_FP32;
+    CHECK(kvq_c_merge_states_host(&m, &mo[0][0], ml) == KVQ_C_SUCCESS);
+    const double w0 = 1.0 / (1.0 + exp(1.0)), w1 = 1.0 - w0;
+    int merged = fabs(ml[0] - (1.0 + log(1.0 + exp(-1.0)))) < 1e-6 && fabs(ml[1] - 0.5) < 1e-6;
+    for (int e = 0; e < MD; ++e)
+      merged = merged && fabs(mo[0][e] - (w0 * e + w1 * 2.0 * e)) < 1e-4 && fabs(mo[1][e] - (e + 1.0)) < 1e-5;
+    CHECK(merged);
+    m.head_dim = 48; /* not a multiple of 32 */
+    CHECK(kvq_c_merge_states_host(&m, &mo[0][0], ml) == KVQ_C_ERROR_NOT_SUPPORTED);
+    m.head_dim = MD;
+    m.num_parts = 0;
+    CHECK(kvq_c_merge_states_host(&m, &mo[0][0], ml) == KVQ_C_ERROR_INVALID_ARGUMENT);
+    CHECK(kvq_c_merge_states(&m) == KVQ_C_ERROR_INVALID_ARGUMENT); /* refused before any device call */
+    m.num_parts = 2;
+    m.dtype = 9;
+    CHECK(kvq_c_merge_states(&m) == KVQ_C_ERROR_INVALID_ARGUMENT);
+    m.dtype = KVQ_C_FP32;
+    m.reserved = 1;
+    CHECK(kvq_c_merge_states_host(&m, &mo[0][0], ml) == KVQ_C_ERROR_INVALID_ARGUMENT);
+    CHECK(kvq_c_merge_states(NULL) == KVQ_C_ERROR_INVALID_ARGUMENT);
+  }
+
   kvq_c_cache_destroy(c);
   kvq_c_cache_destroy(NULL);
   free(cache), free(k), free(vv), free(kf), free(keys), free(values), free(steps), free(out), free(lse), free(mass);
