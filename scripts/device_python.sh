@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Python package on the GPU machine: pytest of python/tests, the Self-Forcing-shaped
-# example (short: --layers 4 --chunks 3 --steps 2 unless EXAMPLE_ARGS says otherwise) and
-# the host/GPU time benchmark (compared with bench_attention where BENCH_ATTENTION names it).
+# example (short: --layers 4 --chunks 3 --steps 2 unless EXAMPLE_ARGS says otherwise; then its
+# rolling paged mode over 40 chunks), the context-parallel example where there are two GPUs,
+# and the host/GPU time benchmark (compared with bench_attention where BENCH_ATTENTION names it).
 # Logs go to $OUT (default ./out).
 #   KVQ_LIBRARY=build/python/libkvq_c.so [BENCH_ATTENTION=build/benchmarks/bench_attention] \
 #     OUT=<dir> scripts/device_python.sh
@@ -24,6 +25,16 @@ echo "pytest rc=${PIPESTATUS[0]}"
 echo "== example"
 timeout 300 python3 "$root/python/examples/self_forcing_like.py" ${EXAMPLE_ARGS:---layers 4 --chunks 3 --steps 2} 2>&1 \
   | tee "$out/example.log" | tail -20
+echo "== example, rolling paged window"
+timeout 300 python3 "$root/python/examples/self_forcing_like.py" --layers 2 --chunks 40 --steps 1 --window 3 --sinks 1 \
+  2>&1 | tee "$out/example_rolling.log" | tail -8
+if [ "$(python3 -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null)" -ge 2 ] 2>/dev/null; then
+  echo "== context parallel (2 GPUs)"
+  for mode in heads tokens; do
+    timeout 300 python3 -m torch.distributed.run --standalone --nproc-per-node 2 \
+      "$root/python/examples/context_parallel.py" --mode "$mode" --check 2>&1 | tee "$out/context_parallel_$mode.log" | tail -12
+  done
+fi
 echo "== benchmark"
 timeout 300 python3 "$root/python/benchmarks/bench_ops.py" ${BENCH_ATTENTION:+--cpp-bench "$BENCH_ATTENTION"} 2>&1 \
   | tee "$out/bench_ops.log" | tail -25

@@ -111,15 +111,15 @@ def main():
     def c_abi():
         _lib.ATTENTION_ARGS.pack_into(
             b.attention_buf, 0, cache.buffer.data_ptr(), cache.lengths.data_ptr(), q.data_ptr(), k.data_ptr(),
-            v.data_ptr(), o.data_ptr(), 0, 0, ops._raw_stream(dev.index or 0), *qs, *qs, *qs, *qs, a.nq, a.nq, -1,
+            v.data_ptr(), o.data_ptr(), 0, 0, 0, ops._raw_stream(dev.index or 0), *qs, *qs, *qs, *qs, a.nq, a.nq, -1,
             scale, 1, 0, b.dtype_code, 1, h, h, d)
         s = b.attention_fn(b.handle, b.attention_addr)
         assert s == 0, s
 
     layers = [
         ("KVCache.attention", lambda: cache.attention(q, k, v)),
-        ("torch.ops.kvq.attention", lambda: ops.attention_op(cache.buffer, cache.lengths, q, k, v, cache.cache_id, 1, 0,
-                                                             scale, False, False, -1)),
+        ("torch.ops.kvq.attention", lambda: ops.attention_op(cache.buffer, cache.lengths, None, cache.error, q, k, v,
+                                                             cache.cache_id, 1, 0, scale, False, False, -1)),
         ("C ABI call", c_abi),
     ]
     print("device: %s, torch %s, libkvq_c: %s" % (torch.cuda.get_device_name(), torch.__version__, _lib.library_path()))

@@ -23,12 +23,16 @@
 KVQ_C_FOR_EACH_ATTENTION_VARIANT(KVQ_DECLARE_ATTENTION)
 
 static_assert(sizeof(kvq_c_append_args) == 128, "kvq_c_append_args: the Python binding packs 128 bytes");
-static_assert(sizeof(kvq_c_attention_args) == 224, "kvq_c_attention_args: the Python binding packs 224 bytes");
-static_assert(offsetof(kvq_c_attention_args, scale) == 192, "kvq_c_attention_args layout");
+static_assert(sizeof(kvq_c_attention_args) == 232, "kvq_c_attention_args: the Python binding packs 232 bytes");
+static_assert(offsetof(kvq_c_attention_args, scale) == 200, "kvq_c_attention_args layout");
 static_assert(offsetof(kvq_c_append_args, dtype) == 112, "kvq_c_append_args layout");
 static_assert(sizeof(kvq_c_merge_args) == 144, "kvq_c_merge_args: the Python binding packs 144 bytes");
 static_assert(offsetof(kvq_c_merge_args, num_parts) == 112, "kvq_c_merge_args layout");
 static_assert(static_cast<int>(kvq::Status::kErrorCudaRuntime) == KVQ_C_ERROR_CUDA_RUNTIME, "status codes");
+static_assert(kvq::kAppendErrorCapacity == KVQ_C_APPEND_ERROR_CAPACITY && kvq::kAppendErrorPage == KVQ_C_APPEND_ERROR_PAGE &&
+                  kvq::kAppendErrorNegativeLength == KVQ_C_APPEND_ERROR_NEGATIVE_LENGTH &&
+                  kvq::kAttentionErrorPage == KVQ_C_ATTENTION_ERROR_PAGE,
+              "error bits");
 
 namespace kvq_c {
 namespace {
@@ -80,9 +84,15 @@ kvq_c_variant c_variant_of() {
 }
 
 template <class Layout>
-uint32_t correction_bits() {
+uint32_t mode_bits() {
   return (kHasAttention<Layout, Correction::kNone> ? 1u : 0u) | (kHasAttention<Layout, Correction::kTaylor2> ? 2u : 0u) |
          (kHasAttention<Layout, Correction::kTaylor4> ? 4u : 0u) | (kHasAttention<Layout, Correction::kExact> ? 8u : 0u);
+}
+
+/// Bit (1 << mode) per compiled mode of the layout, (1 << (8 + mode)) of its paged form.
+template <class Layout>
+uint32_t correction_bits() {
+  return mode_bits<Layout>() | mode_bits<PagedViewOf<Layout>>() << 8;
 }
 
 kvq::Tensor4 tensor(const void* p, DType d, const int64_t* s) {
@@ -141,11 +151,15 @@ struct CacheBase {
   virtual int append(const kvq_c_append_args& a) = 0;
   virtual int attention(const kvq_c_attention_args& a) = 0;
   virtual int prepare(int correction, int mask, int q_heads) = 0;
-  virtual int dequantize_host(const void* cache, const int32_t* lengths, float* keys, float* values, float* steps) const = 0;
-  virtual int quantize_append_host(void* cache, int32_t* lengths, const kvq_c_append_args& a) const = 0;
-  virtual int attention_host(const kvq_c_attention_args& a, double* out, double* lse, double* mass) const = 0;
+  virtual int dequantize_host(const void* cache, const int32_t* lengths, const int32_t* tables, float* keys,
+                              float* values, float* steps) const = 0;
+  virtual int quantize_append_host(void* cache, int32_t* lengths, const int32_t* tables,
+                                   const kvq_c_append_args& a) const = 0;
+  virtual int attention_host(const int32_t* tables, const kvq_c_attention_args& a, double* out, double* lse,
+                             double* mass) const = 0;
   bool host_only = false;
   int64_t bytes = 0;
+  int64_t capacity = 0;
   int key_tokens_per_group = 1;
   int device = 0;
   int batch = 0;
@@ -157,21 +171,48 @@ struct CacheBase {
 
 namespace {
 
+/// A cache of Layout: a contiguous layout, or the PagedView of a paged layout (kPaged), bound
+/// at creation to the tables it reads at every call.
 template <class Layout>
 class Cache final : public CacheBase {
  public:
   static constexpr int kD = Layout::kHeadDim;
+  static constexpr bool kPaged = kvq::layout::is_paged_view_v<Layout>;
 
   Status initialize(const kvq::layout::CacheShape& shape, int dev) {
-    Status s = Layout::make(shape, &layout_);
-    if (s != Status::kSuccess) return s;
+    if constexpr (kPaged) {
+      return Status::kErrorInvalidArgument;
+    } else {
+      const Status s = Layout::make(shape, &layout_);
+      return s != Status::kSuccess ? s : finish_initialize(dev);
+    }
+  }
+
+  Status initialize_paged(const kvq::layout::PagedShape& shape, const int32_t* tables, int64_t table_stride, int dev) {
+    if constexpr (!kPaged) {
+      (void)shape, (void)tables, (void)table_stride, (void)dev;
+      return Status::kErrorInvalidArgument;
+    } else {
+      typename Layout::Layout paged;
+      Status s = Layout::Layout::make(shape, &paged);
+      if (s != Status::kSuccess) return s;
+      layout_ = Layout::bind(paged, tables, table_stride);
+      if ((s = layout_.check()) != Status::kSuccess) return s;
+      return finish_initialize(dev);
+    }
+  }
+
+ private:
+  Status finish_initialize(int dev) {
+    Status s;
     bytes = layout_.bytes();
+    capacity = layout_.shape.capacity;
     key_tokens_per_group = Layout::kKeyTokensPerGroup;
     device = dev;
-    batch = shape.batch;
-    heads = shape.heads;
+    batch = layout_.shape.batch;
+    heads = layout_.shape.heads;
     head_dim = kD;
-    dtype = shape.tail_dtype;
+    dtype = layout_.shape.tail_dtype;
     host_only = dev < 0;
     if (host_only) return Status::kSuccess;
     // The append plan needs only the layout and the dtype: placeholder (aligned, never
@@ -186,6 +227,18 @@ class Cache final : public CacheBase {
     return append_plan_.initialize(layout_, a);
   }
 
+  /// The layout reading `tables` (host copies of a paged cache's tables; null: the bound ones).
+  Layout with_tables(const int32_t* tables) const {
+    Layout l = layout_;
+    if constexpr (kPaged) {
+      if (tables != nullptr) l.tables = tables;
+    } else {
+      (void)tables;
+    }
+    return l;
+  }
+
+ public:
   int append(const kvq_c_append_args& c) override {
     DType d;
     if (host_only || !to_dtype(c.dtype, &d) || d != dtype || c.batch != batch || c.heads != heads || c.head_dim != kD)
@@ -224,6 +277,7 @@ class Cache final : public CacheBase {
     a.mask = c.mask == KVQ_C_MASK_NONE ? Mask::kNone : Mask::kCausalLastSegment;
     a.lse = c.lse;
     a.mass = c.mass;
+    a.error = c.error;
     a.max_cache_length = c.max_cache_length;
     std::lock_guard<std::mutex> lock(mutex);
     DeviceGuard guard(device);
@@ -262,14 +316,19 @@ class Cache final : public CacheBase {
     }
   }
 
-  int dequantize_host(const void* cache, const int32_t* lengths, float* keys, float* values, float* steps) const override {
+  int dequantize_host(const void* cache, const int32_t* lengths, const int32_t* tables, float* keys, float* values,
+                      float* steps) const override {
     if (cache == nullptr || lengths == nullptr || keys == nullptr || values == nullptr || steps == nullptr)
       return code(Status::kErrorInvalidArgument);
-    const auto p = kvq::layout::CachePointers<Layout>::from_base(layout_, const_cast<void*>(cache));
-    const int64_t cap = layout_.shape.capacity;
+    const Layout l = with_tables(tables);
+    const auto p = kvq::layout::CachePointers<Layout>::from_base(l, const_cast<void*>(cache));
+    const int64_t cap = l.shape.capacity;
     for (int b = 0; b < batch; ++b) {
       const int64_t len = lengths[b];
       if (len < 0 || len > cap) return code(Status::kErrorInvalidArgument);
+      if constexpr (kPaged) {
+        if (!l.pages_valid(b, len)) return code(Status::kErrorInvalidArgument);
+      }
       const int64_t qlen = Layout::quantized_length(len);
       for (int h = 0; h < heads; ++h) {
         for (int64_t t = 0; t < len; ++t) {
@@ -277,20 +336,20 @@ class Cache final : public CacheBase {
           if (t < qlen) {
             double k[kD];
             for (int c = 0; c < kD; ++c) {
-              k[c] = kvq::reference::dequantized_key(layout_, cache, b, h, t, c, &steps[row + c]);
-              values[row + c] = kvq::reference::dequantized_value(layout_, cache, b, h, t, c);
+              k[c] = kvq::reference::dequantized_key(l, cache, b, h, t, c, &steps[row + c]);
+              values[row + c] = kvq::reference::dequantized_value(l, cache, b, h, t, c);
             }
             if constexpr (Layout::kRotatedKeys) kvq::math::hadamard_rotate_inverse<kD>(k);
             for (int c = 0; c < kD; ++c) {
               double x = k[c];
-              if constexpr (Layout::kCenteredKeys) x += static_cast<double>(p.k_mean[layout_.k_mean_index(b, h, c)]);
+              if constexpr (Layout::kCenteredKeys) x += static_cast<double>(p.k_mean[l.k_mean_index(b, h, c)]);
               keys[row + c] = static_cast<float>(x);
             }
           } else {
             const int i = static_cast<int>(t - qlen);
             for (int c = 0; c < kD; ++c) {
-              keys[row + c] = kvq::load_as_float(p.k_tail, layout_.shape.tail_dtype, layout_.tail_index(b, h, i, c));
-              values[row + c] = kvq::load_as_float(p.v_tail, layout_.shape.tail_dtype, layout_.tail_index(b, h, i, c));
+              keys[row + c] = kvq::load_as_float(p.k_tail, l.shape.tail_dtype, l.tail_index(b, h, i, c));
+              values[row + c] = kvq::load_as_float(p.v_tail, l.shape.tail_dtype, l.tail_index(b, h, i, c));
             }
           }
         }
@@ -299,15 +358,17 @@ class Cache final : public CacheBase {
     return code(Status::kSuccess);
   }
 
-  int quantize_append_host(void* cache, int32_t* lengths, const kvq_c_append_args& c) const override {
+  int quantize_append_host(void* cache, int32_t* lengths, const int32_t* tables,
+                           const kvq_c_append_args& c) const override {
     DType d;
     if (!to_dtype(c.dtype, &d) || d != dtype || c.batch != batch || c.heads != heads || c.head_dim != kD)
       return code(Status::kErrorInvalidArgument);
-    return code(kvq::reference::quantize_append(layout_, cache, lengths, tensor(c.k, d, c.k_stride),
+    return code(kvq::reference::quantize_append(with_tables(tables), cache, lengths, tensor(c.k, d, c.k_stride),
                                                 tensor(c.v, d, c.v_stride), c.num_tokens));
   }
 
-  int attention_host(const kvq_c_attention_args& c, double* out, double* lse, double* mass) const override {
+  int attention_host(const int32_t* tables, const kvq_c_attention_args& c, double* out, double* lse,
+                     double* mass) const override {
     DType d;
     if (!to_dtype(c.dtype, &d) || d != dtype || c.batch != batch || c.kv_heads != heads || c.head_dim != kD)
       return code(Status::kErrorInvalidArgument);
@@ -332,7 +393,7 @@ class Cache final : public CacheBase {
     a.out = out;
     a.lse = lse;
     a.mass = mass;
-    return code(kvq::reference::attention(layout_, c.cache, a));
+    return code(kvq::reference::attention(with_tables(tables), c.cache, a));
   }
 
  private:
@@ -478,9 +539,49 @@ int32_t kvq_c_cache_create(const kvq_c_variant* variant, int32_t batch, int32_t 
   return KVQ_C_SUCCESS;
 }
 
+int32_t kvq_c_paged_cache_create(const kvq_c_variant* variant, int32_t batch, int32_t kv_heads, int32_t page_tokens,
+                                 int64_t num_pages, int32_t max_pages_per_entry, const int32_t* tables,
+                                 int64_t table_stride, int32_t dtype, int32_t device, kvq_c_cache** out) {
+  if (out == nullptr) return KVQ_C_ERROR_INVALID_ARGUMENT;
+  *out = nullptr;
+  kvq::DType d;
+  if (variant == nullptr || !kvq_c::to_dtype(dtype, &d) || batch <= 0 || kv_heads <= 0 || page_tokens <= 0 ||
+      num_pages < 0 || max_pages_per_entry <= 0 || tables == nullptr || table_stride < max_pages_per_entry ||
+      device < -1)
+    return KVQ_C_ERROR_INVALID_ARGUMENT;
+  kvq::layout::PagedShape shape;
+  shape.batch = batch;
+  shape.heads = kv_heads;
+  shape.page_tokens = page_tokens;
+  shape.num_pages = num_pages;
+  shape.max_pages_per_entry = max_pages_per_entry;
+  shape.tail_dtype = d;
+  std::unique_ptr<kvq_c::CacheBase> impl;
+  const kvq::Status s =
+      kvq::dispatch_layout(kvq_c::Layouts{}, kvq_c::to_cache_variant(*variant), [&](auto tag) -> kvq::Status {
+        using L = typename decltype(tag)::type;
+        if constexpr (!kvq_c::kHasPagedAttention<L>) {
+          return kvq::Status::kErrorNotSupported;
+        } else {
+          std::unique_ptr<kvq_c::Cache<kvq_c::PagedViewOf<L>>> c(new (std::nothrow) kvq_c::Cache<kvq_c::PagedViewOf<L>>());
+          if (!c) return kvq::Status::kErrorInvalidArgument;
+          const kvq::Status r = c->initialize_paged(shape, tables, table_stride, device);
+          if (r == kvq::Status::kSuccess) impl = std::move(c);
+          return r;
+        }
+      });
+  if (s != kvq::Status::kSuccess) return static_cast<int32_t>(s);
+  auto* h = new (std::nothrow) kvq_c_cache{std::move(impl)};
+  if (h == nullptr) return KVQ_C_ERROR_INVALID_ARGUMENT;
+  *out = h;
+  return KVQ_C_SUCCESS;
+}
+
 void kvq_c_cache_destroy(kvq_c_cache* cache) { delete cache; }
 
 int64_t kvq_c_cache_bytes(const kvq_c_cache* cache) { return cache ? cache->impl->bytes : -1; }
+
+int64_t kvq_c_cache_capacity(const kvq_c_cache* cache) { return cache ? cache->impl->capacity : -1; }
 
 int32_t kvq_c_cache_key_tokens_per_group(const kvq_c_cache* cache) {
   return cache ? cache->impl->key_tokens_per_group : -1;
@@ -538,22 +639,22 @@ int32_t kvq_c_merge_states_host(const kvq_c_merge_args* args, double* out, doubl
   return kvq_c::code(kvq::reference::merge_states(r));
 }
 
-int32_t kvq_c_dequantize_host(const kvq_c_cache* cache, const void* host_cache, const int32_t* host_lengths, float* keys,
-                              float* values, float* key_steps) {
+int32_t kvq_c_dequantize_host(const kvq_c_cache* cache, const void* host_cache, const int32_t* host_lengths,
+                              const int32_t* host_tables, float* keys, float* values, float* key_steps) {
   if (cache == nullptr) return KVQ_C_ERROR_INVALID_ARGUMENT;
-  return cache->impl->dequantize_host(host_cache, host_lengths, keys, values, key_steps);
+  return cache->impl->dequantize_host(host_cache, host_lengths, host_tables, keys, values, key_steps);
 }
 
 int32_t kvq_c_quantize_append_host(const kvq_c_cache* cache, void* host_cache, int32_t* host_lengths,
-                                   const kvq_c_append_args* args) {
+                                   const int32_t* host_tables, const kvq_c_append_args* args) {
   if (cache == nullptr || args == nullptr) return KVQ_C_ERROR_INVALID_ARGUMENT;
-  return cache->impl->quantize_append_host(host_cache, host_lengths, *args);
+  return cache->impl->quantize_append_host(host_cache, host_lengths, host_tables, *args);
 }
 
-int32_t kvq_c_attention_host(const kvq_c_cache* cache, const kvq_c_attention_args* args, double* out, double* lse,
-                             double* mass) {
+int32_t kvq_c_attention_host(const kvq_c_cache* cache, const int32_t* host_tables, const kvq_c_attention_args* args,
+                             double* out, double* lse, double* mass) {
   if (cache == nullptr || args == nullptr || out == nullptr) return KVQ_C_ERROR_INVALID_ARGUMENT;
-  return cache->impl->attention_host(*args, out, lse, mass);
+  return cache->impl->attention_host(host_tables, *args, out, lse, mass);
 }
 
 int32_t kvq_c_rotate_rows_host(int32_t head_dim, double* rows, int64_t n) {

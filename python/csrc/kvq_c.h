@@ -20,8 +20,12 @@
  * split-KV workspace, cudaMalloc, sized for that num_q; up to 8 per (correction, mask, q
  * heads), further ones with more than 16 query rows share one unsplit plan): run a call of
  * each shape once before capturing it. One cache handle must not be used from several host threads at once
- * (calls on one handle are serialized by a mutex). Contiguous caches only: block tables
- * (paged caches) are not part of this ABI version.
+ * (calls on one handle are serialized by a mutex).
+ *
+ * Paged caches (kvq_c_paged_cache_create): a pool of pages addressed through int32 block
+ * tables, [batch][table_stride]; token t of entry b lives in page tables[b][t / page_tokens].
+ * The handle keeps the tables pointer given at creation and reads it at every call: edit
+ * the tables in place between calls (in stream order), never move them.
  *
  * kvq_c_merge_states (kvq::merge_states) needs no cache: it combines partial attention
  * results (O, LSE) of the same queries over disjoint key sets (split caches, context
@@ -61,6 +65,13 @@ enum { KVQ_C_FP16 = 0, KVQ_C_BF16 = 1, KVQ_C_FP32 = 2 };
 enum { KVQ_C_PER_TOKEN = 0, KVQ_C_PER_CHANNEL = 1 };
 /* Key rotation. */
 enum { KVQ_C_ROTATION_NONE = 0, KVQ_C_ROTATION_HADAMARD = 1, KVQ_C_ROTATION_HADAMARD_CENTERED = 2 };
+/* Error bits of the device words (append: kvq::AppendError, attention: kvq::AttentionError). */
+enum {
+  KVQ_C_APPEND_ERROR_CAPACITY = 1,
+  KVQ_C_APPEND_ERROR_NEGATIVE_LENGTH = 2,
+  KVQ_C_APPEND_ERROR_PAGE = 4,
+  KVQ_C_ATTENTION_ERROR_PAGE = 4
+};
 /* Correction modes. */
 enum { KVQ_C_CORRECTION_NONE = 0, KVQ_C_CORRECTION_TAYLOR2 = 1, KVQ_C_CORRECTION_TAYLOR4 = 2, KVQ_C_CORRECTION_EXACT = 3 };
 /* Masks. */
@@ -110,6 +121,9 @@ typedef struct kvq_c_attention_args {
   void* o;
   float* lse;
   float* mass;
+  uint32_t* error; /* device word or NULL: paged caches OR in KVQ_C_ATTENTION_ERROR_PAGE for a
+                      skipped entry (a table column of its cached tokens outside the pool; its
+                      output rows are not written) */
   void* stream; /* cudaStream_t */
   int64_t q_stride[3];
   int64_t k_stride[3];
@@ -170,7 +184,8 @@ KVQ_C_API const char* kvq_c_status_string(int32_t status);
 KVQ_C_API const char* kvq_c_last_cuda_error_string(void);
 
 /* The compiled cache variants: index 0..count-1; *corrections gets the bit (1 << mode) of
- * every correction mode whose attention is compiled for the variant. */
+ * every correction mode whose attention is compiled for the variant, and the bit
+ * (1 << (8 + mode)) of those compiled for its paged form (kvq_c_paged_cache_create). */
 KVQ_C_API int32_t kvq_c_variant_count(void);
 KVQ_C_API int32_t kvq_c_variant_get(int32_t index, kvq_c_variant* out, uint32_t* corrections);
 
@@ -181,9 +196,22 @@ KVQ_C_API int32_t kvq_c_variant_get(int32_t index, kvq_c_variant* out, uint32_t*
  * kvq_c_attention and kvq_c_prepare_attention return KVQ_C_ERROR_INVALID_ARGUMENT. */
 KVQ_C_API int32_t kvq_c_cache_create(const kvq_c_variant* variant, int32_t batch, int32_t kv_heads, int64_t capacity,
                                      int32_t dtype, int32_t device, kvq_c_cache** out);
+/* A paged cache of `variant`: a pool of num_pages pages of page_tokens tokens (every kv head
+ * of a layer; page_tokens a multiple of the key tokens per group and of what the attention
+ * kernels take: a multiple of 64, or 32 on sm_90) for `batch` entries of at most
+ * max_pages_per_entry pages each, read through `tables` (int32, [batch][table_stride],
+ * table_stride >= max_pages_per_entry; device memory, or host memory for a host-only handle,
+ * device -1). KVQ_C_ERROR_NOT_SUPPORTED where the variant has no paged attention compiled. */
+KVQ_C_API int32_t kvq_c_paged_cache_create(const kvq_c_variant* variant, int32_t batch, int32_t kv_heads,
+                                           int32_t page_tokens, int64_t num_pages, int32_t max_pages_per_entry,
+                                           const int32_t* tables, int64_t table_stride, int32_t dtype, int32_t device,
+                                           kvq_c_cache** out);
 KVQ_C_API void kvq_c_cache_destroy(kvq_c_cache* cache);
-/* Bytes of the cache allocation (layout.bytes()); -1 for a NULL handle. */
+/* Bytes of the cache allocation (layout.bytes(): for a paged cache the pool, tails and
+ * means); -1 for a NULL handle. */
 KVQ_C_API int64_t kvq_c_cache_bytes(const kvq_c_cache* cache);
+/* Tokens one entry can hold (capacity, or max_pages_per_entry x page_tokens); -1 for NULL. */
+KVQ_C_API int64_t kvq_c_cache_capacity(const kvq_c_cache* cache);
 /* Key tokens per quantization group: 1 (PerToken keys) or G (PerChannel keys, whose last
  * length % G tokens stay unquantized in the tail). */
 KVQ_C_API int32_t kvq_c_cache_key_tokens_per_group(const kvq_c_cache* cache);
@@ -200,25 +228,27 @@ KVQ_C_API int32_t kvq_c_merge_args_size(void);
 /* Enqueues the merge on args->stream (one kernel; nothing for zero rows). */
 KVQ_C_API int32_t kvq_c_merge_states(const kvq_c_merge_args* args);
 
-/* Host-side helpers for tests (CPU only, host memory, slow):
+/* Host-side helpers for tests (CPU only, host memory, slow). For a paged handle, host_tables
+ * is a host copy of its tables (same stride; NULL: the handle's own tables, which must then be
+ * host memory, as a host-only handle's are); contiguous handles ignore it.
  * kvq_c_dequantize_host reads a host copy of the cache and the lengths and writes, for every
  * batch entry b, kv head h and cached token t < lengths[b], the key and value as attention
  * sees them, in the keys' original space (rotated keys rotated back, μ added), to
- * keys/values [batch, heads, capacity, head_dim] float32; for the quantized tokens
+ * keys/values [batch, heads, capacity, head_dim] float32 (capacity: kvq_c_cache_capacity); for the quantized tokens
  * (t < lengths[b] - lengths[b] % key_tokens_per_group) it writes the step of every key
  * element to key_steps (same shape; in the rotated space for rotated keys). Other
  * elements are not written. */
 KVQ_C_API int32_t kvq_c_dequantize_host(const kvq_c_cache* cache, const void* host_cache, const int32_t* host_lengths,
-                                        float* keys, float* values, float* key_steps);
+                                        const int32_t* host_tables, float* keys, float* values, float* key_steps);
 /* The CPU reference (kvq/reference) on host memory, for tests: quantize-and-append of
  * num_tokens tokens of k and v (dtype KVQ_C_FP16/BF16, strides in elements) into a host cache
  * with host lengths; and attention (args as kvq_c_attention's, every pointer a host pointer;
  * o/lse/mass ignored) writing out [batch, num_q, q_heads, D], lse [batch, q_heads, num_q] and
  * mass [batch, q_heads, num_q, 3] as float64 (lse and mass optional). */
 KVQ_C_API int32_t kvq_c_quantize_append_host(const kvq_c_cache* cache, void* host_cache, int32_t* host_lengths,
-                                             const kvq_c_append_args* args);
-KVQ_C_API int32_t kvq_c_attention_host(const kvq_c_cache* cache, const kvq_c_attention_args* args, double* out,
-                                       double* lse, double* mass);
+                                             const int32_t* host_tables, const kvq_c_append_args* args);
+KVQ_C_API int32_t kvq_c_attention_host(const kvq_c_cache* cache, const int32_t* host_tables,
+                                       const kvq_c_attention_args* args, double* out, double* lse, double* mass);
 /* The CPU reference of kvq_c_merge_states on host memory (args' pointers host pointers;
  * o, stream and device ignored): out [batch, num_q, heads, head_dim] and lse (optional)
  * [batch, heads, num_q] float64. */

@@ -11,10 +11,16 @@ Printed per chunk: the caches' memory against bf16 K/V of the same tokens, the a
 GPU time, and the softmax mass on the current chunk with the configured correction and
 without one (same queries; the uncorrected call is extra, outside the timing).
 
-The rolling window with attention sinks of Self-Forcing needs the paged cache, which the
-package does not expose yet: the caches here hold every chunk (capacity = chunks x 4680).
+By default the caches hold every chunk (capacity = chunks x 4680). With --window W the
+caches are paged (kvq.PagedKVCache, one page per chunk) and roll as in Self-Forcing and
+LongLive: the first --sinks S chunks stay, the W newest others form the window, and once the
+window is full the oldest window page is dropped from the block table and recycled for the
+next chunk: no copy, memory fixed at S + W + 1 pages whatever --chunks is. Pages hold a
+multiple of 64 tokens, so this mode takes --frame-tokens (1536 by default in this mode: a
+Wan frame's 1560 tokens are not a whole number of pages).
 
     python3 python/examples/self_forcing_like.py --layers 30 --chunks 7 --steps 4
+    python3 python/examples/self_forcing_like.py --layers 4 --chunks 40 --steps 2 --window 3 --sinks 1
 """
 import argparse
 import os
@@ -38,6 +44,14 @@ def activations(n, gen, key_shift):
     return q.bfloat16(), k.bfloat16(), v.bfloat16()
 
 
+def roll(cache, listed, chunk):
+    """Points the paged cache's table at `listed` (the last page the one to fill) and its length
+    at the pages before it: the next append quantizes into the last page."""
+    n = len(listed)
+    cache.block_table[0, :n].copy_(torch.tensor(listed, dtype=torch.int32), non_blocking=True)
+    cache.lengths.fill_((n - 1) * chunk)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=30)
@@ -48,18 +62,34 @@ def main():
     ap.add_argument("--rotation", default="none", choices=("none", "hadamard", "hadamard_centered"))
     ap.add_argument("--correction", default="taylor2")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--window", type=int, default=0, help="W > 0: paged caches rolling over the W newest chunks")
+    ap.add_argument("--sinks", type=int, default=1, help="with --window: the first S chunks stay (attention sinks)")
+    ap.add_argument("--frame-tokens", type=int, default=None,
+                    help="tokens per latent frame (%d; with --window 1536, a multiple of 64)" % FRAME_TOKENS)
     a = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("this example needs a CUDA device")
 
-    chunk = FRAME_TOKENS * FRAMES_PER_CHUNK
-    capacity = chunk * a.chunks
+    frame = a.frame_tokens or (1536 if a.window else FRAME_TOKENS)
+    chunk = frame * FRAMES_PER_CHUNK
     group = 128 if a.key_granularity == "per_token" else 32
-    caches = [kvq.KVCache(1, HEADS, capacity, head_dim=HEAD_DIM, bits=a.bits, key_granularity=a.key_granularity,
-                          group_size=group, rotation=a.rotation, correction=a.correction) for _ in range(a.layers)]
+    kw = dict(head_dim=HEAD_DIM, bits=a.bits, key_granularity=a.key_granularity, group_size=group,
+              rotation=a.rotation, correction=a.correction)
+    if a.window:
+        if a.window < 1 or a.sinks < 0 or chunk % 64:
+            raise SystemExit("--window needs W >= 1, S >= 0 and chunks of a multiple of 64 tokens (got %d)" % chunk)
+        pages = a.sinks + a.window + 1
+        caches = [kvq.PagedKVCache(1, HEADS, num_pages=pages, page_tokens=chunk, max_pages_per_entry=pages, **kw)
+                  for _ in range(a.layers)]
+        capacity = pages * chunk
+    else:
+        capacity = chunk * a.chunks
+        caches = [kvq.KVCache(1, HEADS, capacity, **kw) for _ in range(a.layers)]
     for c in caches:
         c.prepare(corrections=(a.correction, "none"))
     print(caches[0])
+    free = list(range(a.sinks + a.window + 1)) if a.window else []
+    listed = []  # paged: the table's pages, sinks first, then the window
     gen = torch.Generator(device="cuda").manual_seed(a.seed)
     key_shift = torch.randn(HEADS, HEAD_DIM, device="cuda", generator=gen) * 2.0
     start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -69,9 +99,15 @@ def main():
     print("%5s %8s %12s %12s %7s %10s %9s %14s %14s" % ("chunk", "tokens", "kvq MiB", "bf16 MiB", "ratio",
                                                           "attn ms", "calls", "mass(corr)", "mass(none)"))
     for ci in range(a.chunks):
-        cached = ci * chunk
+        cached = len(listed) * chunk if a.window else ci * chunk
         attn_ms, calls = 0.0, 0
         mass_c, mass_n = [], []
+        if a.window:
+            # The clean pass appends this chunk into a free page; once the window is full its
+            # oldest page is dropped from the table and recycled.
+            if len(listed) == a.sinks + a.window:
+                free.append(listed.pop(a.sinks))
+            listed.append(free.pop(0))
         for step in range(a.steps + 1):  # the denoising steps, then the clean pass
             clean = step == a.steps
             for layer, cache in enumerate(caches):
@@ -80,6 +116,8 @@ def main():
                 o, mass = cache.attention(q, k, v, return_mass=True)
                 stop.record()
                 if clean:
+                    if a.window:
+                        roll(cache, listed, chunk)
                     cache.append(k, v)
                 stop.synchronize()
                 attn_ms += start.elapsed_time(stop)

@@ -12,8 +12,8 @@ The ops come from libkvq_c (kvq's C ABI, built by CMake from kvq's headers) thro
 see kvq._lib for where the library is looked for.
 """
 from ._lib import KvqError, compiled_variants, library_path
-from .cache import KVCache
+from .cache import KVCache, PagedKVCache
 from .states import merge_states
 
-__all__ = ["KVCache", "KvqError", "compiled_variants", "library_path", "merge_states"]
+__all__ = ["KVCache", "KvqError", "PagedKVCache", "compiled_variants", "library_path", "merge_states"]
 __version__ = "0.1.0"

@@ -25,14 +25,17 @@ PER_TOKEN, PER_CHANNEL = 0, 1
 ROTATIONS = {"none": 0, "hadamard": 1, "hadamard_centered": 2}
 CORRECTIONS = {"none": 0, "taylor2": 1, "taylor4": 2, "exact": 3}
 MASKS = {"none": 0, "causal": 1}
+# Bits of the device error words.
+APPEND_ERROR_CAPACITY, APPEND_ERROR_NEGATIVE_LENGTH, APPEND_ERROR_PAGE = 1, 2, 4
+ATTENTION_ERROR_PAGE = 4
 
 # kvq_c_append_args: 6 pointers, 8 int64, 4 int32 (128 bytes, no padding).
 APPEND_ARGS = struct.Struct("=6Q8q4i")
-# kvq_c_attention_args: 9 pointers, 15 int64, 1 float, 7 int32 (224 bytes, no padding).
-ATTENTION_ARGS = struct.Struct("=9Q15qf7i")
+# kvq_c_attention_args: 10 pointers, 15 int64, 1 float, 7 int32 (232 bytes, no padding).
+ATTENTION_ARGS = struct.Struct("=10Q15qf7i")
 # kvq_c_merge_args: 5 pointers, 9 int64, 8 int32 (144 bytes, no padding).
 MERGE_ARGS = struct.Struct("=5Q9q8i")
-assert APPEND_ARGS.size == 128 and ATTENTION_ARGS.size == 224 and MERGE_ARGS.size == 144
+assert APPEND_ARGS.size == 128 and ATTENTION_ARGS.size == 232 and MERGE_ARGS.size == 144
 
 
 class KvqError(RuntimeError):
@@ -82,18 +85,21 @@ def _bind(lib):
         "kvq_c_variant_count": (i32, []),
         "kvq_c_variant_get": (i32, [i32, ctypes.POINTER(Variant), ctypes.POINTER(ctypes.c_uint32)]),
         "kvq_c_cache_create": (i32, [ctypes.POINTER(Variant), i32, i32, i64, i32, i32, ctypes.POINTER(vp)]),
+        "kvq_c_paged_cache_create": (i32, [ctypes.POINTER(Variant), i32, i32, i32, i64, i32, vp, i64, i32, i32,
+                                           ctypes.POINTER(vp)]),
         "kvq_c_cache_destroy": (None, [vp]),
         "kvq_c_cache_bytes": (i64, [vp]),
+        "kvq_c_cache_capacity": (i64, [vp]),
         "kvq_c_cache_key_tokens_per_group": (i32, [vp]),
         "kvq_c_prepare_attention": (i32, [vp, i32, i32, i32]),
         "kvq_c_append": (i32, [vp, vp]),
         "kvq_c_attention": (i32, [vp, vp]),
         "kvq_c_merge_states": (i32, [vp]),
         "kvq_c_merge_states_host": (i32, [vp, vp, vp]),
-        "kvq_c_dequantize_host": (i32, [vp, vp, vp, vp, vp, vp]),
+        "kvq_c_dequantize_host": (i32, [vp, vp, vp, vp, vp, vp, vp]),
         "kvq_c_rotate_rows_host": (i32, [i32, vp, i64]),
-        "kvq_c_quantize_append_host": (i32, [vp, vp, vp, vp]),
-        "kvq_c_attention_host": (i32, [vp, vp, vp, vp, vp]),
+        "kvq_c_quantize_append_host": (i32, [vp, vp, vp, vp, vp]),
+        "kvq_c_attention_host": (i32, [vp, vp, vp, vp, vp, vp]),
     }
     for name, (res, args) in sig.items():
         f = getattr(lib, name)
@@ -144,8 +150,9 @@ def check(where, status, detail=""):
         raise KvqError(where, status, detail)
 
 
-def compiled_variants():
-    """[(dict of the variant's keys, set of correction names)] of the library."""
+def compiled_variants(paged=False):
+    """[(dict of the variant's keys, set of correction names)] of the library; with paged=True
+    the variants whose paged form (block tables) is compiled, with its corrections."""
     L = lib()
     out = []
     names = {v: k for k, v in CORRECTIONS.items()}
@@ -157,5 +164,8 @@ def compiled_variants():
         keys = dict(k_bits=v.k_bits, k_group=v.k_group,
                     key_granularity="per_token" if v.k_granularity == PER_TOKEN else "per_channel",
                     v_bits=v.v_bits, v_group=v.v_group, head_dim=v.head_dim, rotation=rot[v.rotation])
-        out.append((keys, {names[m] for m in range(4) if bits.value >> m & 1}))
+        shift = 8 if paged else 0
+        modes = {names[m] for m in range(4) if bits.value >> (m + shift) & 1}
+        if modes or not paged:
+            out.append((keys, modes))
     return out

@@ -26,13 +26,14 @@ class _Binding:
     """The C handle of a cache and what its op calls reuse (packed argument buffers, bound
     C functions); kept in kvq.ops._REGISTRY under cache_id."""
 
-    def __init__(self, handle, meta, buffer, lengths, error, dtype):
+    def __init__(self, handle, meta, buffer, lengths, error, dtype, block_table=None):
         L = _lib.lib()
         self.handle = handle
         self.meta = meta
         self.buffer = buffer
         self.lengths = lengths
         self.error = error
+        self.block_table = block_table
         self.dtype = dtype  # the activations' torch dtype
         self.dtype_code = _DTYPES[dtype]
         self.device = buffer.device  # torch.device("cuda", meta.device_index)
@@ -56,21 +57,21 @@ def _free(cache_id, handle):
         pass
 
 
-def _find_variant(head_dim, bits, key_granularity, group_size, rotation, v_bits, v_group):
+def _find_variant(head_dim, bits, key_granularity, group_size, rotation, v_bits, v_group, paged=False):
     want = dict(k_bits=bits, key_granularity=key_granularity, head_dim=head_dim, rotation=rotation,
                 v_bits=v_bits if v_bits is not None else bits)
     if group_size is not None:
         want["k_group"] = group_size
     if v_group is not None:
         want["v_group"] = v_group
-    compiled = _lib.compiled_variants()
+    compiled = _lib.compiled_variants(paged=paged)
     matches = [(keys, modes) for keys, modes in compiled if all(keys[k] == v for k, v in want.items())]
     if len(matches) != 1:
         listing = "\n  ".join(
             "bits=%(k_bits)d key_granularity=%(key_granularity)s group_size=%(k_group)d rotation=%(rotation)s "
             "head_dim=%(head_dim)d (values: bits=%(v_bits)d group=%(v_group)d)" % k + " corrections=" +
             ",".join(sorted(m)) for k, m in compiled)
-        what = "no compiled" if not matches else "several compiled"
+        what = ("no compiled" if not matches else "several compiled") + (" paged" if paged else "")
         raise ValueError("kvq: %s cache variant matches %s; the library has:\n  %s" % (what, want, listing))
     return matches[0]
 
@@ -84,16 +85,25 @@ class KVCache:
     `head_dim` (64 or 128). `dtype` is the activations' dtype (bfloat16 or float16).
 
     It owns `buffer` (uint8, the packed cache) and `lengths` (int32 [batch], the cached tokens
-    of each entry) on `device`. Block tables (a paged cache over a shared page pool) are not
-    supported yet: `block_table` is None and reserved for them.
+    of each entry) on `device`. PagedKVCache is the paged form (a page pool and block tables);
+    here `block_table` is None.
     """
 
     def __init__(self, batch, kv_heads, capacity, *, head_dim=128, bits=2, key_granularity="per_token",
                  group_size=None, rotation="none", dtype=torch.bfloat16, device="cuda", correction="taylor2",
                  q_heads=None, v_bits=None, v_group=None):
+        if not isinstance(capacity, int) or capacity < 0:
+            raise ValueError("kvq: capacity must be a non-negative int, got %r" % (capacity,))
+        self._create(batch, kv_heads, head_dim, bits, key_granularity, group_size, rotation, dtype, device, correction,
+                     q_heads, v_bits, v_group, capacity=capacity)
+
+    def _create(self, batch, kv_heads, head_dim, bits, key_granularity, group_size, rotation, dtype, device,
+                correction, q_heads, v_bits, v_group, capacity=None, paged=None):
+        """Checks the arguments, creates the C handle (contiguous: `capacity`; paged: `paged` =
+        (num_pages, page_tokens, max_pages_per_entry)) and the cache's tensors, plans."""
         device = torch.device(device)
         if device.type != "cuda":
-            raise ValueError("kvq: KVCache needs a CUDA device, got %s" % device)
+            raise ValueError("kvq: %s needs a CUDA device, got %s" % (type(self).__name__, device))
         if device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
         if dtype not in _DTYPES:
@@ -105,33 +115,46 @@ class KVCache:
         for name, v in (("batch", batch), ("kv_heads", kv_heads)):
             if not isinstance(v, int) or v <= 0:
                 raise ValueError("kvq: %s must be a positive int, got %r" % (name, v))
-        if not isinstance(capacity, int) or capacity < 0:
-            raise ValueError("kvq: capacity must be a non-negative int, got %r" % (capacity,))
-        keys, corrections = _find_variant(head_dim, bits, key_granularity, group_size, rotation, v_bits, v_group)
+        keys, corrections = _find_variant(head_dim, bits, key_granularity, group_size, rotation, v_bits, v_group,
+                                          paged=paged is not None)
         if correction not in corrections:
-            raise ValueError("kvq: correction %r is not compiled for this variant (compiled: %s)"
-                             % (correction, ", ".join(sorted(corrections))))
+            raise ValueError("kvq: correction %r is not compiled for this %svariant (compiled: %s)"
+                             % (correction, "paged " if paged else "", ", ".join(sorted(corrections))))
         L = _lib.lib()
         v = _lib.Variant(keys["k_bits"], keys["k_group"],
                          _lib.PER_TOKEN if keys["key_granularity"] == "per_token" else _lib.PER_CHANNEL,
                          keys["v_bits"], keys["v_group"], keys["head_dim"], _lib.ROTATIONS[keys["rotation"]])
         handle = ctypes.c_void_p()
+        block_table = None
         # The plans query the device: make it current while they are made.
         with torch.cuda.device(device):
-            s = L.kvq_c_cache_create(ctypes.byref(v), batch, kv_heads, capacity, _DTYPES[dtype], device.index,
-                                     ctypes.byref(handle))
-        _lib.check("kvq_c_cache_create", s,
-                   "capacity must be a multiple of the key group (%d tokens)" % keys["k_group"]
-                   if s == _lib.ERROR_INVALID_ARGUMENT and key_granularity == "per_channel" else "")
+            if paged is None:
+                s = L.kvq_c_cache_create(ctypes.byref(v), batch, kv_heads, capacity, _DTYPES[dtype], device.index,
+                                         ctypes.byref(handle))
+                hint = ("capacity must be a multiple of the key group (%d tokens)" % keys["k_group"]
+                        if s == _lib.ERROR_INVALID_ARGUMENT and key_granularity == "per_channel" else "")
+            else:
+                num_pages, page_tokens, max_pages = paged
+                # Every column starts outside the pool (-1): an append through a column the engine
+                # has not assigned leaves its entry untouched and flags it.
+                block_table = torch.full((batch, max_pages), -1, dtype=torch.int32, device=device)
+                s = L.kvq_c_paged_cache_create(ctypes.byref(v), batch, kv_heads, page_tokens, num_pages, max_pages,
+                                               block_table.data_ptr(), max_pages, _DTYPES[dtype], device.index,
+                                               ctypes.byref(handle))
+                hint = ("page_tokens must be a multiple of 64 (or of 32 on sm_90) and of the key group"
+                        if s in (_lib.ERROR_INVALID_ARGUMENT, _lib.ERROR_NOT_SUPPORTED) else "")
+        _lib.check("kvq_c_paged_cache_create" if paged else "kvq_c_cache_create", s, hint)
         try:
-            self._setup(L, handle, keys, corrections, correction, dtype, device, batch, kv_heads, capacity, head_dim)
+            self._setup(L, handle, keys, corrections, correction, dtype, device, batch, kv_heads,
+                        L.kvq_c_cache_capacity(handle), head_dim, block_table)
         except BaseException:
             if getattr(self, "_finalizer", None) is None:
                 L.kvq_c_cache_destroy(handle)
             raise
         self.prepare(q_heads=q_heads or kv_heads, corrections=(correction,))
 
-    def _setup(self, L, handle, keys, corrections, correction, dtype, device, batch, kv_heads, capacity, head_dim):
+    def _setup(self, L, handle, keys, corrections, correction, dtype, device, batch, kv_heads, capacity, head_dim,
+               block_table):
         self.variant = keys
         self.corrections = frozenset(corrections)
         self.correction = correction
@@ -145,8 +168,8 @@ class KVCache:
         self.buffer = torch.zeros(nbytes, dtype=torch.uint8, device=device)
         self.lengths = torch.zeros(batch, dtype=torch.int32, device=device)
         self.error = torch.zeros(1, dtype=torch.int32, device=device)
-        self.block_table = None  # reserved for the paged cache
-        self._binding = _Binding(handle, self.meta, self.buffer, self.lengths, self.error, dtype)
+        self._block_table = block_table
+        self._binding = _Binding(handle, self.meta, self.buffer, self.lengths, self.error, dtype, block_table)
         self.cache_id = ops.register(self._binding)
         self._binding.cache_id = self.cache_id
         self._finalizer = weakref.finalize(self, _free, self.cache_id, handle.value)
@@ -167,6 +190,12 @@ class KVCache:
     @property
     def capacity(self):
         return self.meta.capacity
+
+    @property
+    def block_table(self):
+        """The paged cache's int32 [batch, max_pages_per_entry] block table on the device (None
+        for a contiguous cache): edit it in place, never replace it."""
+        return self._block_table
 
     @property
     def nbytes(self):
@@ -200,7 +229,7 @@ class KVCache:
         if ops.direct_call_ok(k):
             ops.append_launch(self._binding, self.buffer, self.lengths, k, v, self.error, -1)
         else:
-            ops.append_op(self.buffer, self.lengths, k, v, self.error, self.cache_id, -1)
+            ops.append_op(self.buffer, self.lengths, self._block_table, k, v, self.error, self.cache_id, -1)
 
     def attention(self, q, k_chunk=None, v_chunk=None, *, correction=None, mask="none", scale=None,
                   return_lse=False, return_mass=False):
@@ -221,11 +250,12 @@ class KVCache:
             raise ValueError("kvq: mask must be 'none' or 'causal', got %r" % (mask,))
         s = 1.0 / math.sqrt(self.head_dim) if scale is None else float(scale)
         if ops.direct_call_ok(q):
-            o, lse, mass = ops.attention_launch(self._binding, self.buffer, self.lengths, q, k_chunk, v_chunk,
+            o, lse, mass = ops.attention_launch(self._binding, self.buffer, self.lengths, self.error, q, k_chunk, v_chunk,
                                                 _lib.CORRECTIONS[c], _lib.MASKS[mask], s, return_lse, return_mass, -1,
                                                 op_outputs=False)
         else:
-            o, lse, mass = ops.attention_op(self.buffer, self.lengths, q, k_chunk, v_chunk, self.cache_id,
+            o, lse, mass = ops.attention_op(self.buffer, self.lengths, self._block_table, self.error, q, k_chunk,
+                                            v_chunk, self.cache_id,
                                             _lib.CORRECTIONS[c], _lib.MASKS[mask], s, return_lse, return_mass, -1)
         if not return_lse and not return_mass:
             return o
@@ -237,15 +267,20 @@ class KVCache:
         self.error.zero_()
 
     def check_errors(self):
-        """Raises where an append left an entry untouched (reads the device: synchronizes)."""
+        """Raises where an append left an entry untouched or, for a paged cache, an attention
+        skipped an entry (reads the device: synchronizes), and clears the word."""
         e = int(self.error.item())
         if e:
+            self.error.zero_()
             what = []
-            if e & 1:
+            if e & _lib.APPEND_ERROR_CAPACITY:
                 what.append("an append exceeded the capacity (%d tokens)" % self.capacity)
-            if e & 2:
+            if e & _lib.APPEND_ERROR_NEGATIVE_LENGTH:
                 what.append("a device length was negative")
-            raise _lib.KvqError("kvq append", _lib.ERROR_CAPACITY_EXCEEDED if e & 1 else _lib.ERROR_INVALID_ARGUMENT,
+            if e & _lib.APPEND_ERROR_PAGE:  # the same bit as ATTENTION_ERROR_PAGE
+                what.append("a block-table column of an entry's tokens held no page of the pool (appends left "
+                            "the entry unchanged, attention did not write its output rows)")
+            raise _lib.KvqError("kvq", _lib.ERROR_CAPACITY_EXCEEDED if e & 1 else _lib.ERROR_INVALID_ARGUMENT,
                                 "; ".join(what) + "; the entries concerned were left unchanged")
 
     def __repr__(self):
@@ -254,3 +289,46 @@ class KVCache:
                 % (self.batch, self.kv_heads, self.capacity, self.head_dim, self.variant["k_bits"],
                    self.variant["key_granularity"], self.variant["k_group"], self.variant["rotation"],
                    self.meta.dtype_name, self.device, self.nbytes / 2 ** 20))
+
+
+class PagedKVCache(KVCache):
+    """One layer's quantized KV cache as a pool of pages addressed through block tables.
+
+    `num_pages` pages of `page_tokens` tokens each (every kv head of the layer); entry b's
+    token t lives in page `block_table[b, t // page_tokens]`, and an entry holds at most
+    `max_pages_per_entry` pages (capacity = max_pages_per_entry * page_tokens). The engine
+    manages the pages: it edits `block_table` (int32 [batch, max_pages_per_entry] on the device,
+    every column -1 at the start) and `lengths` in place between calls, in stream order. Pages
+    may be listed in any order and shared by several entries' tables (attention only reads
+    them); an append writes at each entry's length into the page its table lists there.
+
+    Variants: those of kvq.compiled_variants(paged=True) (INT2/INT4 PerToken G128 and rotated
+    INT2, head dim 128, corrections none and taylor2). page_tokens: a multiple of 64 (of 32
+    on sm_90). A table column outside the pool for tokens an entry holds or appends is never
+    read or written: the append leaves the entry unchanged, the attention skips it (its output
+    rows are not written), and both flag `error` (check_errors raises).
+
+    Rolling window with sinks (Self-Forcing, LongLive), per chunk of one page:
+        page = free.pop(); cache.block_table[0, n] = page; append at length n * page_tokens ...
+    see python/examples/self_forcing_like.py --window W --sinks S.
+    """
+
+    def __init__(self, batch, kv_heads, *, num_pages, page_tokens, max_pages_per_entry, head_dim=128, bits=2,
+                 key_granularity="per_token", group_size=None, rotation="none", dtype=torch.bfloat16, device="cuda",
+                 correction="taylor2", q_heads=None, v_bits=None, v_group=None):
+        for name, v, lo in (("num_pages", num_pages, 0), ("page_tokens", page_tokens, 1),
+                            ("max_pages_per_entry", max_pages_per_entry, 1)):
+            if not isinstance(v, int) or v < lo:
+                raise ValueError("kvq: %s must be an int >= %d, got %r" % (name, lo, v))
+        self.num_pages = num_pages
+        self.page_tokens = page_tokens
+        self.max_pages_per_entry = max_pages_per_entry
+        self._create(batch, kv_heads, head_dim, bits, key_granularity, group_size, rotation, dtype, device, correction,
+                     q_heads, v_bits, v_group, paged=(num_pages, page_tokens, max_pages_per_entry))
+
+    def __repr__(self):
+        return ("PagedKVCache(batch=%d, kv_heads=%d, num_pages=%d, page_tokens=%d, max_pages_per_entry=%d, "
+                "head_dim=%d, bits=%d, rotation=%s, dtype=%s, device=%s, %.1f MiB)"
+                % (self.batch, self.kv_heads, self.num_pages, self.page_tokens, self.max_pages_per_entry,
+                   self.head_dim, self.variant["k_bits"], self.variant["rotation"], self.meta.dtype_name,
+                   self.device, self.nbytes / 2 ** 20))

@@ -50,13 +50,16 @@ except AttributeError:  # pragma: no cover
         return torch.cuda.current_stream(index).cuda_stream
 
 _lib_def = torch.library.Library("kvq", "DEF")
+# block_table: the paged cache's int32 [batch, max_pages_per_entry] tables (None for a
+# contiguous cache); the C side reads the tables bound at the cache's creation, the argument
+# tells torch that the op reads them (so that an engine's edits are ordered before it).
 _lib_def.define(
-    "append(Tensor(a!) cache, Tensor(b!) lengths, Tensor k, Tensor v, Tensor(c!) error, int cache_id, "
-    "int max_cache_length) -> ()")
+    "append(Tensor(a!) cache, Tensor(b!) lengths, Tensor? block_table, Tensor k, Tensor v, Tensor(c!) error, "
+    "int cache_id, int max_cache_length) -> ()")
 _lib_def.define(
-    "attention(Tensor cache, Tensor lengths, Tensor q, Tensor k_chunk, Tensor v_chunk, int cache_id, "
-    "int correction, int mask, float scale, bool return_lse, bool return_mass, int max_cache_length) "
-    "-> (Tensor, Tensor, Tensor)")
+    "attention(Tensor cache, Tensor lengths, Tensor? block_table, Tensor(c!) error, Tensor q, Tensor k_chunk, "
+    "Tensor v_chunk, int cache_id, int correction, int mask, float scale, bool return_lse, bool return_mass, "
+    "int max_cache_length) -> (Tensor, Tensor, Tensor)")
 _lib_def.define("merge_states(Tensor o_parts, Tensor lse_parts, bool return_lse) -> (Tensor, Tensor)")
 
 
@@ -70,12 +73,12 @@ def _binding(cache_id):
     return b
 
 
-def _check_cache_tensors(b, cache, lengths, error=None):
-    """The cache buffer and lengths passed to an op must be those of the cache's layout
-    (torch.compile may pass copies of them, so only their shape, dtype and device count).
-    The cache's own tensors (those of binding `b`, the case of every eager call and of
-    compiled graphs that read the cache's attributes) pass without a look."""
-    if cache is b.buffer and lengths is b.lengths and (error is None or error is b.error):
+def _check_cache_tensors(b, cache, lengths, error, block_table):
+    """The cache buffer, lengths, error word and block table passed to an op must be those of
+    the cache's layout (torch.compile may pass copies of them, so only their shape, dtype and
+    device count). The cache's own tensors (those of binding `b`, the case of every eager call
+    and of compiled graphs that read the cache's attributes) pass without a look."""
+    if cache is b.buffer and lengths is b.lengths and error is b.error and block_table is b.block_table:
         return
     m = b.meta
     if tuple(cache.shape) != (m.nbytes,) or str(cache.dtype) != "torch.uint8" or cache.device != b.buffer.device:
@@ -86,9 +89,17 @@ def _check_cache_tensors(b, cache, lengths, error=None):
                          % (m.batch, b.buffer.device, lengths.dtype, list(lengths.shape), lengths.device))
     if cache.numel() and cache.stride(0) != 1:
         raise ValueError("kvq: the cache tensor must be contiguous")
-    if error is not None and (tuple(error.shape) != (1,) or str(error.dtype) != "torch.int32"
-                              or error.device != b.buffer.device):
+    if tuple(error.shape) != (1,) or str(error.dtype) != "torch.int32" or error.device != b.buffer.device:
         raise ValueError("kvq: the error tensor must be int32 [1] on %s" % b.buffer.device)
+    bt = b.block_table
+    if (block_table is None) != (bt is None):
+        raise ValueError("kvq: cache_id %d is %s: block_table must be %s" % (
+            b.cache_id, "paged" if bt is not None else "contiguous",
+            "its int32 %s table" % list(bt.shape) if bt is not None else "None"))
+    if bt is not None and (tuple(block_table.shape) != tuple(bt.shape) or str(block_table.dtype) != "torch.int32"
+                           or block_table.device != bt.device):
+        raise ValueError("kvq: the block_table tensor must be int32 %s on %s, got %s %s on %s" % (
+            list(bt.shape), bt.device, block_table.dtype, list(block_table.shape), block_table.device))
 
 
 # ---- append --------------------------------------------------------------------------
@@ -105,16 +116,16 @@ def append_launch(b, cache, lengths, k, v, error, max_cache_length):
         raise _lib.KvqError("kvq append", s)
 
 
-def _append_cuda(cache, lengths, k, v, error, cache_id, max_cache_length):
+def _append_cuda(cache, lengths, block_table, k, v, error, cache_id, max_cache_length):
     b = _binding(cache_id)
-    _check_cache_tensors(b, cache, lengths, error)
+    _check_cache_tensors(b, cache, lengths, error, block_table)
     append_launch(b, cache, lengths, k, v, error, max_cache_length)
 
 
-def _append_fake(cache, lengths, k, v, error, cache_id, max_cache_length):
+def _append_fake(cache, lengths, block_table, k, v, error, cache_id, max_cache_length):
     b = _binding(cache_id)
     check_append(b.meta, k, v)
-    _check_cache_tensors(b, cache, lengths, error)
+    _check_cache_tensors(b, cache, lengths, error, block_table)
 
 
 _lib_def.impl("append", _append_cuda, "CUDA")
@@ -171,7 +182,7 @@ def _attention_checks(b, q, k_chunk, v_chunk, correction, mask, scale, return_ls
 _EMPTY = (0,)
 
 
-def attention_launch(b, cache, lengths, q, k_chunk, v_chunk, correction, mask, scale, return_lse, return_mass,
+def attention_launch(b, cache, lengths, error, q, k_chunk, v_chunk, correction, mask, scale, return_lse, return_mass,
                      max_cache_length, op_outputs=True):
     """Checks and enqueues one attention of cache binding `b` on torch's current stream;
     returns (o, lse, mass). With op_outputs=False an output not asked for is None instead of
@@ -199,27 +210,27 @@ def attention_launch(b, cache, lengths, q, k_chunk, v_chunk, correction, mask, s
         b.attention_buf, 0,
         cache.data_ptr(), lengths.data_ptr(), qp, kp, vp, o.data_ptr(),
         lse.data_ptr() if lse_shape is not None else 0, mass.data_ptr() if mass_shape is not None else 0,
-        _raw_stream(b.device_index), *tail)
+        error.data_ptr(), _raw_stream(b.device_index), *tail)
     s = b.attention_fn(b.handle, b.attention_addr)
     if s != 0:
         raise _lib.KvqError("kvq attention", s)
     return o, lse, mass
 
 
-def _attention_cuda(cache, lengths, q, k_chunk, v_chunk, cache_id, correction, mask, scale, return_lse,
-                    return_mass, max_cache_length):
+def _attention_cuda(cache, lengths, block_table, error, q, k_chunk, v_chunk, cache_id, correction, mask, scale,
+                    return_lse, return_mass, max_cache_length):
     b = _binding(cache_id)
-    _check_cache_tensors(b, cache, lengths)
-    return attention_launch(b, cache, lengths, q, k_chunk, v_chunk, correction, mask, scale, return_lse, return_mass,
-                            max_cache_length)
+    _check_cache_tensors(b, cache, lengths, error, block_table)
+    return attention_launch(b, cache, lengths, error, q, k_chunk, v_chunk, correction, mask, scale, return_lse,
+                            return_mass, max_cache_length)
 
 
-def _attention_fake(cache, lengths, q, k_chunk, v_chunk, cache_id, correction, mask, scale, return_lse,
-                    return_mass, max_cache_length):
+def _attention_fake(cache, lengths, block_table, error, q, k_chunk, v_chunk, cache_id, correction, mask, scale,
+                    return_lse, return_mass, max_cache_length):
     b = _binding(cache_id)
     bsz, nq, hq, _, _, _, _ = check_attention(b.meta, q, k_chunk, v_chunk, _CORRECTION_NAMES.get(correction),
                                               _MASK_NAMES.get(mask), scale)
-    _check_cache_tensors(b, cache, lengths)
+    _check_cache_tensors(b, cache, lengths, error, block_table)
     return _outputs(q, bsz, nq, hq, return_lse, return_mass)
 
 

@@ -6,17 +6,19 @@ import torch.nn.functional as F
 from . import _lib
 
 
-def dequantize_host(handle, shape, host_buffer, host_lengths):
+def dequantize_host(handle, shape, host_buffer, host_lengths, host_tables=None):
     """(keys, values, key_steps) float32 [batch, kv_heads, capacity, head_dim] of a host copy
-    of a cache (uint8 CPU tensor) with host lengths (int32 CPU tensor), through the C ABI's
+    of a cache (uint8 CPU tensor) with host lengths (int32 CPU tensor) and, for a paged cache,
+    host tables (int32 CPU tensor [batch, max_pages_per_entry], contiguous), through the C ABI's
     CPU reference: keys/values as attention sees them (rotated keys rotated back, centered ones
     with μ added), zero past each entry's length; key_steps the step of every quantized key
     element (rotated space for rotated keys), zero elsewhere."""
     keys = torch.zeros(shape, dtype=torch.float32)
     values = torch.zeros(shape, dtype=torch.float32)
     steps = torch.zeros(shape, dtype=torch.float32)
-    s = _lib.lib().kvq_c_dequantize_host(handle, host_buffer.data_ptr(), host_lengths.data_ptr(), keys.data_ptr(),
-                                         values.data_ptr(), steps.data_ptr())
+    tables = None if host_tables is None else host_tables.data_ptr()
+    s = _lib.lib().kvq_c_dequantize_host(handle, host_buffer.data_ptr(), host_lengths.data_ptr(), tables,
+                                         keys.data_ptr(), values.data_ptr(), steps.data_ptr())
     _lib.check("kvq_c_dequantize_host", s)
     return keys, values, steps
 
@@ -26,8 +28,9 @@ def dequantize(cache):
     torch.cuda.synchronize(cache.device)
     host = cache.buffer.cpu()
     lengths = cache.lengths.cpu()
+    tables = None if cache.block_table is None else cache.block_table.cpu().contiguous()
     shape = (cache.batch, cache.kv_heads, cache.capacity, cache.head_dim)
-    keys, values, steps = dequantize_host(cache._binding.handle, shape, host, lengths)
+    keys, values, steps = dequantize_host(cache._binding.handle, shape, host, lengths, tables)
     return keys, values, steps, lengths
 
 

@@ -6,7 +6,8 @@ otherwise, with the reason.
     run_pytest.py [--cpu] [TARGET [pytest args...]]
 
 --cpu runs the host-only tests (test_reference_cpu.py, test_validation_pure.py,
-test_distributed_cpu.py), which need torch and libkvq_c but no CUDA device."""
+test_distributed_cpu.py, test_ops_fake_cpu.py), which need torch and libkvq_c but no CUDA
+device."""
 import os
 import sys
 
@@ -42,7 +43,8 @@ def main():
         skip(str(e))
     if cpu:
         targets = [os.path.join(target, n) for n in
-                   ("test_reference_cpu.py", "test_validation_pure.py", "test_distributed_cpu.py")]
+                   ("test_reference_cpu.py", "test_validation_pure.py", "test_distributed_cpu.py",
+                    "test_ops_fake_cpu.py")]
     else:
         targets = [target]
     sys.exit(pytest.main(["-q", "-rs"] + targets + extra))

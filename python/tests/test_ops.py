@@ -316,9 +316,9 @@ def test_bad_cache_arguments():
 def test_raw_op_rejects_foreign_cache_tensors(cache):
     q = rand(2, 8, 2, 128)
     with pytest.raises(ValueError, match="uint8"):
-        torch.ops.kvq.attention(cache.buffer[:-256], cache.lengths, q, q, q, cache.cache_id, 1, 0, 0.08, False, False, -1)
+        torch.ops.kvq.attention(cache.buffer[:-256], cache.lengths, None, cache.error, q, q, q, cache.cache_id, 1, 0, 0.08, False, False, -1)
     with pytest.raises(ValueError, match="names no live kvq cache"):
-        torch.ops.kvq.attention(cache.buffer, cache.lengths, q, q, q, 10 ** 6, 1, 0, 0.08, False, False, -1)
+        torch.ops.kvq.attention(cache.buffer, cache.lengths, None, cache.error, q, q, q, 10 ** 6, 1, 0, 0.08, False, False, -1)
     assert _untouched(cache)
 
 
@@ -330,7 +330,7 @@ def test_attention_outputs_carry_no_gradient():
     k, v = rand(2, 8, 2, 128), rand(2, 8, 2, 128)
     cache.append(k, v)
     q = rand(2, 8, 2, 128).requires_grad_()
-    outs = torch.ops.kvq.attention(cache.buffer, cache.lengths, q, k, v, cache.cache_id, 1, 0, 1.0 / math.sqrt(128),
+    outs = torch.ops.kvq.attention(cache.buffer, cache.lengths, None, cache.error, q, k, v, cache.cache_id, 1, 0, 1.0 / math.sqrt(128),
                                    True, True, -1)
     outs += cache.attention(q, k, v, return_lse=True, return_mass=True)
     assert all(not t.requires_grad and t.grad_fn is None for t in outs)
@@ -358,12 +358,14 @@ def test_attention_checks_are_remembered_and_alignment_is_not():
     scale = 1.0 / math.sqrt(128)
     cache.attention(q, k, v)
     cache.attention(q, k, v)
-    torch.ops.kvq.attention(cache.buffer, cache.lengths, q, k, v, cache.cache_id, 1, 0, scale, False, False, -1)
+    torch.ops.kvq.attention(cache.buffer, cache.lengths, None, cache.error, q, k, v, cache.cache_id, 1, 0, scale, False,
+                            False, -1)
     assert len(cache._binding.attention_checks) == 1  # the op's key is the method's
     odd = rand(2 * 8 * 2 * 128 + 4).narrow(0, 4, 4096).view(2, 8, 2, 128)
     assert odd.shape == q.shape and odd.stride() == q.stride()
     with pytest.raises(ValueError, match="not 16-byte aligned"):
         cache.attention(odd, k, v)
     with pytest.raises(ValueError, match="not 16-byte aligned"):
-        torch.ops.kvq.attention(cache.buffer, cache.lengths, odd, k, v, cache.cache_id, 1, 0, scale, False, False, -1)
+        torch.ops.kvq.attention(cache.buffer, cache.lengths, None, cache.error, odd, k, v, cache.cache_id, 1, 0, scale,
+                                False, False, -1)
     assert _untouched(cache)

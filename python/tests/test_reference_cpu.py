@@ -37,26 +37,26 @@ def host_handle(bits, gran, group, rot, d, batch, kv_heads, capacity, dtype):
     return h, code
 
 
-def append_host(h, code, buf, lengths, k, v):
+def append_host(h, code, buf, lengths, k, v, tables=None):
     b, n, hk, d = k.shape
     args = ctypes.create_string_buffer(_lib.APPEND_ARGS.size)
     _lib.APPEND_ARGS.pack_into(args, 0, 0, 0, k.data_ptr(), v.data_ptr(), 0, 0, *effective_strides(k),
                                *effective_strides(v), n, -1, code, b, hk, d)
-    _lib.check("append", _lib.lib().kvq_c_quantize_append_host(h, buf.data_ptr(), lengths.data_ptr(), args))
+    _lib.check("append", _lib.lib().kvq_c_quantize_append_host(h, buf.data_ptr(), lengths.data_ptr(), tables, args))
 
 
-def attention_host(h, code, buf, lengths, q, kc, vc, corr, mask, scale):
+def attention_host(h, code, buf, lengths, q, kc, vc, corr, mask, scale, tables=None):
     b, nq, hq, d = q.shape
     nc, hk = kc.shape[1], kc.shape[2]
     args = ctypes.create_string_buffer(_lib.ATTENTION_ARGS.size)
     _lib.ATTENTION_ARGS.pack_into(args, 0, buf.data_ptr(), lengths.data_ptr(), q.data_ptr(), kc.data_ptr(),
-                                  vc.data_ptr(), 0, 0, 0, 0, *effective_strides(q), *effective_strides(kc),
+                                  vc.data_ptr(), 0, 0, 0, 0, 0, *effective_strides(q), *effective_strides(kc),
                                   *effective_strides(vc), 0, 0, 0, nq, nc, -1, scale, _lib.CORRECTIONS[corr],
                                   _lib.MASKS[mask], code, b, hq, hk, d)
     out = torch.zeros(b, nq, hq, d, dtype=torch.float64)
     lse = torch.zeros(b, hq, nq, dtype=torch.float64)
     mass = torch.zeros(b, hq, nq, 3, dtype=torch.float64)
-    _lib.check("attention", _lib.lib().kvq_c_attention_host(h, args, out.data_ptr(), lse.data_ptr(), mass.data_ptr()))
+    _lib.check("attention", _lib.lib().kvq_c_attention_host(h, tables, args, out.data_ptr(), lse.data_ptr(), mass.data_ptr()))
     return out, lse, mass
 
 
@@ -120,3 +120,72 @@ def test_variant_listing_and_status_strings():
     h = ctypes.c_void_p()
     assert _lib.lib().kvq_c_cache_create(ctypes.byref(v), 1, 1, 64, 1, -1, ctypes.byref(h)) == \
         _lib.ERROR_NOT_SUPPORTED
+
+
+PAGED_CASES = [  # (bits, rotation, correction, mask, page tokens)
+    (2, "none", "taylor2", "none", 64),
+    (2, "hadamard", "taylor2", "causal", 32),
+    (4, "none", "none", "none", 64),
+]
+
+
+@pytest.mark.parametrize("case", PAGED_CASES, ids=lambda c: "int%d_%s_%s_%s_pt%d" % c)
+def test_paged_reference_through_permuted_and_shared_pages(case):
+    """A paged host-only handle: appends through permuted tables, entry 1 listing entry 0's first
+    page as a shared prefix; the C reference's attention equals the SDPA reference over the
+    cache dequantized through the same tables, and the pages hold the contiguous cache's codes
+    (same dequantized keys and values)."""
+    bits, rot, corr, mask, pt = case
+    torch.manual_seed(1)
+    batch, hk, hq, d, num_pages, max_pages = 2, 2, 4, 128, 8, 4
+    dtype = torch.bfloat16
+    v = _lib.Variant(bits, 128, _lib.PER_TOKEN, bits, 128, d, _lib.ROTATIONS[rot])
+    tables = torch.tensor([[6, 1, 4, -1], [6, 3, 0, 7]], dtype=torch.int32)  # page 6 shared by both entries
+    h = ctypes.c_void_p()
+    _lib.check("paged create", _lib.lib().kvq_c_paged_cache_create(ctypes.byref(v), batch, hk, pt, num_pages, max_pages,
+                                                                     tables.data_ptr(), max_pages, _lib.BF16, -1,
+                                                                     ctypes.byref(h)))
+    hc, code = host_handle(bits, "per_token", 128, rot, d, batch, hk, max_pages * pt, dtype)
+    try:
+        assert _lib.lib().kvq_c_cache_capacity(h) == max_pages * pt
+        pool = torch.zeros(_lib.lib().kvq_c_cache_bytes(h), dtype=torch.uint8)
+        buf = torch.zeros(_lib.lib().kvq_c_cache_bytes(hc), dtype=torch.uint8)
+        plen = torch.zeros(batch, dtype=torch.int32)
+        clen = torch.zeros(batch, dtype=torch.int32)
+        # The shared prefix: one page of the same tokens for both entries, which both write into
+        # their first column, page 6 (identical codes).
+        prefix = torch.randn(1, pt, 2, hk, d).expand(batch, pt, 2, hk, d).to(dtype)
+        append_host(h, code, pool, plen, prefix[:, :, 0], prefix[:, :, 1], tables.data_ptr())
+        append_host(hc, code, buf, clen, prefix[:, :, 0], prefix[:, :, 1])
+        n = pt + pt // 2  # the next page and half of the one after
+        kv = torch.randn(batch, n, 2, hk, d).to(dtype)
+        # Entry 1's appends must not write page 6 again: it already holds the prefix.
+        append_host(h, code, pool, plen, kv[:, :, 0], kv[:, :, 1], tables.data_ptr())
+        append_host(hc, code, buf, clen, kv[:, :, 0], kv[:, :, 1])
+        assert plen.tolist() == [pt + n] * 2
+        qkv = torch.randn(batch, 16, hq + 2 * hk, d).to(dtype)
+        q, kc, vc = qkv[:, :, :hq], qkv[:, :, hq:hq + hk], qkv[:, :, hq + hk:]
+        scale = d ** -0.5
+        ro, rlse, rmass = attention_host(h, code, pool, plen, q, kc, vc, corr, mask, scale, tables.data_ptr())
+        shape = (batch, hk, max_pages * pt, d)
+        keys, values, steps = testing.dequantize_host(h, shape, pool, plen, tables)
+        ck, cv, cs = testing.dequantize_host(hc, shape, buf, clen)
+        assert torch.equal(keys, ck) and torch.equal(values, cv) and torch.equal(steps, cs)
+        o, lse, mass = testing.sdpa_reference(keys, values, steps, plen, 1, rot != "none", q, kc, vc, corr, mask, scale)
+        assert float((o - ro).abs().max()) <= 1e-5
+        assert float((lse - rlse).abs().max()) <= 1e-5
+        assert float((mass - rmass).abs().max()) <= 1e-6
+        # A table listing a page outside the pool for held tokens is refused by the reference.
+        bad = tables.clone()
+        bad[1, 1] = num_pages
+        with pytest.raises(_lib.KvqError):
+            attention_host(h, code, pool, plen, q, kc, vc, corr, mask, scale, bad.data_ptr())
+    finally:
+        _lib.lib().kvq_c_cache_destroy(h)
+        _lib.lib().kvq_c_cache_destroy(hc)
+
+
+def test_paged_variant_listing():
+    paged = _lib.compiled_variants(paged=True)
+    assert len(paged) == 3 and all(m == {"none", "taylor2"} for _, m in paged)
+    assert {(k["k_bits"], k["rotation"]) for k, _ in paged} == {(2, "none"), (4, "none"), (2, "hadamard")}

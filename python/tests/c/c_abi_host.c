@@ -39,7 +39,7 @@ int main(void) {
   CHECK(strcmp(kvq_c_status_string(KVQ_C_ERROR_NOT_SUPPORTED), "variant not supported") == 0);
   CHECK(strcmp(kvq_c_status_string(99), "unknown status") == 0);
 
-  /* The listing has INT2 PerToken G128 D128 with None, Taylor2 and Taylor4. */
+  /* The listing has INT2 PerToken G128 D128 with None, Taylor2 and Taylor4, paged None and Taylor2. */
   int found = 0;
   for (int32_t i = 0; i < kvq_c_variant_count(); ++i) {
     kvq_c_variant v;
@@ -47,7 +47,7 @@ int main(void) {
     CHECK(kvq_c_variant_get(i, &v, &corr) == KVQ_C_SUCCESS);
     if (v.k_bits == 2 && v.k_group == 128 && v.k_granularity == KVQ_C_PER_TOKEN && v.head_dim == 128 &&
         v.rotation == KVQ_C_ROTATION_NONE)
-      found = corr == 7u;
+      found = corr == (7u | 3u << 8);
   }
   CHECK(found);
   {
@@ -95,17 +95,17 @@ int main(void) {
   a.heads = H;
   a.head_dim = D;
   CHECK(kvq_c_append(c, &a) == KVQ_C_ERROR_INVALID_ARGUMENT); /* host-only handle */
-  CHECK(kvq_c_quantize_append_host(c, cache, lengths, &a) == KVQ_C_SUCCESS);
+  CHECK(kvq_c_quantize_append_host(c, cache, lengths, NULL, &a) == KVQ_C_SUCCESS);
   CHECK(lengths[0] == N);
   a.heads = H + 1;
-  CHECK(kvq_c_quantize_append_host(c, cache, lengths, &a) == KVQ_C_ERROR_INVALID_ARGUMENT);
+  CHECK(kvq_c_quantize_append_host(c, cache, lengths, NULL, &a) == KVQ_C_ERROR_INVALID_ARGUMENT);
 
   /* Dequantized keys are within half a step of the input, per element. */
   const size_t elems = (size_t)B * H * CAP * D;
   float* keys = calloc(elems, sizeof(float));
   float* values = calloc(elems, sizeof(float));
   float* steps = calloc(elems, sizeof(float));
-  CHECK(kvq_c_dequantize_host(c, cache, lengths, keys, values, steps) == KVQ_C_SUCCESS);
+  CHECK(kvq_c_dequantize_host(c, cache, lengths, NULL, keys, values, steps) == KVQ_C_SUCCESS);
   int within = 1;
   for (int h = 0; h < H; ++h)
     for (int t = 0; t < N; ++t)
@@ -141,7 +141,7 @@ int main(void) {
   double* lse = calloc((size_t)B * H * NQ, sizeof(double));
   double* mass = calloc((size_t)B * H * NQ * 3, sizeof(double));
   CHECK(kvq_c_attention(c, &q) == KVQ_C_ERROR_INVALID_ARGUMENT); /* host-only handle */
-  CHECK(kvq_c_attention_host(c, &q, out, lse, mass) == KVQ_C_SUCCESS);
+  CHECK(kvq_c_attention_host(c, NULL, &q, out, lse, mass) == KVQ_C_SUCCESS);
   int sane = 1;
   for (int i = 0; i < B * NQ * H * D; ++i) sane &= fabs(out[i]) <= 1.0 + 1e-9;
   for (int i = 0; i < B * H * NQ; ++i) {
@@ -150,7 +150,7 @@ int main(void) {
   }
   CHECK(sane);
   q.correction = 7;
-  CHECK(kvq_c_attention_host(c, &q, out, lse, mass) == KVQ_C_ERROR_INVALID_ARGUMENT);
+  CHECK(kvq_c_attention_host(c, NULL, &q, out, lse, mass) == KVQ_C_ERROR_INVALID_ARGUMENT);
 
   double rows[2 * D];
   for (int i = 0; i < 2 * D; ++i) rows[i] = i == 0 || i == D + 5 ? 1.0 : 0.0;
@@ -159,6 +159,56 @@ int main(void) {
   for (int i = 0; i < D; ++i) n0 += rows[i] * rows[i];
   CHECK(fabs(n0 - 1.0) < 1e-12 && fabs(fabs(rows[3]) - 1.0 / sqrt((double)D)) < 1e-12); /* orthogonal, spread */
   CHECK(kvq_c_rotate_rows_host(96, rows, 1) == KVQ_C_ERROR_NOT_SUPPORTED);
+
+  /* The paged form on a host-only handle: two entries appended through permuted tables equal
+   * the contiguous cache above token for token; a table column outside the pool is refused. */
+  {
+    enum { PT = 16, NP = 8, MP = 4 };
+    int32_t tables[2][MP] = {{5, 2, 7, -1}, {1, 6, 3, -1}};
+    kvq_c_cache* pc = NULL;
+    CHECK(kvq_c_paged_cache_create(&v, 2, H, 48, NP, MP, &tables[0][0], MP, KVQ_C_BF16, -1, &pc) ==
+          KVQ_C_SUCCESS); /* 48: not a power of two, a multiple of the key group (1 token) */
+    kvq_c_cache_destroy(pc);
+    pc = NULL;
+    CHECK(kvq_c_paged_cache_create(&v, 2, H, PT, NP, MP, &tables[0][0], MP - 1, KVQ_C_BF16, -1, &pc) ==
+          KVQ_C_ERROR_INVALID_ARGUMENT && pc == NULL); /* stride below the columns */
+    CHECK(kvq_c_paged_cache_create(&v, 2, H, PT, NP, MP, NULL, MP, KVQ_C_BF16, -1, &pc) == KVQ_C_ERROR_INVALID_ARGUMENT);
+    CHECK(kvq_c_paged_cache_create(&v, 2, H, PT, NP, MP, &tables[0][0], MP, KVQ_C_BF16, -1, &pc) == KVQ_C_SUCCESS);
+    CHECK(kvq_c_cache_capacity(pc) == PT * MP);
+    const int64_t pbytes = kvq_c_cache_bytes(pc);
+    unsigned char* pool = (unsigned char*)calloc((size_t)pbytes, 1);
+    int32_t plen[2] = {0, 0};
+    kvq_c_append_args pa = a;
+    pa.batch = 2;
+    pa.heads = H;
+    pa.k_stride[0] = 0, pa.v_stride[0] = 0; /* both entries get the same tokens */
+    pa.num_tokens = N;                       /* 40 tokens: pages 0, 1 full, 8 in the third */
+    CHECK(kvq_c_quantize_append_host(pc, pool, plen, NULL, &pa) == KVQ_C_SUCCESS);
+    CHECK(plen[0] == N && plen[1] == N);
+    float* pk = (float*)calloc((size_t)2 * H * PT * MP * D, sizeof(float));
+    float* pv = (float*)calloc((size_t)2 * H * PT * MP * D, sizeof(float));
+    float* ps = (float*)calloc((size_t)2 * H * PT * MP * D, sizeof(float));
+    CHECK(kvq_c_dequantize_host(pc, pool, plen, NULL, pk, pv, ps) == KVQ_C_SUCCESS);
+    int same = 1;
+    for (int e = 0; e < 2; ++e)
+      for (int h = 0; h < H; ++h)
+        for (int t = 0; t < N; ++t)
+          for (int c = 0; c < D; ++c) {
+            const size_t i = (((size_t)e * H + h) * PT * MP + t) * D + c, j = (((size_t)h) * CAP + t) * D + c;
+            same = same && pk[i] == keys[j] && pv[i] == values[j];
+          }
+    CHECK(same);
+    int32_t bad[2][MP] = {{5, 2, NP, -1}, {1, 6, 3, -1}}; /* entry 0's third page outside the pool */
+    CHECK(kvq_c_dequantize_host(pc, pool, plen, &bad[0][0], pk, pv, ps) == KVQ_C_ERROR_INVALID_ARGUMENT);
+    plen[0] = plen[1] = PT * 2;
+    pa.num_tokens = PT; /* the fourth column holds -1 */
+    CHECK(kvq_c_quantize_append_host(pc, pool, plen, NULL, &pa) == KVQ_C_SUCCESS);
+    CHECK(kvq_c_quantize_append_host(pc, pool, plen, NULL, &pa) == KVQ_C_ERROR_INVALID_ARGUMENT);
+    CHECK(plen[0] == 3 * PT && plen[1] == 3 * PT);
+    CHECK(kvq_c_append(pc, &pa) == KVQ_C_ERROR_INVALID_ARGUMENT); /* host-only handle */
+    kvq_c_cache_destroy(pc);
+    free(pool), free(pk), free(pv), free(ps);
+  }
 
   /* Merge of two parts, float32, [batch 1, num_q 2, heads 1, 32]: row 0 weights e^0 and e^1;
    * row 1's part 1 is empty (LSE -inf, its O never read: NaN there must not leak). */
