@@ -27,16 +27,19 @@ def _where(t):
 
 def check_tensor(name, t, meta, heads, tokens=None, what="[batch, tokens, heads, head_dim]"):
     """Checks one [batch, tokens, heads, head_dim] activation against the cache `meta`
-    (batch, head_dim, dtype name, device index). Returns (shape, strides): the 4 sizes and
+    (batch, head_dim, dtype name, device index: -1 for a CPU cache). Returns (shape, strides): the 4 sizes and
     the (batch, token, head) strides, 0 for a dimension of size 1 (never stepped over)."""
     try:
         shape, dev, dt, st = t.shape, t.device, t.dtype, t.stride()
     except (AttributeError, TypeError):
         raise TypeError("kvq: %s must be a torch.Tensor, got %s" % (name, type(t).__name__)) from None
-    if dev.type != "cuda":
+    if meta.device_index < 0:  # a CPU cache (the reference backend)
+        if dev.type != "cpu":
+            raise ValueError("kvq: %s is on %s but the cache is on cpu" % (name, _where(t)))
+    elif dev.type != "cuda":
         raise ValueError("kvq: %s is on %s; kvq runs on CUDA tensors (the cache is on cuda:%d)"
                          % (name, _where(t), meta.device_index))
-    if dev.index is not None and dev.index != meta.device_index:
+    elif dev.index is not None and dev.index != meta.device_index:
         raise ValueError("kvq: %s is on %s but the cache is on cuda:%d" % (name, _where(t), meta.device_index))
     dn = dtype_name(dt)
     if dn != meta.dtype_name:
@@ -124,14 +127,14 @@ def check_merge(o_parts, lse_parts):
     """Checks merge_states(o_parts, lse_parts): o_parts [parts, batch, num_q, heads, head_dim]
     (bfloat16, float16 or float32; unit head_dim stride), lse_parts [parts, batch, heads,
     num_q] float32 with every part dense (as kvq's attention writes LSE), both on one CUDA
-    device. Returns ((parts, batch, num_q, heads, head_dim), the (part, batch, token, head)
+    device (or both on the CPU: the reference backend). Returns ((parts, batch, num_q, heads, head_dim), the (part, batch, token, head)
     strides of o_parts, the part stride of lse_parts), strides 0 along dimensions of size 1."""
     for name, t in (("o_parts", o_parts), ("lse_parts", lse_parts)):
         if not all(hasattr(t, a) for a in ("shape", "dtype", "device", "stride")):
             raise TypeError("kvq: %s must be a torch.Tensor, got %s" % (name, type(t).__name__))
-        if t.device.type != "cuda":
-            raise ValueError("kvq: %s is on %s; merge_states runs on CUDA tensors" % (name, _where(t)))
-    if o_parts.device.index != lse_parts.device.index:
+        if t.device.type not in ("cuda", "cpu"):
+            raise ValueError("kvq: %s is on %s; merge_states runs on CUDA (or CPU) tensors" % (name, _where(t)))
+    if _where(o_parts) != _where(lse_parts):
         raise ValueError("kvq: o_parts is on %s but lse_parts on %s" % (_where(o_parts), _where(lse_parts)))
     if len(o_parts.shape) != 5:
         raise ValueError("kvq: o_parts must be 5-D [parts, batch, num_q, heads, head_dim], got shape %s"

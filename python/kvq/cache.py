@@ -1,5 +1,6 @@
 """KVCache: one attention layer's low-bit KV cache on a CUDA device, with append and fused
 attention through the kvq torch ops."""
+import contextlib
 import ctypes
 import math
 import weakref
@@ -36,8 +37,9 @@ class _Binding:
         self.block_table = block_table
         self.dtype = dtype  # the activations' torch dtype
         self.dtype_code = _DTYPES[dtype]
-        self.device = buffer.device  # torch.device("cuda", meta.device_index)
-        self.device_index = meta.device_index
+        self.device = buffer.device  # torch.device("cuda", meta.device_index), or the CPU
+        self.device_index = meta.device_index  # -1: a CPU cache (host-only handle, the C reference)
+        self.host = meta.device_index < 0
         # Remembered attention argument checks (kvq.ops._attention_checks).
         self.attention_checks = {}
         self.append_buf = ctypes.create_string_buffer(_lib.APPEND_ARGS.size)
@@ -47,6 +49,11 @@ class _Binding:
         self.append_fn = L.kvq_c_append
         self.attention_fn = L.kvq_c_attention
         self.cache_id = -1
+
+
+def _on(device):
+    """torch.cuda.device(device) for a CUDA device; nothing for the CPU."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _free(cache_id, handle):
@@ -86,7 +93,8 @@ class KVCache:
 
     It owns `buffer` (uint8, the packed cache) and `lengths` (int32 [batch], the cached tokens
     of each entry) on `device`. PagedKVCache is the paged form (a page pool and block tables);
-    here `block_table` is None.
+    here `block_table` is None. With device="cpu" the ops run kvq's C reference (float64,
+    slow; an append that does not fit raises instead of flagging the entry).
     """
 
     def __init__(self, batch, kv_heads, capacity, *, head_dim=128, bits=2, key_granularity="per_token",
@@ -102,10 +110,13 @@ class KVCache:
         """Checks the arguments, creates the C handle (contiguous: `capacity`; paged: `paged` =
         (num_pages, page_tokens, max_pages_per_entry)) and the cache's tensors, plans."""
         device = torch.device(device)
-        if device.type != "cuda":
-            raise ValueError("kvq: %s needs a CUDA device, got %s" % (type(self).__name__, device))
-        if device.index is None:
+        if device.type not in ("cuda", "cpu"):
+            raise ValueError("kvq: %s runs on a CUDA device (or on the CPU reference), got %s"
+                             % (type(self).__name__, device))
+        if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
+        host = device.type == "cpu"
+        index = -1 if host else device.index
         if dtype not in _DTYPES:
             raise TypeError("kvq: dtype must be torch.bfloat16 or torch.float16, got %s" % (dtype,))
         if rotation not in _lib.ROTATIONS:
@@ -127,9 +138,9 @@ class KVCache:
         handle = ctypes.c_void_p()
         block_table = None
         # The plans query the device: make it current while they are made.
-        with torch.cuda.device(device):
+        with _on(device):
             if paged is None:
-                s = L.kvq_c_cache_create(ctypes.byref(v), batch, kv_heads, capacity, _DTYPES[dtype], device.index,
+                s = L.kvq_c_cache_create(ctypes.byref(v), batch, kv_heads, capacity, _DTYPES[dtype], index,
                                          ctypes.byref(handle))
                 hint = ("capacity must be a multiple of the key group (%d tokens)" % keys["k_group"]
                         if s == _lib.ERROR_INVALID_ARGUMENT and key_granularity == "per_channel" else "")
@@ -139,7 +150,7 @@ class KVCache:
                 # has not assigned leaves its entry untouched and flags it.
                 block_table = torch.full((batch, max_pages), -1, dtype=torch.int32, device=device)
                 s = L.kvq_c_paged_cache_create(ctypes.byref(v), batch, kv_heads, page_tokens, num_pages, max_pages,
-                                               block_table.data_ptr(), max_pages, _DTYPES[dtype], device.index,
+                                               block_table.data_ptr(), max_pages, _DTYPES[dtype], index,
                                                ctypes.byref(handle))
                 hint = ("page_tokens must be a multiple of 64 (or of 32 on sm_90) and of the key group"
                         if s in (_lib.ERROR_INVALID_ARGUMENT, _lib.ERROR_NOT_SUPPORTED) else "")
@@ -162,7 +173,8 @@ class KVCache:
         self.device = device
         nbytes = L.kvq_c_cache_bytes(handle)
         self.meta = CacheMeta(batch=batch, kv_heads=kv_heads, head_dim=head_dim, capacity=capacity,
-                              dtype_name=str(dtype).replace("torch.", ""), device_index=device.index,
+                              dtype_name=str(dtype).replace("torch.", ""),
+                              device_index=-1 if device.type == "cpu" else device.index,
                               corrections=self.corrections, nbytes=nbytes,
                               key_tokens_per_group=L.kvq_c_cache_key_tokens_per_group(handle))
         self.buffer = torch.zeros(nbytes, dtype=torch.uint8, device=device)
@@ -216,6 +228,8 @@ class KVCache:
             for m in masks:
                 if c not in self.corrections:
                     raise ValueError("kvq: correction %r is not compiled for this variant" % (c,))
+                if self.device.type == "cpu":
+                    continue  # the CPU reference has no plan
                 with torch.cuda.device(self.device):
                     s = L.kvq_c_prepare_attention(self._binding.handle, _lib.CORRECTIONS[c], _lib.MASKS[m],
                                                   q_heads or self.kv_heads)

@@ -105,8 +105,11 @@ def _check_cache_tensors(b, cache, lengths, error, block_table):
 # ---- append --------------------------------------------------------------------------
 
 def append_launch(b, cache, lengths, k, v, error, max_cache_length):
-    """Checks and enqueues one append of cache binding `b` on torch's current stream."""
+    """Checks and enqueues one append of cache binding `b` on torch's current stream (a CPU
+    cache: runs the C reference)."""
     n, ks, vs = check_append(b.meta, k, v)
+    if b.host:
+        return _host_append(b, cache, lengths, k, v, error, n, ks, vs, max_cache_length)
     _lib.APPEND_ARGS.pack_into(
         b.append_buf, 0, cache.data_ptr(), lengths.data_ptr(), k.data_ptr(), v.data_ptr(), error.data_ptr(),
         _raw_stream(b.meta.device_index), ks[0], ks[1], ks[2], vs[0], vs[1], vs[2], n, max_cache_length,
@@ -114,6 +117,28 @@ def append_launch(b, cache, lengths, k, v, error, max_cache_length):
     s = b.append_fn(b.handle, b.append_addr)
     if s != 0:
         raise _lib.KvqError("kvq append", s)
+
+
+def _host_append(b, cache, lengths, k, v, error, n, ks, vs, max_cache_length):
+    """The CPU reference's append (kvq_c_quantize_append_host). Where an entry does not fit
+    (capacity, a negative length, or a table column outside the pool), the GPU leaves that
+    entry and appends the others; the reference refuses the call: the error bits are set for
+    the entries concerned and KvqError is raised, nothing appended."""
+    args = _lib.APPEND_ARGS.pack(
+        0, 0, k.data_ptr(), v.data_ptr(), 0, 0, ks[0], ks[1], ks[2], vs[0], vs[1], vs[2], n, max_cache_length,
+        b.dtype_code, b.meta.batch, b.meta.kv_heads, b.meta.head_dim)
+    tables = b.block_table
+    s = _lib.lib().kvq_c_quantize_append_host(b.handle, cache.data_ptr(), lengths.data_ptr(),
+                                               None if tables is None else tables.data_ptr(), args)
+    if s != 0:
+        bits = 0
+        for length in lengths.tolist():
+            if length < 0:
+                bits |= _lib.APPEND_ERROR_NEGATIVE_LENGTH
+            elif length + n > b.meta.capacity:
+                bits |= _lib.APPEND_ERROR_CAPACITY
+        error.bitwise_or_(bits or _lib.APPEND_ERROR_PAGE)
+        raise _lib.KvqError("kvq append (CPU reference)", s, "no entry was appended")
 
 
 def _append_cuda(cache, lengths, block_table, k, v, error, cache_id, max_cache_length):
@@ -129,6 +154,7 @@ def _append_fake(cache, lengths, block_table, k, v, error, cache_id, max_cache_l
 
 
 _lib_def.impl("append", _append_cuda, "CUDA")
+_lib_def.impl("append", _append_cuda, "CPU")
 torch.library.register_fake("kvq::append", _append_fake, lib=_lib_def)
 
 
@@ -189,6 +215,9 @@ def attention_launch(b, cache, lengths, error, q, k_chunk, v_chunk, correction, 
     an empty tensor (the op's schema needs tensors)."""
     o_shape, lse_shape, mass_shape, tail = _attention_checks(b, q, k_chunk, v_chunk, correction, mask, scale,
                                                              return_lse, return_mass, max_cache_length)
+    if b.host:
+        return _host_attention(b, cache, lengths, q, k_chunk, v_chunk, o_shape, lse_shape, mass_shape, tail,
+                               op_outputs)
     qp, kp, vp = q.data_ptr(), k_chunk.data_ptr(), v_chunk.data_ptr()
     if (qp | kp | vp) & 15:
         check_alignment("q", q)
@@ -217,6 +246,26 @@ def attention_launch(b, cache, lengths, error, q, k_chunk, v_chunk, correction, 
     return o, lse, mass
 
 
+def _host_attention(b, cache, lengths, q, k_chunk, v_chunk, o_shape, lse_shape, mass_shape, tail, op_outputs):
+    """The CPU reference's attention (kvq_c_attention_host, float64), cast to the outputs'
+    dtypes. A table column outside the pool for held tokens raises KvqError."""
+    out = torch.empty(o_shape, dtype=torch.float64)
+    lse = torch.empty(lse_shape if lse_shape is not None else o_shape[:1] + (o_shape[2], o_shape[1]),
+                      dtype=torch.float64)
+    mass = torch.empty(mass_shape, dtype=torch.float64) if mass_shape is not None else None
+    args = _lib.ATTENTION_ARGS.pack(cache.data_ptr(), lengths.data_ptr(), q.data_ptr(), k_chunk.data_ptr(),
+                                    v_chunk.data_ptr(), 0, 0, 0, 0, 0, *tail)
+    tables = b.block_table
+    s = _lib.lib().kvq_c_attention_host(b.handle, None if tables is None else tables.data_ptr(), args,
+                                         out.data_ptr(), lse.data_ptr(), None if mass is None else mass.data_ptr())
+    if s != 0:
+        raise _lib.KvqError("kvq attention (CPU reference)", s)
+    o = out.to(b.dtype)
+    lse = lse.float() if lse_shape is not None else (torch.empty(_EMPTY) if op_outputs else None)
+    mass = mass.float() if mass is not None else (torch.empty(_EMPTY) if op_outputs else None)
+    return o, lse, mass
+
+
 def _attention_cuda(cache, lengths, block_table, error, q, k_chunk, v_chunk, cache_id, correction, mask, scale,
                     return_lse, return_mass, max_cache_length):
     b = _binding(cache_id)
@@ -235,6 +284,7 @@ def _attention_fake(cache, lengths, block_table, error, q, k_chunk, v_chunk, cac
 
 
 _lib_def.impl("attention", _attention_cuda, "CUDA")
+_lib_def.impl("attention", _attention_cuda, "CPU")
 torch.library.register_fake("kvq::attention", _attention_fake, lib=_lib_def)
 
 
@@ -267,8 +317,21 @@ def merge_launch(o_parts, lse_parts, return_lse):
         raise ValueError("kvq: o_parts or lse_parts is not aligned to its element size")
     o, lse = _merge_outputs(o_parts, shape, return_lse)
     p, b, n, h, d = shape
-    dev = o_parts.device.index
     code = _MERGE_DTYPE_CODES[dtype_name(o_parts.dtype)]
+    if o_parts.device.type == "cpu":  # the C reference, float64
+        args = _lib.MERGE_ARGS.pack(
+            o_parts.data_ptr(), lse_parts.data_ptr(), 0, 0, 0, o_st[1], o_st[2], o_st[3], 0, 0, 0, o_st[0],
+            lse_part_stride, n, p, b, h, d, code, code, 0, 0)
+        out = torch.empty((b, n, h, d), dtype=torch.float64)
+        out_lse = torch.empty((b, h, n), dtype=torch.float64)
+        s = _lib.lib().kvq_c_merge_states_host(args, out.data_ptr(), out_lse.data_ptr())
+        if s != 0:
+            raise _lib.KvqError("kvq merge_states (CPU reference)", s)
+        o.copy_(out)
+        if return_lse:
+            lse.copy_(out_lse)
+        return o, lse
+    dev = o_parts.device.index
     args = _lib.MERGE_ARGS.pack(
         o_parts.data_ptr(), lse_parts.data_ptr(), o.data_ptr(), lse.data_ptr() if return_lse else 0, _raw_stream(dev),
         o_st[1], o_st[2], o_st[3], n * h * d if b > 1 else 0, h * d if n > 1 else 0, d if h > 1 else 0,
@@ -289,6 +352,7 @@ def _merge_fake(o_parts, lse_parts, return_lse):
 
 
 _lib_def.impl("merge_states", _merge_cuda, "CUDA")
+_lib_def.impl("merge_states", _merge_cuda, "CPU")
 torch.library.register_fake("kvq::merge_states", _merge_fake, lib=_lib_def)
 _lib_def.impl("merge_states", torch.library.fallthrough_kernel, "Autograd")
 

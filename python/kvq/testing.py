@@ -25,7 +25,8 @@ def dequantize_host(handle, shape, host_buffer, host_lengths, host_tables=None):
 
 def dequantize(cache):
     """(keys, values, key_steps, lengths) of a KVCache, on the CPU (see dequantize_host)."""
-    torch.cuda.synchronize(cache.device)
+    if cache.device.type == "cuda":
+        torch.cuda.synchronize(cache.device)
     host = cache.buffer.cpu()
     lengths = cache.lengths.cpu()
     tables = None if cache.block_table is None else cache.block_table.cpu().contiguous()

@@ -6,8 +6,8 @@ otherwise, with the reason.
     run_pytest.py [--cpu] [TARGET [pytest args...]]
 
 --cpu runs the host-only tests (test_reference_cpu.py, test_validation_pure.py,
-test_distributed_cpu.py, test_ops_fake_cpu.py), which need torch and libkvq_c but no CUDA
-device."""
+test_distributed_cpu.py, test_ops_fake_cpu.py, test_cpu_backend.py), which need torch and
+libkvq_c but no CUDA device."""
 import os
 import sys
 
@@ -44,7 +44,7 @@ def main():
     if cpu:
         targets = [os.path.join(target, n) for n in
                    ("test_reference_cpu.py", "test_validation_pure.py", "test_distributed_cpu.py",
-                    "test_ops_fake_cpu.py")]
+                    "test_ops_fake_cpu.py", "test_cpu_backend.py")]
     else:
         targets = [target]
     sys.exit(pytest.main(["-q", "-rs"] + targets + extra))

@@ -63,6 +63,15 @@ class AttentionChecks(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "q is on cpu"):
             self.check(q=T((2, 16, 8, 128), device=("cpu",)))
 
+    def test_cpu_cache(self):
+        cpu = Meta()
+        cpu.device_index = -1
+        self.assertEqual(V.check_attention(cpu, T((2, 16, 8, 128), device=("cpu",)), T((2, 16, 4, 128), device=("cpu",)),
+                                           T((2, 16, 4, 128), device=("cpu",)), "taylor2", "none", 0.08)[:4],
+                         (2, 16, 8, 16))
+        with self.assertRaisesRegex(ValueError, "q is on cuda:0 but the cache is on cpu"):
+            V.check_attention(cpu, ok_q(), ok_kv(), ok_kv(), "taylor2", "none", 0.08)
+
     def test_other_device(self):
         with self.assertRaisesRegex(ValueError, "cuda:1 but the cache is on cuda:0"):
             self.check(k=T((2, 16, 4, 128), device=("cuda", 1)))
@@ -156,8 +165,10 @@ class MergeChecks(unittest.TestCase):
     def test_errors(self):
         with self.assertRaisesRegex(ValueError, "5-D"):
             V.check_merge(T((2, 5, 4, 64)), self.lse())
-        with self.assertRaisesRegex(ValueError, "o_parts is on cpu"):
+        with self.assertRaisesRegex(ValueError, "o_parts is on cpu but lse_parts on cuda:0"):
             V.check_merge(self.o(device=("cpu",)), self.lse())
+        with self.assertRaisesRegex(ValueError, "o_parts is on meta"):
+            V.check_merge(self.o(device=("meta",)), self.lse(device=("meta",)))
         with self.assertRaisesRegex(ValueError, "o_parts is on cuda:0 but lse_parts on cuda:1"):
             V.check_merge(self.o(), self.lse(device=("cuda", 1)))
         with self.assertRaisesRegex(TypeError, "o_parts has dtype int8"):
