@@ -4,7 +4,8 @@
 # PyTorch cross-check, the demo, the CUDA consumer projects, and the Google Benchmark shared library) and packs them into
 # one archive, build-carry/stage.tar.xz, to copy to the GPU machine.
 #
-#   [KVQ_STAGE_ONLY="test_paged bench_attention ..."] scripts/device_build.sh
+#   [KVQ_STAGE_ONLY="test_paged bench_attention libkvq_c.so libkvq_torch.so ..."] \
+#     [KVQ_TORCH_PYTHON=<python3 with torch>] scripts/device_build.sh
 #                               # then, on the GPU machine, in a copy of the tree that holds
 #                               # build-carry/: OUT=<dir> scripts/device_check.sh [full|quick]
 set -euo pipefail
@@ -13,9 +14,12 @@ build=${KVQ_BUILD_DIR:-$root/build-device}
 stage=$root/build-stage
 "$root/scripts/install_deps.sh"
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVQ_CUDA_ARCHITECTURES=90a \
-  -DKVQ_BUILD_TESTS=ON -DKVQ_BUILD_BENCHMARKS=ON -DKVQ_BUILD_EXAMPLES=ON >/dev/null
+  -DKVQ_BUILD_TESTS=ON -DKVQ_BUILD_BENCHMARKS=ON -DKVQ_BUILD_EXAMPLES=ON \
+  ${KVQ_TORCH_PYTHON:+-DKVQ_TORCH_PYTHON=$KVQ_TORCH_PYTHON} >/dev/null
 if [ -n "${KVQ_STAGE_ONLY:-}" ]; then  # build only the programs to stage
-  targets=$(for n in $KVQ_STAGE_ONLY; do [ "$n" = libkvq_c.so ] && echo kvq_c || echo "$n"; done)
+  targets=$(for n in $KVQ_STAGE_ONLY; do
+    case $n in libkvq_c.so) echo kvq_c ;; libkvq_torch.so) echo kvq_torch ;; *) echo "$n" ;; esac
+  done)
   cmake --build "$build" -j "$(nproc)" --target $targets
 else
   cmake --build "$build" -j "$(nproc)"
@@ -32,6 +36,9 @@ for way in subdirectory package; do
 done
 cp -L /lib/x86_64-linux-gnu/libbenchmark.so.1debian "$stage"/
 [ -f "$build/python/libkvq_c.so" ] && cp "$build/python/libkvq_c.so" "$stage"/
+# libkvq_torch (the ops' C++ kernels): built where the configure found a python3 with torch
+# (KVQ_TORCH_PYTHON=<python> names one); the package loads it from libkvq_c's directory.
+[ -f "$build/python/libkvq_torch.so" ] && cp "$build/python/libkvq_torch.so" "$stage"/
 strip --strip-debug "$stage"/test_* "$stage"/bench_* "$stage"/attention_dump "$stage"/chunked_video_demo "$stage"/libkvq_c.so 2>/dev/null || true
 # KVQ_STAGE_ONLY="name ...": stage only these programs (and libbenchmark): every program
 # together is larger than a device call carries (64 MiB with the tree, ~84 MiB as .tar.xz).

@@ -38,3 +38,12 @@ fi
 echo "== benchmark"
 timeout 300 python3 "$root/python/benchmarks/bench_ops.py" ${BENCH_ATTENTION:+--cpp-bench "$BENCH_ATTENTION"} 2>&1 \
   | tee "$out/bench_ops.log" | tail -25
+if [ -f "$(dirname "$KVQ_LIBRARY")/libkvq_torch.so" ]; then
+  # The same with the ops' Python kernels (libkvq_torch left out), for the host-time comparison,
+  # and the tests on that path.
+  echo "== benchmark, Python kernels"
+  KVQ_TORCH_OPS=0 timeout 300 python3 "$root/python/benchmarks/bench_ops.py" 2>&1 | tee "$out/bench_ops_python.log" | tail -12
+  echo "== pytest, Python kernels"
+  KVQ_TORCH_OPS=0 timeout 300 python3 "$root/python/tests/run_pytest.py" "$root/python/tests" --tb=short -q 2>&1 \
+    | tee "$out/pytest_python_kernels.log" | tail -5
+fi

@@ -3,10 +3,12 @@
 
 Host time: the GPU is kept busy (torch.cuda._sleep) while `--calls` calls are enqueued, so
 the wall time per call is the host's alone; reported for the layers of the call:
-  KVCache.attention        the user-facing method in eager mode (argument defaults, checks,
-                           output allocation, one C call; no dispatcher)
+  KVCache.attention        the user-facing method in eager mode (argument defaults, then the
+                           op, or with the Python kernels their checks, allocation and C call
+                           without the dispatcher)
   torch.ops.kvq.attention  the registered op through torch's dispatcher (what torch.compile
-                           graphs call)
+                           graphs call): libkvq_torch's C++ kernel where it is loaded, else
+                           the Python kernel (KVQ_TORCH_OPS=0 forces the latter)
   C ABI call               packing the argument struct and the ctypes call (outputs preallocated)
 
 GPU time: CUDA events around one call, after a short sleep kernel that hides the host time
@@ -123,6 +125,7 @@ def main():
         ("C ABI call", c_abi),
     ]
     print("device: %s, torch %s, libkvq_c: %s" % (torch.cuda.get_device_name(), torch.__version__, _lib.library_path()))
+    print("op kernels: %s" % ("C++ (libkvq_torch)" if ops.CPP is not None else "Python (KVQ_TORCH_OPS=0 or no libkvq_torch)"))
     print("shape: batch 1, Nq %d, chunk %d, cache %d, %d heads, D %d, INT2 PerToken G128, Taylor2, bf16"
           % (a.nq, a.nq, a.cache, h, d))
     print("\nhost time per call (GPU busy; %d calls x %d rounds):" % (a.calls, a.rounds))

@@ -122,7 +122,7 @@ def lib():
         raise ImportError(_load_error)
     path = library_path()
     if path is None:
-        _load_error = ("libkvq_c not found: build it (cmake --build BUILD --target kvq_c) and set "
+        _load_error = ("libkvq_c not found: build it (cmake --build BUILD --target kvq_python) and set "
                        "KVQ_LIBRARY=BUILD/python/libkvq_c.so, or configure with -DKVQ_PYTHON_INPLACE=ON "
                        "before `pip install ./python`")
         raise ImportError(_load_error)

@@ -240,10 +240,8 @@ class KVCache:
         """Quantizes k and v ([batch, tokens, kv_heads, head_dim]) and appends them to every entry,
         on torch's current stream. An entry that would overflow the capacity is left as it is
         and flagged in `error` (see check_errors)."""
-        if ops.direct_call_ok(k):
-            ops.append_launch(self._binding, self.buffer, self.lengths, k, v, self.error, -1)
-        else:
-            ops.append_op(self.buffer, self.lengths, self._block_table, k, v, self.error, self.cache_id, -1)
+        ops.run(lambda: ops.append_op(self.buffer, self.lengths, self._block_table, k, v, self.error, self.cache_id, -1),
+                lambda: ops.append_launch(self._binding, self.buffer, self.lengths, k, v, self.error, -1), k)
 
     def attention(self, q, k_chunk=None, v_chunk=None, *, correction=None, mask="none", scale=None,
                   return_lse=False, return_mass=False):
@@ -263,14 +261,13 @@ class KVCache:
         if mask not in _lib.MASKS:
             raise ValueError("kvq: mask must be 'none' or 'causal', got %r" % (mask,))
         s = 1.0 / math.sqrt(self.head_dim) if scale is None else float(scale)
-        if ops.direct_call_ok(q):
-            o, lse, mass = ops.attention_launch(self._binding, self.buffer, self.lengths, self.error, q, k_chunk, v_chunk,
-                                                _lib.CORRECTIONS[c], _lib.MASKS[mask], s, return_lse, return_mass, -1,
-                                                op_outputs=False)
-        else:
-            o, lse, mass = ops.attention_op(self.buffer, self.lengths, self._block_table, self.error, q, k_chunk,
-                                            v_chunk, self.cache_id,
-                                            _lib.CORRECTIONS[c], _lib.MASKS[mask], s, return_lse, return_mass, -1)
+        cm = (_lib.CORRECTIONS[c], _lib.MASKS[mask], s, return_lse, return_mass, -1)
+        o, lse, mass = ops.run(
+            lambda: ops.attention_op(self.buffer, self.lengths, self._block_table, self.error, q, k_chunk, v_chunk,
+                                     self.cache_id, *cm),
+            lambda: ops.attention_launch(self._binding, self.buffer, self.lengths, self.error, q, k_chunk, v_chunk, *cm,
+                                         op_outputs=False),
+            q)
         if not return_lse and not return_mass:
             return o
         return (o,) + ((lse,) if return_lse else ()) + ((mass,) if return_mass else ())

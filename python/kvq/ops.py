@@ -22,6 +22,10 @@ The ops identify their cache by a small integer (``cache_id``) that indexes the 
 of live caches (kvq.cache.KVCache registers itself); the cache tensors travel as
 arguments so that torch sees every read and write.
 """
+import ctypes
+import os
+import warnings
+
 import torch
 
 from . import _lib
@@ -61,6 +65,46 @@ _lib_def.define(
     "Tensor v_chunk, int cache_id, int correction, int mask, float scale, bool return_lse, bool return_mass, "
     "int max_cache_length) -> (Tensor, Tensor, Tensor)")
 _lib_def.define("merge_states(Tensor o_parts, Tensor lse_parts, bool return_lse) -> (Tensor, Tensor)")
+
+
+def _load_cpp_kernels():
+    """libkvq_torch (csrc/torch_ops.cpp: the ops' kernels in C++ over torch's stable ABI), looked
+    for at $KVQ_TORCH_LIBRARY or next to libkvq_c; None where it is absent, does not load into
+    this torch, or KVQ_TORCH_OPS=0. Its kernels are registered for the CUDA and CPU keys; the
+    Python kernels below are registered instead where it is None."""
+    if os.environ.get("KVQ_TORCH_OPS", "1") == "0":
+        return None
+    path = os.environ.get("KVQ_TORCH_LIBRARY")
+    if not path:
+        c_path = _lib.library_path()
+        path = os.path.join(os.path.dirname(c_path), "libkvq_torch.so") if c_path else None
+    if not path or not os.path.isfile(path):
+        return None
+    try:
+        L = _lib.lib()
+        cpp = ctypes.CDLL(path)
+        if cpp.kvq_torch_abi_version() != 1000 + _lib.ABI_VERSION:
+            return None
+        fns = [ctypes.cast(getattr(L, n), ctypes.c_void_p) for n in (
+            "kvq_c_append", "kvq_c_attention", "kvq_c_merge_states", "kvq_c_quantize_append_host",
+            "kvq_c_attention_host", "kvq_c_merge_states_host", "kvq_c_status_string", "kvq_c_last_cuda_error_string")]
+        cpp.kvq_torch_set_functions.argtypes = [ctypes.c_void_p] * 8
+        if cpp.kvq_torch_set_functions(*fns) != 0:
+            return None
+        torch.ops.load_library(path)  # registers the kernels
+    except (ImportError, OSError, AttributeError, RuntimeError) as e:
+        warnings.warn("kvq: libkvq_torch at %s not used (%s); the ops run their Python kernels" % (path, e))
+        return None
+    i32, i64 = ctypes.c_int32, ctypes.c_int64
+    cpp.kvq_torch_bind.argtypes = [i64, ctypes.c_void_p, i32, i32, i32, i32, i64, i64, i32, ctypes.c_uint32, i32]
+    cpp.kvq_torch_bind.restype = i32
+    cpp.kvq_torch_unbind.argtypes = [i64]
+    cpp.kvq_torch_unbind.restype = None
+    return cpp
+
+
+# The loaded libkvq_torch (ctypes handle), or None: the ops' kernels are then the Python ones.
+CPP = _load_cpp_kernels()
 
 
 def _binding(cache_id):
@@ -153,8 +197,9 @@ def _append_fake(cache, lengths, block_table, k, v, error, cache_id, max_cache_l
     _check_cache_tensors(b, cache, lengths, error, block_table)
 
 
-_lib_def.impl("append", _append_cuda, "CUDA")
-_lib_def.impl("append", _append_cuda, "CPU")
+if CPP is None:
+    _lib_def.impl("append", _append_cuda, "CUDA")
+    _lib_def.impl("append", _append_cuda, "CPU")
 torch.library.register_fake("kvq::append", _append_fake, lib=_lib_def)
 
 
@@ -249,6 +294,10 @@ def attention_launch(b, cache, lengths, error, q, k_chunk, v_chunk, correction, 
 def _host_attention(b, cache, lengths, q, k_chunk, v_chunk, o_shape, lse_shape, mass_shape, tail, op_outputs):
     """The CPU reference's attention (kvq_c_attention_host, float64), cast to the outputs'
     dtypes. A table column outside the pool for held tokens raises KvqError."""
+    if o_shape[1] == 0:  # no query row: nothing to compute (the reference takes none)
+        return (torch.empty(o_shape, dtype=b.dtype),
+                torch.empty(lse_shape, dtype=torch.float32) if lse_shape else (torch.empty(_EMPTY) if op_outputs else None),
+                torch.empty(mass_shape, dtype=torch.float32) if mass_shape else (torch.empty(_EMPTY) if op_outputs else None))
     out = torch.empty(o_shape, dtype=torch.float64)
     lse = torch.empty(lse_shape if lse_shape is not None else o_shape[:1] + (o_shape[2], o_shape[1]),
                       dtype=torch.float64)
@@ -283,8 +332,9 @@ def _attention_fake(cache, lengths, block_table, error, q, k_chunk, v_chunk, cac
     return _outputs(q, bsz, nq, hq, return_lse, return_mass)
 
 
-_lib_def.impl("attention", _attention_cuda, "CUDA")
-_lib_def.impl("attention", _attention_cuda, "CPU")
+if CPP is None:
+    _lib_def.impl("attention", _attention_cuda, "CUDA")
+    _lib_def.impl("attention", _attention_cuda, "CPU")
 torch.library.register_fake("kvq::attention", _attention_fake, lib=_lib_def)
 
 
@@ -351,8 +401,9 @@ def _merge_fake(o_parts, lse_parts, return_lse):
     return _merge_outputs(o_parts, shape, return_lse)
 
 
-_lib_def.impl("merge_states", _merge_cuda, "CUDA")
-_lib_def.impl("merge_states", _merge_cuda, "CPU")
+if CPP is None:
+    _lib_def.impl("merge_states", _merge_cuda, "CUDA")
+    _lib_def.impl("merge_states", _merge_cuda, "CPU")
 torch.library.register_fake("kvq::merge_states", _merge_fake, lib=_lib_def)
 _lib_def.impl("merge_states", torch.library.fallthrough_kernel, "Autograd")
 
@@ -364,14 +415,42 @@ merge_states_op = torch.ops.kvq.merge_states.default
 
 
 def register(binding):
-    """Adds a cache binding to the registry; returns its cache_id."""
+    """Adds a cache binding to the registry (and libkvq_torch's); returns its cache_id."""
     _REGISTRY.append(binding)
-    return len(_REGISTRY) - 1
+    cache_id = len(_REGISTRY) - 1
+    if CPP is not None:
+        m = binding.meta
+        bits = sum(1 << _lib.CORRECTIONS[c] for c in m.corrections)
+        table = binding.block_table
+        s = CPP.kvq_torch_bind(cache_id, binding.handle, m.device_index, m.batch, m.kv_heads, m.head_dim,
+                               m.capacity, m.nbytes, binding.dtype_code, bits,
+                               0 if table is None else table.shape[1])
+        if s != 0:
+            _REGISTRY[cache_id] = None
+            raise _lib.KvqError("kvq_torch_bind", s)
+    return cache_id
 
 
 def unregister(cache_id):
     if 0 <= cache_id < len(_REGISTRY):
         _REGISTRY[cache_id] = None
+        if CPP is not None:
+            CPP.kvq_torch_unbind(cache_id)
+
+
+def run(op_call, python_call, t):
+    """A KVCache method's or merge_states' call: with libkvq_torch, the op (its C++ kernel, or
+    the fake one under tracing); where that refuses in eager mode, the Python kernel, which
+    raises the typed error (TypeError, ValueError or KvqError). Without libkvq_torch, the
+    Python kernel directly in eager mode (direct_call_ok), else the op."""
+    if CPP is None:
+        return python_call() if direct_call_ok(t) else op_call()
+    try:
+        return op_call()
+    except (ValueError, RuntimeError):
+        if not direct_call_ok(t):
+            raise
+        return python_call()
 
 
 def direct_call_ok(t):

@@ -29,8 +29,7 @@ def merge_states(o_parts, lse_parts, *, return_lse=True):
         o_parts = torch.stack(list(o_parts))
     if isinstance(lse_parts, (list, tuple)):
         lse_parts = torch.stack(list(lse_parts))
-    if ops.direct_call_ok(o_parts) and type(lse_parts) is torch.Tensor:
-        o, lse = ops.merge_launch(o_parts, lse_parts, return_lse)
-    else:
-        o, lse = ops.merge_states_op(o_parts, lse_parts, return_lse)
+    o, lse = ops.run(lambda: ops.merge_states_op(o_parts, lse_parts, return_lse),
+                     lambda: ops.merge_launch(o_parts, lse_parts, return_lse),
+                     o_parts if type(lse_parts) is torch.Tensor else lse_parts)
     return (o, lse) if return_lse else o

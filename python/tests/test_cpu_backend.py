@@ -142,3 +142,31 @@ def test_distributed_over_cpu_caches_equals_one_cache(mode):
     while not errors.empty():
         found.append(errors.get())
     assert not found, "\n".join(found)
+
+
+def test_op_kernel_equals_the_python_kernel_and_refuses_alike():
+    """The registered kernel of the ops (libkvq_torch's C++ one where it is loaded, else the
+    Python one) against the Python kernel called directly: equal outputs, and the same
+    refusals (ValueError naming the argument)."""
+    from kvq import ops
+    c = kvq.KVCache(2, 2, 128, device=CPU, q_heads=4, rotation="hadamard")
+    c.append(rand(2, 48, 2, 128, scale=2.0, seed=20), rand(2, 48, 2, 128, seed=21))
+    q, k, v = rand(2, 16, 4, 128, seed=22), rand(2, 16, 2, 128, seed=23), rand(2, 16, 2, 128, seed=24)
+    args = (c.buffer, c.lengths, None, c.error, q, k, v, c.cache_id, 1, 1, 0.08, True, True, -1)
+    a = torch.ops.kvq.attention(*args)
+    p = ops._attention_cuda(*args)
+    assert all(torch.equal(x, y) for x, y in zip(a, p))
+    for bad, match in ((q[:, :, :3], "not a multiple of the cache's 2 kv heads"),
+                       (q.float(), "dtype"),
+                       (q[..., :64], "head_dim 64")):
+        for f in (torch.ops.kvq.attention, ops._attention_cuda):
+            with pytest.raises((ValueError, TypeError), match=match):
+                f(c.buffer, c.lengths, None, c.error, bad, k, v, c.cache_id, 1, 1, 0.08, True, True, -1)
+    for f in (torch.ops.kvq.attention, ops._attention_cuda):
+        with pytest.raises(ValueError, match="block_table must be None"):
+            f(c.buffer, c.lengths, torch.zeros(2, 4, dtype=torch.int32), c.error, q, k, v, c.cache_id, 1, 1, 0.08,
+              True, True, -1)
+    o_parts, lse_parts = torch.randn(3, 2, 5, 4, 64), torch.randn(3, 2, 4, 5)
+    m = torch.ops.kvq.merge_states(o_parts, lse_parts, True)
+    mp_ = ops._merge_cuda(o_parts, lse_parts, True)
+    assert torch.equal(m[0], mp_[0]) and torch.equal(m[1], mp_[1])

@@ -352,15 +352,18 @@ def test_attention_outputs_carry_no_gradient():
 
 
 def test_attention_checks_are_remembered_and_alignment_is_not():
-    """A repeated signature skips the argument checks but not the alignment check."""
+    """The Python kernel: a repeated signature skips the argument checks but not the alignment
+    check (the C++ kernel, where libkvq_torch is loaded, checks everything on every call)."""
+    from kvq import ops
     cache = make_cache(2, "per_token", 128, "none", 128, "taylor2")
     q, k, v = rand(2, 8, 2, 128), rand(2, 8, 2, 128), rand(2, 8, 2, 128)
     scale = 1.0 / math.sqrt(128)
-    cache.attention(q, k, v)
-    cache.attention(q, k, v)
-    torch.ops.kvq.attention(cache.buffer, cache.lengths, None, cache.error, q, k, v, cache.cache_id, 1, 0, scale, False,
-                            False, -1)
-    assert len(cache._binding.attention_checks) == 1  # the op's key is the method's
+    b = cache._binding
+    for _ in range(2):
+        ops.attention_launch(b, cache.buffer, cache.lengths, cache.error, q, k, v, 1, 0, scale, False, False, -1)
+    ops._attention_cuda(cache.buffer, cache.lengths, None, cache.error, q, k, v, cache.cache_id, 1, 0, scale, False,
+                        False, -1)
+    assert len(b.attention_checks) == 1  # the op kernel's key is the method's
     odd = rand(2 * 8 * 2 * 128 + 4).narrow(0, 4, 4096).view(2, 8, 2, 128)
     assert odd.shape == q.shape and odd.stride() == q.stride()
     with pytest.raises(ValueError, match="not 16-byte aligned"):
@@ -368,4 +371,6 @@ def test_attention_checks_are_remembered_and_alignment_is_not():
     with pytest.raises(ValueError, match="not 16-byte aligned"):
         torch.ops.kvq.attention(cache.buffer, cache.lengths, None, cache.error, odd, k, v, cache.cache_id, 1, 0, scale,
                                 False, False, -1)
+    with pytest.raises(ValueError, match="not 16-byte aligned"):
+        ops.attention_launch(b, cache.buffer, cache.lengths, cache.error, odd, k, v, 1, 0, scale, False, False, -1)
     assert _untouched(cache)
