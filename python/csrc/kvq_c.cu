@@ -492,6 +492,17 @@ struct kvq_c_cache {
   std::unique_ptr<kvq_c::CacheBase> impl;
 };
 
+namespace kvq_c {
+/// *out = a new handle owning `impl` where its creation succeeded (status s).
+int32_t hand_out(kvq::Status s, std::unique_ptr<CacheBase> impl, kvq_c_cache** out) {
+  if (s != kvq::Status::kSuccess) return static_cast<int32_t>(s);
+  auto* h = new (std::nothrow) kvq_c_cache{std::move(impl)};
+  if (h == nullptr) return KVQ_C_ERROR_INVALID_ARGUMENT;
+  *out = h;
+  return KVQ_C_SUCCESS;
+}
+}  // namespace kvq_c
+
 extern "C" {
 
 int32_t kvq_c_abi_version(void) { return KVQ_C_ABI_VERSION; }
@@ -532,11 +543,7 @@ int32_t kvq_c_cache_create(const kvq_c_variant* variant, int32_t batch, int32_t 
         if (r == kvq::Status::kSuccess) impl = std::move(c);
         return r;
       });
-  if (s != kvq::Status::kSuccess) return static_cast<int32_t>(s);
-  auto* h = new (std::nothrow) kvq_c_cache{std::move(impl)};
-  if (h == nullptr) return KVQ_C_ERROR_INVALID_ARGUMENT;
-  *out = h;
-  return KVQ_C_SUCCESS;
+  return kvq_c::hand_out(s, std::move(impl), out);
 }
 
 int32_t kvq_c_paged_cache_create(const kvq_c_variant* variant, int32_t batch, int32_t kv_heads, int32_t page_tokens,
@@ -570,11 +577,7 @@ int32_t kvq_c_paged_cache_create(const kvq_c_variant* variant, int32_t batch, in
           return r;
         }
       });
-  if (s != kvq::Status::kSuccess) return static_cast<int32_t>(s);
-  auto* h = new (std::nothrow) kvq_c_cache{std::move(impl)};
-  if (h == nullptr) return KVQ_C_ERROR_INVALID_ARGUMENT;
-  *out = h;
-  return KVQ_C_SUCCESS;
+  return kvq_c::hand_out(s, std::move(impl), out);
 }
 
 void kvq_c_cache_destroy(kvq_c_cache* cache) { delete cache; }
