@@ -32,7 +32,8 @@ def check_against_reference(cache, q, kc, vc, corr, mask="none"):
     vmax = max(float(vc.abs().max()), 1.0)
     err = (o.double().cpu() - ro).abs()
     assert bool((err <= 1e-2 * vmax + 1e-2 * ro.abs()).all()), "max |o - ref| %.3g" % float(err.max())
-    assert float((lse.double().cpu() - rlse).abs().max()) <= 1e-2
+    # Scores from bf16 operands (keys of scale 2 here): LSE within 0.5 % of its value.
+    assert float(((lse.double().cpu() - rlse).abs() / rlse.abs().clamp(min=1.0)).max()) <= 5e-3
     assert float((mass.double().cpu() - rmass).abs().max()) <= 1e-2
     return o
 
