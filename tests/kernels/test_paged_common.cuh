@@ -181,7 +181,18 @@ struct Shape {
   std::vector<int> q_lengths{150, 77, 1};
   std::vector<int> chunk_lengths{70, 3, 5};
   Mask mask = Mask::kNone;
+  int splits = 0;  ///< AttentionArguments::splits
 };
+
+/// The decode-shaped calls of the short-query kernel: 4 queries (one entry none) of 8 q heads
+/// on 2 kv heads.
+inline Shape short_shape() {
+  Shape s;
+  s.num_q = 4, s.num_chunk = 4;
+  s.q_lengths = {4, 1, 0};
+  s.chunk_lengths = {4, 1, 2};
+  return s;
+}
 
 /// Device outputs of one call.
 struct Outputs {
@@ -235,9 +246,11 @@ Outputs run_device(const Layout& l, const void* cache, const std::vector<std::in
   a.lse = lse.get();
   a.mass = mass.get();
   a.error = err.get();
+  a.splits = s.splits;
   AttentionPlan<Layout, Mode, Config> plan;
   REQUIRE(plan.initialize(l, a) == Status::kSuccess);
   REQUIRE(plan.path() == want);
+  if (s.splits > 0 && want != AttentionPath::kSm80) REQUIRE(plan.splits() == s.splits);
   REQUIRE(plan.run(a, test_stream()) == Status::kSuccess);
   KVQ_TEST_CUDA(cudaStreamSynchronize(test_stream()));
   Outputs out;
@@ -408,13 +421,14 @@ struct AttentionTwin {
 /// the tables; both masks, GQA 4, unequal lengths (one empty cache), LSE and mass. Returns the
 /// output elements compared.
 template <class C, Correction Mode, class Config>
-std::size_t run_paged_vs_contiguous(int page_tokens, AttentionPath want, std::uint64_t seed) {
+std::size_t run_paged_vs_contiguous(int page_tokens, AttentionPath want, std::uint64_t seed, const Shape& base = Shape{}) {
   std::size_t compared = 0;
   for (bool shuffle : {false, true})
     for (Mask mask : {Mask::kNone, Mask::kCausalLastSegment}) {
-      INFO("page_tokens " << page_tokens << (shuffle ? " shuffled" : " identity") << " tables, mask " << to_string(mask));
+      INFO("page_tokens " << page_tokens << (shuffle ? " shuffled" : " identity") << " tables, mask " << to_string(mask)
+                          << ", num_q " << base.num_q << ", splits " << base.splits);
       AttentionTwin<C> t({700, 1000, 0}, 2, page_tokens, shuffle, seed);
-      Shape s;
+      Shape s = base;
       s.mask = mask;
       const Inputs in(s, C::kHeadDim, seed + 1);
       const Outputs contiguous =
@@ -474,12 +488,12 @@ std::size_t run_shared_pages(int page_tokens, AttentionPath want, std::uint64_t 
 /// sets kAttentionErrorPage; the other entries match the reference. Returns the output
 /// elements compared.
 template <class C, Correction Mode, class Config>
-std::size_t run_poisoned_attention(int page_tokens, AttentionPath want, std::uint64_t seed) {
+std::size_t run_poisoned_attention(int page_tokens, AttentionPath want, std::uint64_t seed, const Shape& base = Shape{}) {
   std::size_t compared = 0;
   for (std::int32_t poison : {std::int32_t{-1}, std::int32_t{1 << 20}}) {
     AttentionTwin<C> t({700, 1000, 300}, 2, page_tokens, true, seed);
     std::vector<double> ro, rl, rm;
-    Shape s;
+    Shape s = base;
     const Inputs in(s, C::kHeadDim, seed + 3);
     run_reference(t.pc.host_view(), t.pc.host_base(), t.lens, s, in, Mode, &ro, &rl, &rm);
     const double max_v = max_value(t.pc.host_view(), t.pc.host_base(), t.lens, in);

@@ -13,7 +13,7 @@
 // everything else, and for short queries (decode) the short-query kernel (kernels/decode,
 // sm_80+: the q heads of a kv head packed into one CTA, the key sequence split across
 // CTAs and the splits merged; forced with ShortQueryConfig; kernels/decode/schedule.hpp
-// states when AutoConfig takes it: at most 16 queries, contiguous caches). Every entry point returns a Status and never throws, prints or exits; the Status
+// states when AutoConfig takes it: at most 16 queries). Every entry point returns a Status and never throws, prints or exits; the Status
 // table is in README.md.
 //
 // Paged caches: Layout = layout::PagedView<PagedCacheLayout<...>> (layout/paged_layout.hpp),
@@ -176,11 +176,7 @@ Status AttentionPlan<Layout, Mode, Config>::initialize(const Layout& layout, con
     device::Properties dev;
     if ((s = device::Properties::query(&dev)) != Status::kSuccess) return s;
     if (dev.cc_major < 8) return Status::kErrorNotSupported;
-    if constexpr (kForcedShort) {
-      // The short-query kernel reads contiguous caches only.
-      if constexpr (layout::is_paged_view_v<Layout>) return Status::kErrorNotSupported;
-      else return initialize_short(layout, a, dev);
-    }
+    if constexpr (kForcedShort) return initialize_short(layout, a, dev);
     const bool bf16 = a.q.dtype == DType::kBFloat16;
     at::KernelChoice<Layout> c{};
     bool chosen = false;
@@ -217,8 +213,7 @@ Status AttentionPlan<Layout, Mode, Config>::initialize(const Layout& layout, con
       }
     }
     if (!chosen) return Status::kErrorNotSupported;
-    if constexpr (kAuto && kernels::decode::kAutoSelect && kSm80Implemented &&
-                  !layout::is_paged_view_v<Layout>) {  // contiguous caches only
+    if constexpr (kAuto && kernels::decode::kAutoSelect && kSm80Implemented) {
       kernels::decode::ShortQueryShape sh;
       sh.batch = a.batch;
       sh.q_heads = a.q_heads;
@@ -230,7 +225,9 @@ Status AttentionPlan<Layout, Mode, Config>::initialize(const Layout& layout, con
                                          kernels::decode::Traits<Layout, Mode, DType::kFloat16>::kSmemBytes
                                      ? kernels::decode::Traits<Layout, Mode, DType::kBFloat16>::kSmemBytes
                                      : kernels::decode::Traits<Layout, Mode, DType::kFloat16>::kSmemBytes;
-      if (kernels::decode::prefer_short_query(sh) && dev.smem_optin >= kShortSmem) return initialize_short(layout, a, dev);
+      if (kernels::decode::prefer_short_query(sh) && dev.smem_optin >= kShortSmem &&
+          at::paged_tiles_fit<kernels::decode::Traits<Layout, Mode, DType::kBFloat16>>(layout, false))
+        return initialize_short(layout, a, dev);
     }
     // cudaFuncSetAttribute resets the runtime's last error even when it succeeds: it is
     // called only when the kernel's limit is not yet high enough on this device (once per
@@ -241,9 +238,9 @@ Status AttentionPlan<Layout, Mode, Config>::initialize(const Layout& layout, con
         (s = device::check(cudaFuncSetAttribute(c.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, c.smem_bytes))) !=
             Status::kSuccess)
       return s;
-    // Split-KV on the Hopper kernel over contiguous caches (kernels/sm90/schedule.hpp).
+    // Split-KV on the Hopper kernel (kernels/sm90/schedule.hpp).
     at::SplitPlan sp{};
-    if (c.path == AttentionPath::kSm90 && !layout::is_paged_view_v<Layout>) {
+    if (c.path == AttentionPath::kSm90) {
       kernels::sm90::ChunkSplitShape sh;
       sh.batch = a.batch;
       sh.q_heads = a.q_heads;
@@ -277,9 +274,11 @@ template <class Layout, Correction Mode, class Config>
 Status AttentionPlan<Layout, Mode, Config>::initialize_short(const Layout& layout, const AttentionArguments& a,
                                                               const device::Properties& dev) {
   namespace dk = kernels::decode;
-  if constexpr (kSm80Implemented && !layout::is_paged_view_v<Layout>) {  // contiguous caches only
+  if constexpr (kSm80Implemented) {
     using TrB = dk::Traits<Layout, Mode, DType::kBFloat16>;
     using TrH = dk::Traits<Layout, Mode, DType::kFloat16>;
+    // Paged views: tiles inside pages (page_tokens a multiple of the 64-token tile).
+    if (!detail::attention::paged_tiles_fit<TrB>(layout, false)) return Status::kErrorNotSupported;
     const bool bf16 = a.q.dtype == DType::kBFloat16;
     detail::attention::ShortChoice<Layout> sc;
     sc.kernel = bf16 ? &dk::attention_kernel<TrB> : &dk::attention_kernel<TrH>;
@@ -390,7 +389,7 @@ Status AttentionPlan<Layout, Mode, Config>::combine(const AttentionArguments& a,
 template <class Layout, Correction Mode, class Config>
 Status AttentionPlan<Layout, Mode, Config>::run_short(const AttentionArguments& a, cudaStream_t stream) {
   namespace dk = kernels::decode;
-  if constexpr (kSm80Implemented && !layout::is_paged_view_v<Layout>) {  // contiguous caches only
+  if constexpr (kSm80Implemented) {
     const int splits = split_.splits;
     if (splits > 1 && a.num_q > split_.num_q) return Status::kErrorInvalidArgument;
     dk::Params<Layout> pp = detail::attention::make_params(layout_, a);
@@ -420,9 +419,7 @@ Status AttentionPlan<Layout, Mode, Config>::run(const AttentionArguments& a, cud
   const Status s = detail::attention::check_arguments(layout_, a);
   if (s != Status::kSuccess) return s;
   if (a.batch == 0 || a.num_q == 0) return Status::kSuccess;
-  if constexpr (!layout::is_paged_view_v<Layout>) {
-    if (choice_.path == AttentionPath::kShort) return run_short(a, stream);
-  }
+  if (choice_.path == AttentionPath::kShort) return run_short(a, stream);
   kernels::common::AttentionParams<Layout> p = detail::attention::make_params(layout_, a);
   if (choice_.chunk_map_tokens > 0) {
     if (!maps_.matches(a.k_chunk, a.v_chunk, a.num_chunk))

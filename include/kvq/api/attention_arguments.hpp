@@ -42,7 +42,7 @@ struct AttentionArguments {
   /// caller zeroes it and reads it when it wants to know).
   std::uint32_t* error = nullptr;
   /// Split-KV: each CTA's key sequence cut into this many ranges on kernels that split (the
-  /// short-query kernel; the Hopper kernel over contiguous caches), the partial results
+  /// short-query kernel; the Hopper kernel), the partial results
   /// merged by a second kernel. 0: the plan's rule (kernels/decode/schedule.hpp,
   /// kernels/sm90/schedule.hpp); 1 .. kMaxAttentionSplits: that many. Fixed at initialize().
   int splits = 0;
@@ -64,7 +64,8 @@ struct AttentionVariant {
 /// (kernels::sm90::Config192, kernels::sm80::TileConfig<...>, ...) force one kernel.
 struct AutoConfig {};
 
-/// Forces the short-query kernel (kernels/decode) whatever the shape (contiguous caches);
+/// Forces the short-query kernel (kernels/decode) whatever the shape (paged views: pages of
+/// whole 64-token tiles, else kErrorNotSupported);
 /// AutoConfig takes it by the rule of kernels/decode/schedule.hpp.
 struct ShortQueryConfig {};
 

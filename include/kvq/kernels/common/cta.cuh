@@ -12,6 +12,16 @@
 
 namespace kvq::kernels::common {
 
+/// Split-KV: row (b, hq, i) in split `split` was skipped (a bad table column): its partial
+/// LSE is +inf, which the combine takes as "leave the row unwritten" (a computed LSE is
+/// finite or -inf).
+template <class Layout>
+KVQ_DEVICE void mark_skipped(const AttentionParams<Layout>& p, int b, int hq, std::int64_t i, int split) {
+  const std::int64_t rows = static_cast<std::int64_t>(p.layout.shape.batch) * p.q_heads * p.num_q;
+  p.ws_lse[static_cast<std::int64_t>(split) * rows + (static_cast<std::int64_t>(b) * p.q_heads + hq) * p.num_q + i] =
+      __int_as_float(0x7f800000);
+}
+
 /// Runtime state of one CTA: which (batch, q head, query rows) it owns and the key
 /// segments those rows see.
 template <class Tr>
@@ -38,7 +48,7 @@ struct CtaContext {
   /// the CTA owns split `split` of its rows' tiles (common::split_range). Paged views: the CTA
   /// checks the table columns of the quantized tokens together (one barrier); when one holds
   /// no page of the pool it reports kvq::kAttentionErrorPage (4) and returns false: the CTA
-  /// reads no page and writes no output, LSE or mass.
+  /// reads no page and writes no output, LSE or mass (split-KV: it marks its rows skipped).
   KVQ_DEVICE bool init(const AttentionParams<typename Tr::Layout>& p, unsigned char* smem_base) {
     using Layout = typename Tr::Layout;
     smem = smem_base;
@@ -71,6 +81,8 @@ struct CtaContext {
       for (std::int64_t i = threadIdx.x; i < e; i += blockDim.x) bad = bad || !p.layout.page_ok(b, i);
       if (__syncthreads_or(bad) != 0) {
         if (threadIdx.x == 0 && p.error != nullptr) atomicOr(p.error, 4u);
+        const std::int64_t end = r0 + Tr::kRows < nq ? r0 + Tr::kRows : nq;
+        for (std::int64_t i = r0 + threadIdx.x; i < end && p.splits > 1; i += blockDim.x) mark_skipped(p, b, hq, i, split);
         return false;
       }
     }

@@ -99,6 +99,20 @@ struct Context : sm80::CtaContext<Tr> {
       visible_chunk = visible_chunk < 0 ? 0 : visible_chunk > nc ? nc : visible_chunk;
     }
     this->u_needed = this->tlen + visible_chunk;
+    if constexpr (layout::is_paged_view_v<Layout>) {
+      // As common::CtaContext: the table columns of the quantized tokens, checked together;
+      // a bad one skips the CTA (reported; with split-KV its rows are marked for the combine).
+      bool bad = false;
+      const std::int64_t e = p.layout.end_page(this->qlen);
+      for (std::int64_t i = threadIdx.x; i < e; i += blockDim.x) bad = bad || !p.layout.page_ok(this->b, i);
+      if (__syncthreads_or(bad) != 0) {
+        if (threadIdx.x == 0 && p.error != nullptr) atomicOr(p.error, 4u);
+        const std::int64_t end = this->r0 + Tr::kRows < nrows ? this->r0 + Tr::kRows : nrows;
+        for (std::int64_t r = this->r0 + threadIdx.x; r < end && p.splits > 1; r += blockDim.x)
+          common::mark_skipped(p, this->b, q_head(r), query(r), this->split);
+        return false;
+      }
+    }
     this->n_qtiles = static_cast<int>((this->qlen + Tr::kTileN - 1) / Tr::kTileN);
     this->n_tiles = this->n_qtiles + static_cast<int>((this->u_needed + Tr::kTileN - 1) / Tr::kTileN);
     this->t_begin = 0;
@@ -549,6 +563,7 @@ __global__ void __launch_bounds__(32 * kCombineWarps) combine_kernel(const __gri
   const std::int64_t row = (static_cast<std::int64_t>(b) * p.q_heads + hq) * p.num_q + i;
   float m = arch::neg_inf();
   for (int s = 0; s < p.splits; ++s) m = fmaxf(m, p.ws_lse[s * rows + row]);
+  if (m == __int_as_float(0x7f800000)) return;  // a split skipped the row (paged: a bad table column)
   float acc[kPairs][2];
 #pragma unroll
   for (int k = 0; k < kPairs; ++k) acc[k][0] = acc[k][1] = 0.0f;

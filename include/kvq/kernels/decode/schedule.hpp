@@ -2,7 +2,7 @@
 // attention takes it instead of the chunk kernels, and how many splits of the key sequence
 // it launches. Plain C++ (no device code), so that CPU tests check the rules.
 //
-// Selection (kvq::AttentionPlan<..., AutoConfig>, contiguous caches): the short-query path
+// Selection (kvq::AttentionPlan<..., AutoConfig>; paged views whose pages hold whole tiles): the short-query path
 // when
 //   1 <= num_q <= kMaxShortQueries (16): decode, speculative or a few prefix tokens
 // (num_q 0, an empty call or a plan prepared before the shape is known, takes the chunk
