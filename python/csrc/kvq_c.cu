@@ -29,9 +29,10 @@ static_assert(offsetof(kvq_c_append_args, dtype) == 112, "kvq_c_append_args layo
 static_assert(sizeof(kvq_c_merge_args) == 144, "kvq_c_merge_args: the Python binding packs 144 bytes");
 static_assert(offsetof(kvq_c_merge_args, num_parts) == 112, "kvq_c_merge_args layout");
 static_assert(static_cast<int>(kvq::Status::kErrorCudaRuntime) == KVQ_C_ERROR_CUDA_RUNTIME, "status codes");
-static_assert(kvq::kAppendErrorCapacity == KVQ_C_APPEND_ERROR_CAPACITY && kvq::kAppendErrorPage == KVQ_C_APPEND_ERROR_PAGE &&
-                  kvq::kAppendErrorNegativeLength == KVQ_C_APPEND_ERROR_NEGATIVE_LENGTH &&
-                  kvq::kAttentionErrorPage == KVQ_C_ATTENTION_ERROR_PAGE,
+static_assert(static_cast<int>(kvq::kAppendErrorCapacity) == KVQ_C_APPEND_ERROR_CAPACITY &&
+                  static_cast<int>(kvq::kAppendErrorPage) == KVQ_C_APPEND_ERROR_PAGE &&
+                  static_cast<int>(kvq::kAppendErrorNegativeLength) == KVQ_C_APPEND_ERROR_NEGATIVE_LENGTH &&
+                  static_cast<int>(kvq::kAttentionErrorPage) == KVQ_C_ATTENTION_ERROR_PAGE,
               "error bits");
 
 namespace kvq_c {
