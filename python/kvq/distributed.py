@@ -109,11 +109,11 @@ def _sequence_parallel(attend, merge, q, k_chunk, v_chunk, group, causal):
     return merge(o_parts, lse_parts)
 
 
-def _attention_kwargs(kw):
+def _check_kwargs(kw):
+    """The keyword arguments passed on to KVCache.attention: not those the sharding sets."""
     for k in ("return_lse", "return_mass", "mask"):
         if k in kw:
             raise TypeError("kvq.distributed: %r is set by the sharding (pass mask= as the function's own argument)" % k)
-    return kw
 
 
 def head_parallel_attention(cache, q, k_chunk, v_chunk, *, group=None, append=False, mask="none", **kw):
@@ -122,7 +122,7 @@ def head_parallel_attention(cache, q, k_chunk, v_chunk, *, group=None, append=Fa
     sequence-sharded like q. `cache` holds Hkv/W kv heads. With append=True the chunk's
     keys and values of this rank's heads are appended after the attention. Other keyword
     arguments go to KVCache.attention (correction, scale)."""
-    _attention_kwargs(kw)
+    _check_kwargs(kw)
     o, kh, vh = _head_parallel(lambda a, b_, c: cache.attention(a, b_, c, mask=mask, **kw), q, k_chunk, v_chunk,
                                group)
     if append:
@@ -138,7 +138,7 @@ def sequence_parallel_attention(cache, q, k_chunk, v_chunk, *, group=None, appen
     Other keyword arguments go to KVCache.attention (correction, scale)."""
     from .states import merge_states
 
-    _attention_kwargs(kw)
+    _check_kwargs(kw)
     if mask not in ("none", "causal"):
         raise ValueError("kvq: mask must be 'none' or 'causal', got %r" % (mask,))
 
