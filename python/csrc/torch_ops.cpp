@@ -19,6 +19,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <mutex>
 #include <optional>
 #include <stdexcept>
@@ -173,6 +174,28 @@ void* current_stream(const Entry& e) {
   return s;
 }
 
+/// An uninitialized dense tensor on the cache's device, made by the allocator directly
+/// (aoti_torch_empty_strided): new_empty goes through the dispatcher, a few times the host time.
+Tensor empty_on(const Entry& e, std::initializer_list<int64_t> sizes, int32_t dtype) {
+  int64_t size[4] = {}, stride[4] = {};
+  const int64_t n = static_cast<int64_t>(sizes.size());
+  int64_t i = 0;
+  for (int64_t v : sizes) size[i++] = v;
+  for (int64_t k = n - 1, s = 1; k >= 0; --k) stride[k] = s, s *= size[k] > 1 ? size[k] : 1;
+  AtenTensorHandle h = nullptr;
+  const int32_t type = e.device < 0 ? aoti_torch_device_type_cpu() : aoti_torch_device_type_cuda();
+  if (aoti_torch_empty_strided(n, size, stride, dtype, type, e.device < 0 ? 0 : e.device, &h) != AOTI_TORCH_SUCCESS)
+    throw std::runtime_error("kvq: cannot allocate an output tensor");
+  return Tensor(h);
+}
+int32_t aoti_dtype(ScalarType s) {
+  switch (s) {
+    case ScalarType::BFloat16: return aoti_torch_dtype_bfloat16();
+    case ScalarType::Half: return aoti_torch_dtype_float16();
+    default: return aoti_torch_dtype_float32();
+  }
+}
+
 const int32_t* table_ptr(const std::optional<Tensor>& table) {
   return table.has_value() ? static_cast<const int32_t*>(table->data_ptr()) : nullptr;
 }
@@ -200,11 +223,10 @@ std::tuple<Tensor, Tensor, Tensor> attention(Tensor cache, Tensor lengths, std::
   if (mask != KVQ_C_MASK_NONE && mask != KVQ_C_MASK_CAUSAL_LAST_SEGMENT) refuse("mask must be 'none' or 'causal'");
   if (!(scale > 0.0 && std::isfinite(scale))) refuse("scale must be positive and finite");
 
-  Tensor o = torch::stable::new_empty(q, {b, nq, hq, d});
-  Tensor lse = torch::stable::new_empty(q, return_lse ? std::vector<int64_t>{b, hq, nq} : std::vector<int64_t>{0},
-                                        ScalarType::Float);
-  Tensor mass = torch::stable::new_empty(
-      q, return_mass ? std::vector<int64_t>{b, hq, nq, 3} : std::vector<int64_t>{0}, ScalarType::Float);
+  const int32_t f32 = aoti_torch_dtype_float32();
+  Tensor o = empty_on(e, {b, nq, hq, d}, aoti_dtype(e.dtype));
+  Tensor lse = return_lse ? empty_on(e, {b, hq, nq}, f32) : empty_on(e, {0}, f32);
+  Tensor mass = return_mass ? empty_on(e, {b, hq, nq, 3}, f32) : empty_on(e, {0}, f32);
   kvq_c_attention_args a{};
   a.cache = cache.data_ptr();
   a.cache_lengths = static_cast<const int32_t*>(lengths.data_ptr());

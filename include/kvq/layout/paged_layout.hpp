@@ -230,20 +230,34 @@ struct PagedView {
     a.v_meta = layout.page_v_meta_offset() / vm + std::int64_t{h} * pt * kValueGroupsPerToken;
     return a;
   }
+  /// The codes and metadata (channel c's group) of the token in slot s (0 <= s < page_tokens)
+  /// of page `page`, for the head of `a`: what a kernel that tracks its slot uses.
+  static KVQ_HOST_DEVICE std::int64_t k_code_word_at(const HeadInPage& a, std::int32_t page, std::uint32_t s) {
+    return page * a.page_words + a.k_codes + std::int64_t{s} * kKeyWordsPerToken;
+  }
+  static KVQ_HOST_DEVICE std::int64_t v_code_word_at(const HeadInPage& a, std::int32_t page, std::uint32_t s) {
+    return page * a.page_words + a.v_codes + std::int64_t{s} * kValueWordsPerToken;
+  }
+  static KVQ_HOST_DEVICE std::int64_t k_meta_index_at(const HeadInPage& a, std::int32_t page, std::uint32_t s, int c) {
+    return page * a.page_kmeta + a.k_meta + std::int64_t{s / kKeyTokensPerGroup} * kKeyGroupsPerTokenGroup +
+           c / KSpec::kChannelsPerGroup;
+  }
+  static KVQ_HOST_DEVICE std::int64_t v_meta_index_at(const HeadInPage& a, std::int32_t page, std::uint32_t s, int c) {
+    return page * a.page_vmeta + a.v_meta + std::int64_t{s} * kValueGroupsPerToken + c / VSpec::kGroupSize;
+  }
   /// Token t's codes and metadata (channel c's group) in page `page` (the page_of(b, t) of its
   /// entry), for the head of `a`.
   KVQ_HOST_DEVICE std::int64_t k_code_word_in(const HeadInPage& a, std::int32_t page, std::int64_t t) const {
-    return page * a.page_words + a.k_codes + std::int64_t{page_mod(t)} * kKeyWordsPerToken;
+    return k_code_word_at(a, page, page_mod(t));
   }
   KVQ_HOST_DEVICE std::int64_t v_code_word_in(const HeadInPage& a, std::int32_t page, std::int64_t t) const {
-    return page * a.page_words + a.v_codes + std::int64_t{page_mod(t)} * kValueWordsPerToken;
+    return v_code_word_at(a, page, page_mod(t));
   }
   KVQ_HOST_DEVICE std::int64_t k_meta_index_in(const HeadInPage& a, std::int32_t page, std::int64_t t, int c) const {
-    return page * a.page_kmeta + a.k_meta + std::int64_t{page_mod(t) / kKeyTokensPerGroup} * kKeyGroupsPerTokenGroup +
-           c / KSpec::kChannelsPerGroup;
+    return k_meta_index_at(a, page, page_mod(t), c);
   }
   KVQ_HOST_DEVICE std::int64_t v_meta_index_in(const HeadInPage& a, std::int32_t page, std::int64_t t, int c) const {
-    return page * a.page_vmeta + a.v_meta + std::int64_t{page_mod(t)} * kValueGroupsPerToken + c / VSpec::kGroupSize;
+    return v_meta_index_at(a, page, page_mod(t), c);
   }
   /// The same for head h, its addressing formed on the spot (no registers held across uses;
   /// where the per-head constants would stay live, e.g. in the append, that is cheaper).

@@ -439,8 +439,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
   const int nb = c.t_begin, ne = c.t_end, qe = c.q_end;
   if (nb < ne) {
     // ---- prologue: Q, the split's first kStages-1 packed tiles, its first tile --------------
-    sm80::TilePages<Tr> pages;
-    pages.init(p.layout, c.h);
+    sm80::PageCursor<Tr> pages;
+    pages.init(p.layout, c.b, c.h, nb);
     sm80::init_fold_tiles<Tr>(c, tid);
     issue_q<Tr>(p, c, tid);
     arch::cp_async_commit();

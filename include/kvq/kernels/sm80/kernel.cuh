@@ -120,8 +120,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
   st.init();
 
   // ---- prologue: Q, the first kStages-1 packed tiles, tile 0 -------------------------------
-  TilePages<Tr> pages;
-  pages.init(p.layout, c.h);
+  PageCursor<Tr> pages;
+  pages.init(p.layout, c.b, c.h, 0);
   init_fold_tiles<Tr>(c, tid);
   issue_q<Tr>(p, c, tid);
   arch::cp_async_commit();

@@ -16,9 +16,9 @@
 
 namespace kvq::kernels::sm80 {
 
-/// Block-table pages of the packed tiles (one page per tile; see common/pages.cuh).
+/// The block-table walk of the packed tiles (one page per tile; see common/pages.cuh).
 template <class Tr>
-using TilePages = common::TilePages<typename Tr::Layout, Tr::kTileN, 1>;
+using PageCursor = common::PageCursor<typename Tr::Layout, Tr::kTileN, 1>;
 
 
 /// The CTA's query rows into the Q region (rows past the batch entry's q length are zeros).
@@ -59,12 +59,11 @@ KVQ_DEVICE void copy_token_bytes(std::uint32_t dst, const unsigned char* src, co
 /// metadata into its meta slot. Tokens past the quantized length are zero-filled (they
 /// dequantize to 0 and are masked).
 ///
-/// Paged views: the tile lies in one page (page_tokens a multiple of kTileN), read through
-/// `pages` (tile m's page read ahead by the previous call), and tile m + 1's page is read
-/// here for the next call; contiguous layouts ignore `pages`.
+/// Paged views: the tile lies in one page (page_tokens a multiple of kTileN), found by
+/// `pages` (read one tile ahead); contiguous layouts ignore `pages`.
 template <class Tr>
 KVQ_DEVICE void issue_packed(const common::AttentionParams<typename Tr::Layout>& p, const CtaContext<Tr>& c, int m,
-                             int tid, TilePages<Tr>& pages) {
+                             int tid, PageCursor<Tr>& pages) {
   const auto& l = p.layout;
   unsigned char* slot = c.ring_slot(m);
   const std::int64_t t0 = static_cast<std::int64_t>(m) * Tr::kTileN;
@@ -72,10 +71,11 @@ KVQ_DEVICE void issue_packed(const common::AttentionParams<typename Tr::Layout>&
   const int valid = rest < Tr::kTileN ? static_cast<int>(rest) : Tr::kTileN;
   std::int64_t kc, vc, km, vm;
   if constexpr (layout::is_paged_view_v<typename Tr::Layout>) {
-    const std::int32_t page = pages.page(l, c.b, m, 0);
-    pages.read_ahead(l, c.b, m + 1);
-    kc = l.k_code_word_in(pages.head, page, t0), vc = l.v_code_word_in(pages.head, page, t0);
-    km = l.k_meta_index_in(pages.head, page, t0, 0), vm = l.v_meta_index_in(pages.head, page, t0, 0);
+    using L = typename Tr::Layout;
+    const auto t = pages.take(l, m);
+    const auto& a = pages.head;
+    kc = L::k_code_word_at(a, t.page[0], t.slot), vc = L::v_code_word_at(a, t.page[0], t.slot);
+    km = L::k_meta_index_at(a, t.page[0], t.slot, 0), vm = L::v_meta_index_at(a, t.page[0], t.slot, 0);
   } else {
     (void)pages;
     kc = l.k_code_word(c.b, c.h, t0), vc = l.v_code_word(c.b, c.h, t0);

@@ -71,19 +71,19 @@ KVQ_DEVICE int valid_tokens(const common::CtaContext<Tr>& c, int m) {
 /// 16-byte-aligned window around the rows, which starts `skew` bytes before them (the same
 /// for every tile of the head) and stays inside the cache allocation (regions are 256-byte
 /// aligned).
-/// Block-table pages of the packed tiles: up to two pieces of a tile read ahead (pages of at
-/// least half a tile; further pieces of smaller pages are read as they are issued).
+/// The block-table walk of the packed tiles: the pages of up to two pieces of a tile read
+/// ahead (pages of at least half a tile; further pieces of smaller pages are read as they
+/// are issued).
 template <class Tr>
-using TilePages = common::TilePages<typename Tr::Layout, Tr::kTileN, 2>;
+using PageCursor = common::PageCursor<typename Tr::Layout, Tr::kTileN, 2>;
 
 template <class Tr, bool kKey>
 KVQ_DEVICE void issue_packed(const common::AttentionParams<typename Tr::Layout>& p, const common::CtaContext<Tr>& c,
-                             const Smem<Tr>& sm, int m, int skew, TilePages<Tr>& pages) {
+                             const Smem<Tr>& sm, int m, int skew, PageCursor<Tr>& pages) {
   using H = Half<Tr, kKey>;
   // Ring slots go by the CTA's own tiles (split-KV: from t_begin).
   const std::uint32_t slot = arch::smem_u32(sm.slot(m - c.t_begin));
   const std::uint32_t bar = sm.ring_bar(kKey ? 0 : 1, m - c.t_begin);
-  const std::int64_t t0 = static_cast<std::int64_t>(m) * Tr::kTileN;
   const int valid = valid_tokens(c, m);
   const std::uint32_t code_bytes = static_cast<std::uint32_t>(valid * H::kWords * 4);
   const std::uint32_t meta_bytes = static_cast<std::uint32_t>((skew + valid * H::kMetaBytes + 15) & ~15);
@@ -94,30 +94,28 @@ KVQ_DEVICE void issue_packed(const common::AttentionParams<typename Tr::Layout>&
     // this kernel only where page_tokens × metadata bytes per token is a multiple of 16, so
     // that skew is 0 and every piece starts 16-byte aligned on both sides; the pieces' byte
     // counts add up to code_bytes and meta_bytes (only the last one is rounded up).
-    // The pages were read ahead by the previous call (tile m - 1); tile m + 1's are read
-    // before this tile's copies are issued.
-    const auto& l = p.layout;
-    const int pt = l.page_tokens();
-    const int piece = pt < Tr::kTileN ? pt : Tr::kTileN;
-    std::int32_t first[2] = {pages.page(l, c.b, m, 0), pages.page(l, c.b, m, 1)};
-    pages.read_ahead(l, c.b, m + 1);
-#pragma unroll 1
-    for (int i = 0, k = 0; i < valid; i += piece, ++k) {
+    using L = typename Tr::Layout;
+    const auto t = pages.take(p.layout, m);
+    const int piece = static_cast<int>(pages.pt) < Tr::kTileN ? static_cast<int>(pages.pt) : Tr::kTileN;
+    const auto copy = [&](int i, std::int32_t page, std::uint32_t s) {
       const int n = valid - i < piece ? valid - i : piece;
-      const std::int32_t page = k < 2 ? first[k] : pages.page(l, c.b, m, k);
-      const std::int64_t t = t0 + i;
       const auto& a = pages.head;
-      const auto* codes = reinterpret_cast<const unsigned char*>(kKey ? p.k_codes + l.k_code_word_in(a, page, t)
-                                                                      : p.v_codes + l.v_code_word_in(a, page, t));
-      const auto* meta = kKey ? reinterpret_cast<const unsigned char*>(p.k_meta + l.k_meta_index_in(a, page, t, 0))
-                              : reinterpret_cast<const unsigned char*>(p.v_meta + l.v_meta_index_in(a, page, t, 0));
+      const auto* codes = reinterpret_cast<const unsigned char*>(kKey ? p.k_codes + L::k_code_word_at(a, page, s)
+                                                                      : p.v_codes + L::v_code_word_at(a, page, s));
+      const auto* meta = kKey ? reinterpret_cast<const unsigned char*>(p.k_meta + L::k_meta_index_at(a, page, s, 0))
+                              : reinterpret_cast<const unsigned char*>(p.v_meta + L::v_meta_index_at(a, page, s, 0));
       arch::bulk_load(slot + H::kSlotCodes + static_cast<std::uint32_t>(i * H::kWords * 4), codes,
                       static_cast<std::uint32_t>(n * H::kWords * 4), bar);
       arch::bulk_load(slot + H::kSlotMeta + static_cast<std::uint32_t>(i * H::kMetaBytes), meta,
                       static_cast<std::uint32_t>((n * H::kMetaBytes + 15) & ~15), bar);
-    }
+    };
+    copy(0, t.page[0], t.slot);  // valid >= 1: the tile is a quantized one
+    if (valid > piece) copy(piece, t.page[1], 0);
+#pragma unroll 1
+    for (int i = 2 * piece, k = 2; i < valid; i += piece, ++k) copy(i, pages.at(t.col + k), 0);
   } else {
     (void)pages;
+    const std::int64_t t0 = static_cast<std::int64_t>(m) * Tr::kTileN;
     arch::bulk_load(slot + H::kSlotCodes, packed_codes<Tr, kKey>(p, c, t0), code_bytes, bar);
     arch::bulk_load(slot + H::kSlotMeta, packed_meta<Tr, kKey>(p, c, t0) - skew, meta_bytes, bar);
   }
@@ -305,8 +303,8 @@ KVQ_DEVICE void produce(const common::AttentionParams<typename Tr::Layout>& p, c
                        : static_cast<int>(reinterpret_cast<std::uintptr_t>(packed_meta<Tr, kKey>(p, c, 0)) & 15u);
   static_assert(H::kThreads % 8 == 0, "rows past the first token keep its swizzle phase");
   const RowOffsets<Tr> ro(lt);
-  TilePages<Tr> pages;
-  pages.init(p.layout, c.h);
+  PageCursor<Tr> pages;
+  pages.init(p.layout, c.b, c.h, c.t_begin);
   // The CTA's tiles [t_begin, t_end) (split-KV), j = n - t_begin their own index: buffers,
   // ring slots and barrier phases go by j; the quantized ones end at q_end.
   const int nb = c.t_begin, nt = c.t_end - c.t_begin;
