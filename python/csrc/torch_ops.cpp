@@ -9,9 +9,9 @@
 // It does not link libkvq_c: the package hands it the C ABI's functions of the libkvq_c it
 // loaded (kvq_torch_set_functions) and registers each cache (kvq_torch_bind), so that handles
 // and functions come from one library. A refused argument throws std::invalid_argument
-// (Python ValueError), a refused or failed C call std::runtime_error (RuntimeError); the
-// package's methods then repeat the call through the Python kernel, which raises the typed
-// error.
+// (Python ValueError), a refused or failed C call std::runtime_error (RuntimeError). The
+// package's methods call the Python kernel directly in eager mode (typed errors) and the ops
+// under tracing, so these kernels serve compiled graphs and direct torch.ops.kvq calls.
 #include <torch/csrc/inductor/aoti_torch/c/shim.h>
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>

@@ -264,16 +264,7 @@ class KVCache:
             raise ValueError("kvq: mask must be 'none' or 'causal', got %r" % (mask,))
         s = self._default_scale if scale is None else float(scale)
         # ops.run's logic, inlined: this is the per-call host path.
-        if ops.CPP is not None:
-            try:
-                o, lse, mass = ops.attention_op(self.buffer, self.lengths, self._block_table, self.error, q, k_chunk,
-                                                v_chunk, self.cache_id, cc, mc, s, return_lse, return_mass, -1)
-            except (ValueError, RuntimeError):
-                if not ops.direct_call_ok(q):
-                    raise
-                o, lse, mass = ops.attention_launch(self._binding, self.buffer, self.lengths, self.error, q, k_chunk,
-                                                    v_chunk, cc, mc, s, return_lse, return_mass, -1)
-        elif ops.direct_call_ok(q):
+        if ops.direct_call_ok(q):
             o, lse, mass = ops.attention_launch(self._binding, self.buffer, self.lengths, self.error, q, k_chunk, v_chunk,
                                                 cc, mc, s, return_lse, return_mass, -1, op_outputs=False)
         else:

@@ -439,18 +439,12 @@ def unregister(cache_id):
 
 
 def run(op_call, python_call, t):
-    """A KVCache method's or merge_states' call: with libkvq_torch, the op (its C++ kernel, or
-    the fake one under tracing); where that refuses in eager mode, the Python kernel, which
-    raises the typed error (TypeError, ValueError or KvqError). Without libkvq_torch, the
-    Python kernel directly in eager mode (direct_call_ok), else the op."""
-    if CPP is None:
-        return python_call() if direct_call_ok(t) else op_call()
-    try:
-        return op_call()
-    except (ValueError, RuntimeError):
-        if not direct_call_ok(t):
-            raise
-        return python_call()
+    """A KVCache method's or merge_states' call: in plain eager mode (direct_call_ok) the
+    Python kernel directly (its checks, remembered per argument signature, and the C call:
+    measured faster than the dispatcher's crossing into either kernel; it raises the typed
+    errors), else the op (under tracing its fake kernel; in a compiled graph the C++ kernel
+    where libkvq_torch is loaded)."""
+    return python_call() if direct_call_ok(t) else op_call()
 
 
 def direct_call_ok(t):
