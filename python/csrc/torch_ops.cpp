@@ -174,17 +174,18 @@ void* current_stream(const Entry& e) {
   return s;
 }
 
-/// An uninitialized dense tensor on the cache's device, made by the allocator directly
-/// (aoti_torch_empty_strided): new_empty goes through the dispatcher, a few times the host time.
-Tensor empty_on(const Entry& e, std::initializer_list<int64_t> sizes, int32_t dtype) {
+/// An uninitialized dense tensor on CUDA device `device` (-1: the CPU), made by the allocator
+/// directly (aoti_torch_empty_strided): new_empty goes through the dispatcher, a few times the
+/// host time.
+Tensor empty_on(int32_t device, std::initializer_list<int64_t> sizes, int32_t dtype) {
   int64_t size[4] = {}, stride[4] = {};
   const int64_t n = static_cast<int64_t>(sizes.size());
   int64_t i = 0;
   for (int64_t v : sizes) size[i++] = v;
   for (int64_t k = n - 1, s = 1; k >= 0; --k) stride[k] = s, s *= size[k] > 1 ? size[k] : 1;
   AtenTensorHandle h = nullptr;
-  const int32_t type = e.device < 0 ? aoti_torch_device_type_cpu() : aoti_torch_device_type_cuda();
-  if (aoti_torch_empty_strided(n, size, stride, dtype, type, e.device < 0 ? 0 : e.device, &h) != AOTI_TORCH_SUCCESS)
+  const int32_t type = device < 0 ? aoti_torch_device_type_cpu() : aoti_torch_device_type_cuda();
+  if (aoti_torch_empty_strided(n, size, stride, dtype, type, device < 0 ? 0 : device, &h) != AOTI_TORCH_SUCCESS)
     throw std::runtime_error("kvq: cannot allocate an output tensor");
   return Tensor(h);
 }
@@ -224,9 +225,9 @@ std::tuple<Tensor, Tensor, Tensor> attention(Tensor cache, Tensor lengths, std::
   if (!(scale > 0.0 && std::isfinite(scale))) refuse("scale must be positive and finite");
 
   const int32_t f32 = aoti_torch_dtype_float32();
-  Tensor o = empty_on(e, {b, nq, hq, d}, aoti_dtype(e.dtype));
-  Tensor lse = return_lse ? empty_on(e, {b, hq, nq}, f32) : empty_on(e, {0}, f32);
-  Tensor mass = return_mass ? empty_on(e, {b, hq, nq, 3}, f32) : empty_on(e, {0}, f32);
+  Tensor o = empty_on(e.device, {b, nq, hq, d}, aoti_dtype(e.dtype));
+  Tensor lse = return_lse ? empty_on(e.device, {b, hq, nq}, f32) : empty_on(e.device, {0}, f32);
+  Tensor mass = return_mass ? empty_on(e.device, {b, hq, nq, 3}, f32) : empty_on(e.device, {0}, f32);
   kvq_c_attention_args a{};
   a.cache = cache.data_ptr();
   a.cache_lengths = static_cast<const int32_t*>(lengths.data_ptr());
@@ -259,9 +260,10 @@ std::tuple<Tensor, Tensor, Tensor> attention(Tensor cache, Tensor lengths, std::
   }
   // A CPU cache: the C reference in float64, then the outputs' dtypes (no query row: nothing to compute).
   if (nq == 0) return {o, lse, mass};
-  Tensor o64 = torch::stable::new_empty(q, {b, nq, hq, d}, ScalarType::Double);
-  Tensor lse64 = torch::stable::new_empty(q, {b, hq, nq}, ScalarType::Double);
-  Tensor mass64 = torch::stable::new_empty(q, {b, hq, nq, 3}, ScalarType::Double);
+  const int32_t f64 = aoti_torch_dtype_float64();
+  Tensor o64 = empty_on(-1, {b, nq, hq, d}, f64);
+  Tensor lse64 = empty_on(-1, {b, hq, nq}, f64);
+  Tensor mass64 = empty_on(-1, {b, hq, nq, 3}, f64);
   check_status(g_fn.attention_host(e.handle, table_ptr(block_table), &a, static_cast<double*>(o64.data_ptr()),
                                    static_cast<double*>(lse64.data_ptr()), static_cast<double*>(mass64.data_ptr())),
                "kvq attention (CPU reference)");
@@ -328,9 +330,9 @@ std::tuple<Tensor, Tensor> merge_states(Tensor o_parts, Tensor lse_parts, bool r
     if (sizes[i] > 1 && lse_parts.stride(i + 1) != want[i]) refuse("every part of lse_parts must be dense");
   for (int i = 0; i < 5; ++i)
     if (o_parts.stride(i) < 0 || (i < 4 && lse_parts.stride(i) < 0)) refuse("merge_states takes no negative strides");
-  Tensor o = torch::stable::new_empty(o_parts, {b, n, h, d});
-  Tensor lse = torch::stable::new_empty(o_parts, return_lse ? std::vector<int64_t>{b, h, n} : std::vector<int64_t>{0},
-                                        ScalarType::Float);
+  const int32_t device = cpu ? -1 : o_parts.get_device_index(), f32 = aoti_torch_dtype_float32();
+  Tensor o = empty_on(device, {b, n, h, d}, aoti_dtype(dt));
+  Tensor lse = return_lse ? empty_on(device, {b, h, n}, f32) : empty_on(device, {0}, f32);
   kvq_c_merge_args m{};
   m.o_parts = o_parts.data_ptr();
   m.lse_parts = static_cast<const float*>(lse_parts.data_ptr());
@@ -356,8 +358,9 @@ std::tuple<Tensor, Tensor> merge_states(Tensor o_parts, Tensor lse_parts, bool r
     check_status(g_fn.merge(&m), "kvq merge_states");
     return {o, lse};
   }
-  Tensor o64 = torch::stable::new_empty(o_parts, {b, n, h, d}, ScalarType::Double);
-  Tensor lse64 = torch::stable::new_empty(o_parts, {b, h, n}, ScalarType::Double);
+  const int32_t f64 = aoti_torch_dtype_float64();
+  Tensor o64 = empty_on(-1, {b, n, h, d}, f64);
+  Tensor lse64 = empty_on(-1, {b, h, n}, f64);
   check_status(g_fn.merge_host(&m, static_cast<double*>(o64.data_ptr()), static_cast<double*>(lse64.data_ptr())),
                "kvq merge_states (CPU reference)");
   torch::stable::copy_(o, o64);
